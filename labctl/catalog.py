@@ -1,0 +1,67 @@
+"""What labctl knows by name: pinned default versions and the stack catalogue.
+
+One place for every version pin (style lesson 12): phases read them from the model, never from here directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# Kubernetes 1.31 went end-of-life on 2025-10-28 and 1.34 on 2026-10-27; 1.35 is supported until 2027-02-28
+# and is the last minor that supports containerd 1.7 (Ubuntu 24.04's package), so it is the default.
+DEFAULT_KUBERNETES = "1.35.6"
+# Minimum containerd accepted on a node (k8s 1.35 recommends 1.7.28+, 2.1.5+ or 2.2.0+).
+DEFAULT_CONTAINERD = "1.7.28"
+DEFAULT_CILIUM = "1.19.6"
+DEFAULT_HELM = "3.20.2"  # a security release of the 3.x line (v3.20.2)
+
+# kubeadm's v1beta4 config API (which labctl renders) exists since 1.31; 1.36 is the newest minor known here.
+KUBERNETES_MINORS = {
+    # minor: end of life (ISO date), from the Kubernetes release calendar
+    31: "2025-10-28",
+    32: "2026-02-28",
+    33: "2026-06-28",
+    34: "2026-10-27",
+    35: "2027-02-28",
+    36: "2027-06-28",
+}
+
+# The image the cirruslabs Linux VMs ship with: its disk is 20 GB and Tart disks only grow.
+IMAGE_DISK_GB = 20
+
+# kubeadm preflight for a control-plane node (kubeadm constants ControlPlaneNumCPU / ControlPlaneMem).
+CONTROL_PLANE_MIN_CPU = 2
+CONTROL_PLANE_MIN_MEMORY_MB = 1700
+
+# The kube-apiserver refuses service CIDRs larger than this (more than 2^20 addresses).
+SERVICE_CIDR_MIN_PREFIX = 12
+
+
+@dataclass(frozen=True)
+class Stack:
+    name: str
+    summary: str
+    requires: tuple[str, ...] = ()
+
+
+# Stacks a cluster may declare in clusters.json (`stacks`). Cilium + Hubble are not stacks: every cluster gets
+# them from the `cni` phase. The stack phases themselves arrive with their own issues.
+STACKS = {
+    s.name: s
+    for s in [
+        Stack("rbac", "namespaced roles and a read-only viewer for lab users"),
+        Stack("monitoring", "kube-prometheus-stack (Prometheus, Grafana) and Loki"),
+        Stack("alerting", "Alertmanager routes and lab alert rules", requires=("monitoring",)),
+        Stack("argocd", "Argo CD (GitOps)"),
+        Stack("jenkins", "Jenkins controller (CI)"),
+        Stack("sealed-secrets", "Bitnami sealed-secrets controller"),
+        Stack("backup", "Velero and etcd snapshots"),
+        Stack("harbor", "Harbor image registry"),
+        Stack("network-policies", "CiliumNetworkPolicy default-deny with explicit allows"),
+        Stack("metrics-server", "metrics-server (kubelet-insecure-tls on kubeadm labs)"),
+        Stack("hpa-demo", "a demo app with HPA and PDB", requires=("metrics-server",)),
+        Stack("istio", "Istio base, istiod and an ingress gateway"),
+        Stack("gatekeeper", "OPA Gatekeeper with baseline constraints"),
+        Stack("quotas", "ResourceQuota and LimitRange per namespace"),
+    ]
+}

@@ -1,0 +1,124 @@
+"""The commands about the lab file and the install: init, validate, schema, plan, install."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import typer
+
+from . import G, app, emit_json, open_lab, reporter
+
+PHASES_HELP = "Phase name (repeatable or comma-separated)."
+
+
+def _names(values: list[str] | None) -> list[str]:
+    return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
+
+
+def _selection(only, start, skip, cluster):
+    from ..engine import Selection
+
+    return Selection(only=_names(only), start=start, skip=_names(skip), clusters=_names(cluster))
+
+
+@app.command()
+def init(force: bool = typer.Option(False, "--force", help="Overwrite an existing clusters.json.")) -> None:
+    """Write a starter clusters.json (the predecessor's four clusters) into the current directory."""
+    from ..errors import UsageError
+    from ..resources import DEFAULT_CLUSTERS_JSON
+
+    target = Path.cwd() / "clusters.json"
+    if target.exists() and not force:
+        raise UsageError(f"{target} already exists", hint="edit it, or pass --force to replace it")
+    shutil.copyfile(DEFAULT_CLUSTERS_JSON, target)
+    if G.json:
+        emit_json({"written": str(target)})
+    else:
+        typer.echo(f"wrote {target}; next: `labctl validate`, then `labctl plan`")
+
+
+@app.command()
+def validate() -> None:
+    """Check clusters.json: every problem at once, each with its JSON path; show the resource budget."""
+    from .. import host, model
+
+    lab = open_lab().model
+    budget = host.budget(lab)
+    warnings = model.warnings(lab)
+    if not budget.memory_fits:
+        warnings.append(f"this host cannot run the whole lab at once: {budget.describe()}")
+    if G.json:
+        emit_json({
+            "valid": True,
+            "clusters": len(lab.clusters),
+            "nodes": len(lab.nodes),
+            "budget": {"vcpus": budget.vcpus, "memory_mib": budget.memory_mib, "disk_gb": budget.disk_gb,
+                       "cpu_overcommit": round(budget.cpu_ratio, 2), "memory_fits_this_host": budget.memory_fits},
+            "warnings": warnings,
+        })
+        return
+    typer.echo(f"{G.config}: valid — {len(lab.clusters)} clusters, {len(lab.nodes)} nodes")
+    typer.echo(f"  budget: {budget.describe()}")
+    for w in warnings:
+        typer.echo(f"  warning: {w}")
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON schema of clusters.json."""
+    from ..model import Lab
+
+    emit_json(Lab.model_json_schema())
+
+
+@app.command()
+def plan(
+    only: list[str] = typer.Option(None, "--only", help=PHASES_HELP),
+    start: str = typer.Option(None, "--from", help="Start at this phase."),
+    skip: list[str] = typer.Option(None, "--skip", help=PHASES_HELP),
+    cluster: list[str] = typer.Option(None, "--cluster", help="Only these clusters (repeatable)."),
+) -> None:
+    """Show what `install` would change: every step's check against the live lab. Changes nothing."""
+    from ..lab import RunOptions, plan as make_plan, spec_changes
+
+    lab = open_lab()
+    summary = make_plan(lab, RunOptions(_selection(only, start, skip, cluster)))
+    changes = spec_changes(lab)
+    if G.json:
+        emit_json({
+            "config": str(G.config),
+            "changes": changes,
+            "counts": {s: summary.count(s) for s in ("unchanged", "would-change", "unknown", "pending")},
+            "steps": [r.as_dict() for r in summary.results],
+        })
+    else:
+        reporter().plan(summary, changes)
+
+
+@app.command()
+def install(
+    only: list[str] = typer.Option(None, "--only", help=PHASES_HELP),
+    start: str = typer.Option(None, "--from", help="Start at this phase."),
+    skip: list[str] = typer.Option(None, "--skip", help=PHASES_HELP),
+    cluster: list[str] = typer.Option(None, "--cluster", help="Only these clusters (repeatable)."),
+    parallel: int = typer.Option(0, "--parallel", "-p", min=0, help="Steps at once (0 = one per node)."),
+    fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop every cluster at the first failure."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only plan (same as `labctl plan`)."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (install never asks today; for scripts)."),
+) -> None:
+    """Create or converge the lab: run every phase whose check is not satisfied, clusters in parallel."""
+    from ..lab import RunOptions, install as run_install
+
+    if dry_run:
+        return plan(only, start, skip, cluster)
+    lab = open_lab()
+    ui = reporter()
+    opts = RunOptions(_selection(only, start, skip, cluster), parallel, fail_fast)
+    try:
+        summary = run_install(lab, opts, emit=ui, notify=ui.note, on_start=ui.start)
+    finally:
+        ui.stop()
+    ui.summary(summary, "install", logs_hint=str(lab.state.logs))
+    if not summary.ok:
+        raise typer.Exit(130 if summary.interrupted else 1)

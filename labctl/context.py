@@ -1,0 +1,153 @@
+"""What a phase gets to work with: the lab model, its state, the provider, one transport per node, facts.
+
+Everything heavy is created on first use (importing paramiko or the kubernetes client costs ~0.5-0.9 s), and
+every factory can be replaced, which is how the simulated lab plugs in its nodes and API servers.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .model import Cluster, Lab, Node
+    from .providers.base import Provider
+    from .remote.base import Transport
+    from .state import LabState
+
+log = logging.getLogger("labctl")
+
+TransportFactory = Callable[["Context", "Node"], "Transport"]
+
+
+class Context:
+    def __init__(
+        self,
+        lab: Lab,
+        state: LabState,
+        *,
+        provider: Provider | None = None,
+        transport_factory: TransportFactory | None = None,
+        kube_factory: Callable[[Context, Cluster], Any] | None = None,
+        notify: Callable[[str], None] | None = None,
+        options: dict[str, Any] | None = None,
+    ):
+        self.lab = lab
+        self.state = state
+        self.options = options or {}
+        self._provider = provider
+        self._transport_factory = transport_factory
+        self._kube_factory = kube_factory
+        self._notify = notify or (lambda text: None)
+        self._lock = threading.Lock()
+        self._node_locks: dict[str, threading.Lock] = {}
+        self._transports: dict[str, Transport] = {}
+        self._facts: dict[str, Any] = {}
+        self._once: dict[str, Any] = {}
+        self._kubes: dict[str, Any] = {}
+
+    # -- the model --------------------------------------------------------------------------------------------
+    def node(self, name: str) -> tuple[Cluster, Node]:
+        for cluster, node in self.lab.nodes:
+            if node.name == name:
+                return cluster, node
+        raise KeyError(name)
+
+    # -- the provider ----------------------------------------------------------------------------------------
+    @property
+    def provider(self) -> Provider:
+        with self._lock:
+            if self._provider is None:
+                from . import providers
+
+                self._provider = providers.get(self.lab, state=self.state)
+            return self._provider
+
+    # -- nodes -----------------------------------------------------------------------------------------------
+    def _per_node(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._node_locks.setdefault(name, threading.Lock())
+
+    def transport(self, name: str) -> Transport:
+        """One connection per node, opened on first use and reused by every later step."""
+        with self._per_node(name):
+            if name not in self._transports:
+                _, node = self.node(name)
+                factory = self._transport_factory
+                if factory is None:
+                    from .remote.ssh import transport_for
+
+                    factory = transport_for
+                self._transports[name] = factory(self, node)
+            return self._transports[name]
+
+    def drop_transport(self, name: str) -> None:
+        """Forget a node's connection (it rebooted or was deleted); the next use reconnects."""
+        with self._per_node(name):
+            transport = self._transports.pop(name, None)
+            self._facts.pop(name, None)
+        if transport is not None:
+            transport.close()
+
+    def facts(self, name: str, refresh: bool = False):
+        """The node's facts, probed once per run and again after anything changed them."""
+        with self._per_node(name):
+            cached = self._facts.get(name)
+        if cached is not None and not refresh:
+            return cached
+        from .remote.facts import gather
+
+        facts = gather(self.transport(name))
+        with self._per_node(name):
+            self._facts[name] = facts
+        return facts
+
+    def invalidate(self, name: str) -> None:
+        with self._per_node(name):
+            self._facts.pop(name, None)
+
+    # -- clusters --------------------------------------------------------------------------------------------
+    def kube(self, cluster: Cluster):
+        with self._lock:
+            if cluster.name not in self._kubes:
+                if self._kube_factory is None:
+                    from .kube.client import client_for
+
+                    self._kube_factory = client_for
+                self._kubes[cluster.name] = self._kube_factory(self, cluster)
+            return self._kubes[cluster.name]
+
+    # -- helpers for phases ----------------------------------------------------------------------------------
+    def once(self, key: str, fn: Callable[[], Any]) -> Any:
+        """Run `fn` once per run for `key` (e.g. pull the base image once, not once per node)."""
+        with self._lock:
+            lock = self._node_locks.setdefault(f"once:{key}", threading.Lock())
+        with lock:
+            if key not in self._once:
+                self._once[key] = fn()
+            return self._once[key]
+
+    def log(self, node: str, text: str) -> None:
+        self.state.log(node, text)
+
+    def note(self, text: str) -> None:
+        """A progress line for the user (e.g. 'pulling ghcr.io/...'), shown by the UI."""
+        log.info(text)
+        self._notify(text)
+
+    def debug(self, message: str, exc: BaseException | None = None) -> None:
+        log.debug(message, exc_info=exc)
+
+    def close(self) -> None:
+        for name in list(self._transports):
+            try:
+                self.drop_transport(name)
+            except Exception as exc:  # closing is best effort
+                log.debug("closing %s failed", name, exc_info=exc)
+
+
+def lab_dir(config: Path) -> Path:
+    return config.resolve().parent

@@ -1,0 +1,149 @@
+"""The library API behind the CLI: open a lab, validate it, plan it, install it.
+
+Each function is one command's whole flow (DESIGN.md "flow of one command"); the CLI only parses options and
+renders. Tests and the simulated lab call these directly, replacing the context factories they need.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import host, model
+from .context import Context, lab_dir
+from .engine import Engine, Selection, Step, StepResult, Summary, build_steps
+from .errors import LabctlError
+from .resources import phases_package
+from .state import LabState
+
+# The simulated lab (tests/sim) plugs its provider, transports and API servers in here.
+CONTEXT_OVERRIDES: dict[str, Any] = {}
+
+
+@dataclass
+class LabSession:
+    config: Path
+    model: model.Lab
+    state: LabState
+
+    @classmethod
+    def open(cls, config: Path) -> LabSession:
+        spec = model.load(config)
+        return cls(config, spec, LabState(lab_dir(config) / ".labctl"))
+
+    def context(self, notify: Callable[[str], None] | None = None, **options: Any) -> Context:
+        kwargs = {**CONTEXT_OVERRIDES}
+        return Context(self.model, self.state, notify=notify, options=options, **kwargs)
+
+
+@dataclass
+class RunOptions:
+    selection: Selection = field(default_factory=Selection)
+    parallel: int = 0  # 0 = one worker per node (steps mostly wait on VMs and SSH, not on the CPU)
+    fail_fast: bool = False
+
+    def workers(self, lab: model.Lab) -> int:
+        return self.parallel or max(4, len(lab.nodes))
+
+
+def install_phases() -> list:
+    return phases_package().install_phases()
+
+
+def spec_hashes(lab: model.Lab) -> dict[str, str]:
+    """The spec hash of every node (`cluster/node`) and cluster (`cluster`) as clusters.json asks for them now."""
+    out = {}
+    for cluster in lab.clusters:
+        out[cluster.name] = model.cluster_hash(lab, cluster)
+        for node in cluster.nodes:
+            out[f"{cluster.name}/{node.name}"] = model.node_hash(lab, node)
+    return out
+
+
+def spec_changes(lab: LabSession) -> list[str]:
+    """What changed in clusters.json since the last successful run, as lines for the plan."""
+    recorded = lab.state.read()["specs"]
+    if not recorded:
+        return []
+    now = spec_hashes(lab.model)
+    lines = []
+    for key, value in now.items():
+        kind = "node" if "/" in key else "cluster"
+        name = key.split("/")[-1]
+        if key not in recorded:
+            lines.append(f"+ {kind} {name} is new in clusters.json")
+        elif recorded[key] != value:
+            lines.append(f"~ {kind} {name} changed in clusters.json since the last install")
+    for key in recorded:
+        if key not in now:
+            kind = "node" if "/" in key else "cluster"
+            lines.append(f"- {kind} {key.split('/')[-1]} is no longer in clusters.json (its VM is left alone)")
+    return lines
+
+
+def _step_spec(step: Step, hashes: dict[str, str]) -> str | None:
+    t = step.target
+    return hashes.get(f"{t.cluster}/{t.node}" if t.node else (t.cluster or ""))
+
+
+def plan(lab: LabSession, opts: RunOptions, emit=None) -> Summary:
+    steps = build_steps(lab.model, install_phases(), opts.selection)
+    ctx = lab.context()
+    try:
+        return Engine(ctx, parallel=opts.workers(lab.model), emit=emit).plan(steps)
+    finally:
+        ctx.close()
+
+
+def check_budget(lab: model.Lab, phase_names: list[str]) -> None:
+    """Refuse to create VMs whose memory would not fit the host (memory is never overcommitted)."""
+    if "vms" not in phase_names:
+        return
+    b = host.budget(lab)
+    if not b.memory_fits:
+        raise LabctlError(
+            f"the lab needs {b.memory_mib} MiB of memory but this host has {b.memory_available_mib} MiB to give "
+            f"({b.describe()})",
+            hint="lower `memory` of some nodes, drop a cluster, or install one cluster at a time with --cluster",
+        )
+
+
+def run(
+    lab: LabSession,
+    steps: list[Step],
+    opts: RunOptions,
+    command: str,
+    emit=None,
+    notify=None,
+    on_start: Callable[[list[Step]], None] | None = None,
+) -> Summary:
+    """Run steps under the lab lock, recording each result and the spec hashes of what converged."""
+    hashes = spec_hashes(lab.model)
+
+    def record(result: StepResult) -> None:
+        lab.state.record_step(result.step.id, result.status, result.detail, result.elapsed,
+                              _step_spec(result.step, hashes))
+
+    with lab.state.locked(command):
+        ctx = lab.context(notify=notify)
+        try:
+            if on_start:
+                on_start(steps)
+            summary = Engine(ctx, parallel=opts.workers(lab.model), fail_fast=opts.fail_fast, emit=emit,
+                             record=record).run(steps)
+        finally:
+            ctx.close()
+        failed_targets = {r.step.target.cluster for r in summary.results if r.status not in ("changed", "unchanged")}
+        converged = {k: v for k, v in hashes.items() if k.split("/")[0] not in failed_targets
+                     and (not opts.selection.clusters or k.split("/")[0] in opts.selection.clusters)}
+        if converged and not opts.selection.only and not opts.selection.start and not opts.selection.skip:
+            lab.state.set_specs(converged)
+    return summary
+
+
+def install(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None) -> Summary:
+    steps = build_steps(lab.model, install_phases(), opts.selection)
+    check_budget(lab.model, sorted({s.phase.name for s in steps}))
+    return run(lab, steps, opts, "install", emit=emit, notify=notify, on_start=on_start)

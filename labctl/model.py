@@ -1,0 +1,397 @@
+"""clusters.json as pydantic models: defaults beside each field, strict decoding, every problem at once.
+
+The predecessor's file format loads unchanged: every field added since then is optional with a default.
+Loading is `load(path)`: JSON syntax → field validation (pydantic) → whole-lab checks (names, CIDRs, roles).
+Problems from both passes are reported together, each with its JSON path.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import ipaddress
+import json
+import re
+from datetime import date
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictInt, ValidationError, field_validator
+
+from . import catalog
+from .errors import ConfigError, Problem
+
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
+LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+
+
+class Strict(BaseModel):
+    # Unknown fields are errors (a typo must never be silently ignored); see _problems() for the suggestion.
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _dns_label(value: str, max_len: int) -> str:
+    if len(value) > max_len:
+        raise ValueError(f"{value!r} is longer than {max_len} characters")
+    if not DNS_LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a DNS-1123 label: use lowercase letters, digits and '-', starting and ending "
+            "with a letter or digit"
+        )
+    return value
+
+
+def _ipv4_cidr(value: str) -> str:
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a valid CIDR ({exc}); write it like 10.10.0.0/16") from None
+    if net.version != 4:
+        raise ValueError(f"{value!r} is IPv6; labctl labs are IPv4")
+    return value
+
+
+class Taint(Strict):
+    key: str
+    value: str = ""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] = "NoSchedule"
+
+
+class Node(Strict):
+    name: str = Field(description="VM name and Kubernetes node name; unique across the whole lab")
+    role: Literal["master", "worker"] = Field(description="`master` runs the control plane")
+    cpu: StrictInt = Field(gt=0, description="vCPUs (may be overcommitted across the lab)")
+    memory: StrictInt = Field(gt=0, description="memory in MiB (never overcommitted across the lab)")
+    disk: StrictInt = Field(
+        default=catalog.IMAGE_DISK_GB,
+        ge=catalog.IMAGE_DISK_GB,
+        description="disk in GB; Tart disks only grow, and the image's is 20 GB",
+    )
+    labels: dict[str, str] = Field(default_factory=dict, description="Kubernetes node labels")
+    taints: list[Taint] = Field(default_factory=list, description="Kubernetes node taints")
+
+    _name = field_validator("name")(lambda v: _dns_label(v, 63))
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, labels: dict[str, str]) -> dict[str, str]:
+        for key, value in labels.items():
+            prefix, _, name = key.rpartition("/")
+            if (prefix and (len(prefix) > 253 or not LABEL_PREFIX.match(prefix))) or len(name) > 63 or not (
+                LABEL_NAME.match(name)
+            ):
+                raise ValueError(f"label key {key!r} is not a valid Kubernetes label key")
+            if value and (len(value) > 63 or not LABEL_NAME.match(value)):
+                raise ValueError(f"label {key}={value!r}: values are ≤63 of [A-Za-z0-9._-], alphanumeric at both ends")
+        return labels
+
+
+class CiliumSettings(Strict):
+    hubble: bool = Field(default=True, description="Hubble relay and UI")
+    hubble_ui_node_port: StrictInt = Field(default=31235, ge=30000, le=32767)
+    cluster_id: StrictInt | None = Field(
+        default=None, ge=1, le=255, description="ClusterMesh id; default: the cluster's position (1-based)"
+    )
+
+
+class Cluster(Strict):
+    name: str = Field(description="DNS-1123 label, ≤32 characters (Cilium's cluster.name limit)")
+    pod_cidr: str = Field(description="pod network; must not overlap any other cluster's pod or service CIDR")
+    service_cidr: str = Field(description="service network; /12 or smaller (kube-apiserver limit)")
+    nodes: list[Node] = Field(min_length=1)
+    stacks: list[str] = Field(
+        default_factory=list, description="stacks from the catalogue to install on this cluster (see docs)"
+    )
+    cilium: CiliumSettings = Field(default_factory=CiliumSettings)
+
+    _name = field_validator("name")(lambda v: _dns_label(v, 32))
+    _cidrs = field_validator("pod_cidr", "service_cidr")(_ipv4_cidr)
+
+    @field_validator("stacks")
+    @classmethod
+    def _stacks(cls, stacks: list[str]) -> list[str]:
+        for name in stacks:
+            if name not in catalog.STACKS:
+                near = difflib.get_close_matches(name, catalog.STACKS, n=1)
+                tip = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(catalog.STACKS)}"
+                raise ValueError(f"unknown stack {name!r}{tip}")
+        dupes = sorted({s for s in stacks if stacks.count(s) > 1})
+        if dupes:
+            raise ValueError(f"listed more than once: {', '.join(dupes)}")
+        for name in stacks:
+            missing = [r for r in catalog.STACKS[name].requires if r not in stacks]
+            if missing:
+                raise ValueError(f"stack {name!r} needs {', '.join(repr(m) for m in missing)} in the same list")
+        return stacks
+
+    @property
+    def masters(self) -> list[Node]:
+        return [n for n in self.nodes if n.role == "master"]
+
+    @property
+    def workers(self) -> list[Node]:
+        return [n for n in self.nodes if n.role == "worker"]
+
+
+class Versions(Strict):
+    kubernetes: str = Field(default=catalog.DEFAULT_KUBERNETES, description="exact Kubernetes version (x.y.z)")
+    containerd: str = Field(default=catalog.DEFAULT_CONTAINERD, description="lowest containerd version accepted")
+    cilium: str = Field(default=catalog.DEFAULT_CILIUM, description="Cilium Helm chart version")
+    helm: str = Field(default=catalog.DEFAULT_HELM, description="Helm version installed on control planes")
+
+    @field_validator("kubernetes", "containerd", "cilium", "helm")
+    @classmethod
+    def _semver(cls, v: str) -> str:
+        if not VERSION.match(v):
+            raise ValueError(f"{v!r} is not an exact version like 1.35.6")
+        return v
+
+    @field_validator("kubernetes")
+    @classmethod
+    def _known_minor(cls, v: str) -> str:
+        minor = int(v.split(".")[1])
+        known = sorted(catalog.KUBERNETES_MINORS)
+        if not v.startswith("1.") or minor not in catalog.KUBERNETES_MINORS:
+            raise ValueError(f"{v!r}: labctl supports Kubernetes 1.{known[0]} to 1.{known[-1]} (kubeadm v1beta4)")
+        return v
+
+
+class TartSettings(Strict):
+    network: Literal["shared", "softnet", "bridged"] = Field(
+        default="shared", description="shared NAT (default), softnet (isolated), or bridged to `bridge_interface`"
+    )
+    bridge_interface: str | None = Field(default=None, description="host interface for `bridged`, e.g. en0")
+    softnet_allow: list[str] = Field(default_factory=list, description="CIDRs softnet lets the VMs reach")
+    ip_resolver: Literal["dhcp", "arp", "agent"] = "dhcp"
+    ip_wait_seconds: StrictInt = Field(default=120, ge=0, description="how long `tart ip --wait` waits for a lease")
+
+    @field_validator("softnet_allow")
+    @classmethod
+    def _allow(cls, cidrs: list[str]) -> list[str]:
+        return [_ipv4_cidr(c) for c in cidrs]
+
+
+class ProviderSettings(Strict):
+    type: Literal["tart"] = Field(default="tart", description="the VM provider")
+    tart: TartSettings = Field(default_factory=TartSettings)
+
+
+class Lab(Strict):
+    base_image: str = Field(default="ghcr.io/cirruslabs/ubuntu:latest", description="image every VM is cloned from")
+    ssh_user: str = Field(default="admin")
+    ssh_password: SecretStr | None = Field(
+        default=SecretStr("admin"), description="first-contact password; labctl then installs its own key"
+    )
+    ssh_key: str | None = Field(default=None, description="first-contact private key file instead of a password")
+    provider: ProviderSettings = Field(default_factory=ProviderSettings)
+    versions: Versions = Field(default_factory=Versions)
+    clusters: list[Cluster] = Field(min_length=1)
+
+    @property
+    def nodes(self) -> list[tuple[Cluster, Node]]:
+        return [(c, n) for c in self.clusters for n in c.nodes]
+
+    def cluster(self, name: str) -> Cluster:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        raise KeyError(name)
+
+    def cluster_id(self, cluster: Cluster) -> int:
+        return cluster.cilium.cluster_id or self.clusters.index(cluster) + 1
+
+
+# ---- whole-lab checks ------------------------------------------------------------------------------------------
+
+# Tart's shared NAT network: a pod or service CIDR here would shadow the nodes' own addresses.
+NODE_NETWORKS = {"tart shared NAT": ipaddress.ip_network("192.168.64.0/24")}
+
+
+def _cidr_or_none(value: Any) -> ipaddress.IPv4Network | None:
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except (TypeError, ValueError):
+        return None  # already reported by field validation
+    return net if net.version == 4 else None
+
+
+def _lab_problems(raw: dict) -> list[Problem]:
+    """Checks that span fields. Runs on the raw data so it still reports when some fields failed to parse."""
+    problems: list[Problem] = []
+    clusters = raw.get("clusters") if isinstance(raw.get("clusters"), list) else []
+    seen_clusters: dict[str, str] = {}
+    seen_nodes: dict[str, str] = {}
+    networks: list[tuple[str, str, ipaddress.IPv4Network]] = []  # (path, kind, net)
+
+    for ci, cluster in enumerate(clusters):
+        if not isinstance(cluster, dict):
+            continue
+        cpath = f"clusters[{ci}]"
+        cname = cluster.get("name")
+        if isinstance(cname, str):
+            if cname in seen_clusters:
+                problems.append(Problem(f"{cpath}.name", f"cluster {cname!r} is already defined at {seen_clusters[cname]}"))
+            seen_clusters.setdefault(cname, cpath)
+        nodes = cluster.get("nodes") if isinstance(cluster.get("nodes"), list) else []
+        roles = [n.get("role") for n in nodes if isinstance(n, dict)]
+        if nodes and "master" not in roles:
+            problems.append(Problem(f"{cpath}.nodes", f"cluster {cname!r} has no node with role 'master'; add one"))
+        for ni, node in enumerate(nodes):
+            if not isinstance(node, dict):
+                continue
+            npath = f"{cpath}.nodes[{ni}]"
+            nname = node.get("name")
+            if isinstance(nname, str):
+                if nname in seen_nodes:
+                    problems.append(
+                        Problem(f"{npath}.name", f"VM name {nname!r} is already used at {seen_nodes[nname]}; "
+                                "VM names are global across all clusters")
+                    )
+                seen_nodes.setdefault(nname, npath)
+            if node.get("role") == "master":
+                cpu, mem = node.get("cpu"), node.get("memory")
+                if isinstance(cpu, int) and 0 < cpu < catalog.CONTROL_PLANE_MIN_CPU:
+                    problems.append(Problem(f"{npath}.cpu", f"a master needs at least {catalog.CONTROL_PLANE_MIN_CPU} "
+                                            f"CPUs (kubeadm preflight); {nname!r} has {cpu}"))
+                if isinstance(mem, int) and 0 < mem < catalog.CONTROL_PLANE_MIN_MEMORY_MB:
+                    problems.append(Problem(f"{npath}.memory", f"a master needs at least "
+                                            f"{catalog.CONTROL_PLANE_MIN_MEMORY_MB} MB (kubeadm preflight); "
+                                            f"{nname!r} has {mem}"))
+        for field, kind in (("pod_cidr", "pod"), ("service_cidr", "service")):
+            net = _cidr_or_none(cluster.get(field))
+            if net is not None:
+                networks.append((f"{cpath}.{field}", kind, net))
+                if kind == "service" and net.prefixlen < catalog.SERVICE_CIDR_MIN_PREFIX:
+                    problems.append(Problem(f"{cpath}.{field}", f"{net} is larger than /{catalog.SERVICE_CIDR_MIN_PREFIX}"
+                                            " (the kube-apiserver refuses it); use a /12 to /24"))
+
+    # Pods are routed between clusters (ClusterMesh-ready), so a pod CIDR may overlap nothing; services are
+    # cluster-local, so two clusters may reuse a service range, but never one that is some cluster's pod range.
+    for i, (path_a, kind_a, a) in enumerate(networks):
+        for path_b, kind_b, b in networks[i + 1 :]:
+            if (kind_a == "pod" or kind_b == "pod") and a.overlaps(b):
+                problems.append(Problem(path_b, f"{b} overlaps {a} ({path_a}); {kind_a} and {kind_b} ranges "
+                                        "must not overlap"))
+        for what, node_net in NODE_NETWORKS.items():
+            if a.overlaps(node_net):
+                problems.append(Problem(path_a, f"{a} overlaps the {what} network {node_net} the VMs live on"))
+    return problems
+
+
+# ---- loading ---------------------------------------------------------------------------------------------------
+
+def _path(loc: tuple) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _model_at(loc: tuple) -> type[BaseModel]:
+    """The model class that owns the container at `loc` (used to suggest field names)."""
+    model: type[BaseModel] = Lab
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part)
+        if field is None:
+            break
+        ann = field.annotation
+        inner = getattr(ann, "__args__", (ann,))
+        nxt = next((t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)), None)
+        if nxt is None:
+            break
+        model = nxt
+    return model
+
+
+def _problems(exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors():
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            field = str(loc[-1])
+            known = list(_model_at(loc[:-1]).model_fields)
+            near = difflib.get_close_matches(field, known, n=1, cutoff=0.6)
+            msg = f"unknown field {field!r}" + (f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(known)}")
+        elif err["type"] == "missing":
+            msg = "required field is missing"
+        else:
+            msg = err["msg"].removeprefix("Value error, ")
+        problems.append(Problem(_path(loc), msg))
+    return problems
+
+
+def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
+    out: dict = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError(f"duplicate key {key!r}")
+        out[key] = value
+    return out
+
+
+def parse(text: str, source: str = "clusters.json") -> Lab:
+    try:
+        raw = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(source, [Problem("", f"line {exc.lineno}, column {exc.colno}: {exc.msg}")]) from None
+    except ValueError as exc:  # duplicate key
+        raise ConfigError(source, [Problem("", str(exc))]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(source, [Problem("", "the top level must be a JSON object with a `clusters` list")])
+    problems: list[Problem] = []
+    lab = None
+    try:
+        lab = Lab.model_validate(raw)
+    except ValidationError as exc:
+        problems += _problems(exc)
+    problems += _lab_problems(raw)
+    if problems:
+        raise ConfigError(source, problems)
+    assert lab is not None
+    return lab
+
+
+def load(path: Path) -> Lab:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(str(path), [Problem("", "file not found; create one with `labctl init` or pass --config")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(str(path), [Problem("", f"cannot read it: {exc}")]) from None
+    return parse(text, str(path))
+
+
+# ---- derived facts -----------------------------------------------------------------------------------------------
+
+def warnings(lab: Lab, today: date | None = None) -> list[str]:
+    """Things that are legal but deserve a word (shown by validate and plan)."""
+    out = []
+    minor = int(lab.versions.kubernetes.split(".")[1])
+    eol = date.fromisoformat(catalog.KUBERNETES_MINORS[minor])
+    if (today or date.today()) > eol:
+        out.append(f"versions.kubernetes: 1.{minor} reached end of life on {eol}; consider 1.{max(catalog.KUBERNETES_MINORS)}")
+    for cluster, node in lab.nodes:
+        if node.role == "master" and node.memory < 2048:
+            out.append(f"{node.name}: {node.memory} MiB leaves little room for the control plane; 2048+ is safer")
+    return out
+
+
+def spec_hash(*parts: BaseModel | str) -> str:
+    """A short stable hash of model parts: what clusters.json asked for, to spot what changed since last run."""
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.model_dump(mode="json") if isinstance(part, BaseModel) else part
+        h.update(json.dumps(data, sort_keys=True, default=str).encode())
+    return h.hexdigest()[:16]
+
+
+def node_hash(lab: Lab, node: Node) -> str:
+    return spec_hash(node, lab.base_image, lab.versions)
+
+
+def cluster_hash(lab: Lab, cluster: Cluster) -> str:
+    return spec_hash(cluster, lab.versions)

@@ -1,0 +1,18 @@
+"""VM providers behind one small protocol (base.Provider). `get(lab)` picks the one clusters.json names."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..model import Lab
+    from .base import Provider
+
+
+def get(lab: Lab, **kwargs) -> Provider:
+    kind = lab.provider.type
+    if kind == "tart":
+        from .tart import TartProvider
+
+        return TartProvider(lab, **kwargs)
+    raise ValueError(f"unknown provider {kind!r}")  # the model's Literal makes this unreachable

@@ -1,0 +1,1 @@
+"""Talking to nodes: the Transport contract (base), SSH (ssh), node facts (facts)."""

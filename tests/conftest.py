@@ -1,0 +1,53 @@
+"""Shared test helpers: the repository layout and an in-process CLI runner."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures"
+SHIPPED = ROOT / "clusters.json"
+PREDECESSOR = FIXTURES / "predecessor-clusters.json"
+
+
+@dataclass
+class CliResult:
+    code: int
+    out: str
+    err: str
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> CliResult:
+    """Run `labctl ARGS` in this process through the real entry point (error handling included)."""
+    from labctl.cli import G, Globals, main
+
+    G.__dict__.update(Globals().__dict__)
+    out, err = io.StringIO(), io.StringIO()
+    old_argv, old_env = sys.argv, dict(os.environ)
+    sys.argv = ["labctl", *args]
+    os.environ.update(env or {})
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                main()
+                code = 0
+            except SystemExit as exc:
+                code = int(exc.code or 0)
+    finally:
+        sys.argv = old_argv
+        os.environ.clear()
+        os.environ.update(old_env)
+    return CliResult(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture(autouse=True)
+def _isolated_debug_log(tmp_path, monkeypatch):
+    # The debug log goes to the user's state dir by default; keep tests out of it.
+    monkeypatch.setenv("LABCTL_DEBUG_LOG", str(tmp_path / "debug.log"))

@@ -1,0 +1,150 @@
+"""clusters.json models: the shipped and the predecessor's files load; every invalid fixture fails as documented."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from labctl import catalog, host, model
+from labctl.errors import ConfigError
+from tests.conftest import FIXTURES, PREDECESSOR, ROOT, SHIPPED, run_cli
+
+INVALID = FIXTURES / "invalid"
+CASES = json.loads((INVALID / "cases.json").read_text())
+
+
+def test_predecessor_fixture_is_byte_for_byte_the_shared_one():
+    shared = ROOT.parent / "shared" / "fixtures" / "predecessor-clusters.json"
+    if not shared.exists():
+        pytest.skip("shared/ is not beside this checkout")
+    assert PREDECESSOR.read_bytes() == shared.read_bytes()
+
+
+@pytest.mark.parametrize("path", [SHIPPED, PREDECESSOR], ids=["shipped", "predecessor"])
+def test_valid_files_load_and_validate(path):
+    lab = model.load(path)
+    assert [c.name for c in lab.clusters] == ["platform", "dev", "staging", "prod"]
+    assert len(lab.nodes) == 10
+    result = run_cli("-c", str(path), "validate")
+    assert result.code == 0, result.err
+    assert "4 clusters, 10 nodes" in result.out
+
+
+def test_predecessor_file_gets_defaults_for_every_new_field():
+    lab = model.load(PREDECESSOR)
+    assert lab.versions.kubernetes == catalog.DEFAULT_KUBERNETES
+    assert lab.provider.type == "tart" and lab.provider.tart.network == "shared"
+    assert all(c.stacks == [] for c in lab.clusters)
+    assert lab.ssh_password is not None and lab.ssh_password.get_secret_value() == "admin"
+    assert "ssh_password=SecretStr('**********')" in repr(lab)  # the password is never shown
+
+
+def test_shipped_lab_reproduces_the_predecessor_placement_and_sizes():
+    lab = model.load(SHIPPED)
+    old = model.load(PREDECESSOR)
+    for new_c, old_c in zip(lab.clusters, old.clusters, strict=True):
+        assert (new_c.name, new_c.pod_cidr, new_c.service_cidr) == (old_c.name, old_c.pod_cidr, old_c.service_cidr)
+        assert [(n.name, n.role, n.cpu, n.memory, n.disk) for n in new_c.nodes] == [
+            (n.name, n.role, n.cpu, n.memory, n.disk) for n in old_c.nodes
+        ]
+    stacks = {c.name: set(c.stacks) for c in lab.clusters}
+    assert stacks["platform"] >= {"monitoring", "alerting", "argocd", "jenkins", "sealed-secrets", "backup", "harbor"}
+    assert stacks["dev"] >= {"network-policies", "metrics-server", "hpa-demo", "istio", "gatekeeper", "quotas"}
+    assert stacks["staging"] >= {"metrics-server", "quotas"} and stacks["prod"] >= {"quotas"}
+    assert all("rbac" in s for s in stacks.values())
+    assert [lab.cluster_id(c) for c in lab.clusters] == [1, 2, 3, 4]
+    assert int(lab.versions.kubernetes.split(".")[1]) > 31  # 1.31 is end-of-life
+
+
+def test_at_least_twenty_invalid_fixtures():
+    assert len(CASES) >= 20
+    assert sorted(c["file"] for c in CASES) == sorted(p.name for p in INVALID.glob("[0-9]*.json"))
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c["file"] for c in CASES])
+def test_invalid_fixture(case):
+    result = run_cli("-c", str(INVALID / case["file"]), "validate")
+    assert result.code == 2, (result.out, result.err)
+    assert "Traceback" not in result.err + result.out
+    assert result.err.count("error:") == 1  # printed once
+    for path in case["paths"]:
+        assert f"  - {path}: " in result.err, f"{path} not named in:\n{result.err}"
+    for message in case["messages"]:
+        assert message in result.err
+
+
+def test_every_problem_is_reported_with_its_path():
+    with pytest.raises(ConfigError) as info:
+        model.load(INVALID / "32-many-problems-at-once.json")
+    paths = {p.path for p in info.value.problems}
+    assert paths == {"clusters[0].nodes[0].cpu", "clusters[1].pod_cidr", "clusters[2].nodes[1].memroy", "clusters[3].name"}
+
+
+def test_missing_file_is_a_clear_input_error(tmp_path):
+    result = run_cli("-c", str(tmp_path / "nope.json"), "validate")
+    assert result.code == 2
+    assert "file not found" in result.err and "labctl init" in result.err
+
+
+def test_real_entry_point_exits_2_without_traceback():
+    proc = subprocess.run(
+        [sys.executable, "-m", "labctl", "-c", str(INVALID / "07-duplicate-vm-name.json"), "validate"],
+        capture_output=True, text=True, cwd=ROOT,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr
+    assert "clusters[1].nodes[0].name" in proc.stderr
+
+
+def test_validate_json_output_is_a_document():
+    result = run_cli("--json", "-c", str(SHIPPED), "validate")
+    doc = json.loads(result.out)
+    assert doc["valid"] is True and doc["nodes"] == 10
+    assert doc["budget"]["vcpus"] == 21 and doc["budget"]["memory_mib"] == 69632
+
+
+def test_budget_never_overcommits_memory_and_reports_cpu_ratio():
+    lab = model.load(SHIPPED)
+    mac = host.Host("Darwin", "arm64", cpus=16, memory_mib=128 * 1024)
+    b = host.budget(lab, mac)
+    assert (b.vcpus, b.memory_mib) == (21, 69632)
+    assert round(b.cpu_ratio, 2) == 1.31  # the seed's own number (§7.1)
+    assert b.memory_fits
+    small = host.budget(lab, host.Host("Darwin", "arm64", cpus=8, memory_mib=32 * 1024))
+    assert not small.memory_fits
+
+
+def test_eol_kubernetes_is_a_warning_not_an_error():
+    lab = model.parse(PREDECESSOR.read_text().replace('"ssh_user"', '"versions": {"kubernetes": "1.32.9"}, "ssh_user"'))
+    assert any("end of life" in w for w in model.warnings(lab, today=date(2026, 11, 22)))
+    assert not any("end of life" in w for w in model.warnings(model.load(SHIPPED), today=date(2026, 11, 22)))
+
+
+def test_spec_hash_changes_only_for_the_changed_node():
+    lab = model.load(SHIPPED)
+    raw = json.loads(SHIPPED.read_text())
+    raw["clusters"][1]["nodes"][1]["memory"] = 6144
+    changed = model.parse(json.dumps(raw))
+    before = {n.name: model.node_hash(lab, n) for _, n in lab.nodes}
+    after = {n.name: model.node_hash(changed, n) for _, n in changed.nodes}
+    assert [name for name in before if before[name] != after[name]] == ["dev-worker1"]
+
+
+def test_schema_command_prints_the_json_schema():
+    result = run_cli("schema")
+    schema = json.loads(result.out)
+    assert "clusters" in schema["properties"]
+    assert schema["$defs"]["Node"]["additionalProperties"] is False
+
+
+def test_init_writes_a_starter_file_and_refuses_to_overwrite(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert run_cli("init").code == 0
+    assert model.load(Path("clusters.json")).clusters
+    again = run_cli("init")
+    assert again.code == 2 and "already exists" in again.err
