@@ -362,7 +362,11 @@ def load(path: Path) -> Lab:
         raise ConfigError(str(path), [Problem("", "file not found; create one with `labctl init` or pass --config")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [Problem("", f"cannot read it: {exc}")]) from None
-    return parse(text, str(path))
+    lab = parse(text, str(path))
+    if lab.ssh_key and not Path(lab.ssh_key).expanduser().is_absolute():
+        # a relative key path means "beside clusters.json", not "wherever labctl happens to be started"
+        lab = lab.model_copy(update={"ssh_key": str(path.resolve().parent / lab.ssh_key)})
+    return lab
 
 
 # ---- derived facts -----------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""The install phases, in order. Read top to bottom: this is what `labctl install` does.
+"""The phases of every command, in order. Read top to bottom: this is what each labctl command does.
 
 Each module has one Phase subclass and a module-level `phase` instance with the same shape:
 name, scope, after, applies(), check() (read-only) and apply() (safe to repeat).
@@ -6,23 +6,34 @@ name, scope, after, applies(), check() (read-only) and apply() (safe to repeat).
 
 from __future__ import annotations
 
-INSTALL_ORDER = [
-    "vms",  # Tart VMs cloned, sized and running with an address
-    "prepare",  # swap off, kernel modules, sysctls, hostname, machine-id
-    "runtime",  # containerd with SystemdCgroup and the right sandbox image
-    "kubepkgs",  # kubeadm/kubelet/kubectl at the pinned version, held
-    "init",  # kubeadm init on the first control plane, kubeconfigs
-    "join",  # control planes one at a time, workers in parallel
-    "cni",  # Cilium (kube-proxy free) + Hubble via Helm
-]
+import importlib
+
+ORDER = {
+    "install": [
+        "vms",  # Tart VMs cloned, sized and running with an address
+        "prepare",  # swap off, kernel modules, sysctls, hostname, machine-id
+        "runtime",  # containerd with SystemdCgroup and the right sandbox image
+        "kubepkgs",  # kubeadm/kubelet/kubectl at the pinned version, held
+        "init",  # kubeadm init on the first control plane, kubeconfigs
+        "join",  # control planes one at a time, workers in parallel
+        "cni",  # Cilium (kube-proxy free) + Hubble via Helm
+    ],
+    "boot": [
+        "boot",  # start stopped VMs (control planes first) and wait for their addresses
+    ],
+    "shutdown": [
+        "shutdown",  # power off from inside the guest, workers first; SIGUSR2, then `tart stop` as fallbacks
+    ],
+    "destroy": [
+        "destroy",  # stop and delete the lab's VMs (only those named in clusters.json)
+    ],
+}
 
 
-def install_phases():
-    """The Phase objects in install order (only the modules that exist yet)."""
-    import importlib
-
+def phases_for(command: str) -> list:
+    """The Phase objects of a command, in order (only the modules that exist yet)."""
     out = []
-    for name in INSTALL_ORDER:
+    for name in ORDER[command]:
         try:
             module = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as exc:
@@ -31,3 +42,7 @@ def install_phases():
             continue
         out.append(module.phase)
     return out
+
+
+def install_phases() -> list:
+    return phases_for("install")
