@@ -48,8 +48,8 @@ class RunOptions:
         return self.parallel or max(4, len(lab.nodes))
 
 
-def install_phases() -> list:
-    return phases_package().install_phases()
+def phases_for(command: str) -> list:
+    return phases_package().phases_for(command)
 
 
 def spec_hashes(lab: model.Lab) -> dict[str, str]:
@@ -89,7 +89,7 @@ def _step_spec(step: Step, hashes: dict[str, str]) -> str | None:
 
 
 def plan(lab: LabSession, opts: RunOptions, emit=None) -> Summary:
-    steps = build_steps(lab.model, install_phases(), opts.selection)
+    steps = build_steps(lab.model, phases_for("install"), opts.selection)
     ctx = lab.context()
     try:
         return Engine(ctx, parallel=opts.workers(lab.model), emit=emit).plan(steps)
@@ -118,6 +118,7 @@ def run(
     emit=None,
     notify=None,
     on_start: Callable[[list[Step]], None] | None = None,
+    options: dict[str, Any] | None = None,
 ) -> Summary:
     """Run steps under the lab lock, recording each result and the spec hashes of what converged."""
     hashes = spec_hashes(lab.model)
@@ -127,7 +128,7 @@ def run(
                               _step_spec(result.step, hashes))
 
     with lab.state.locked(command):
-        ctx = lab.context(notify=notify)
+        ctx = lab.context(notify=notify, **(options or {}))
         try:
             if on_start:
                 on_start(steps)
@@ -138,12 +139,70 @@ def run(
         failed_targets = {r.step.target.cluster for r in summary.results if r.status not in ("changed", "unchanged")}
         converged = {k: v for k, v in hashes.items() if k.split("/")[0] not in failed_targets
                      and (not opts.selection.clusters or k.split("/")[0] in opts.selection.clusters)}
-        if converged and not opts.selection.only and not opts.selection.start and not opts.selection.skip:
+        whole = not opts.selection.only and not opts.selection.start and not opts.selection.skip
+        if command == "install" and converged and whole:
             lab.state.set_specs(converged)
     return summary
 
 
 def install(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None) -> Summary:
-    steps = build_steps(lab.model, install_phases(), opts.selection)
+    steps = build_steps(lab.model, phases_for("install"), opts.selection)
     check_budget(lab.model, sorted({s.phase.name for s in steps}))
     return run(lab, steps, opts, "install", emit=emit, notify=notify, on_start=on_start)
+
+
+def boot(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None) -> Summary:
+    steps = build_steps(lab.model, phases_for("boot"), opts.selection)
+    return run(lab, steps, opts, "boot", emit=emit, notify=notify, on_start=on_start)
+
+
+def shutdown(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None) -> Summary:
+    steps = build_steps(lab.model, phases_for("shutdown"), opts.selection)
+    # Only ask a guest to power off if it answers right away; a dead one is stopped by the provider instead.
+    return run(lab, steps, opts, "shutdown", emit=emit, notify=notify, on_start=on_start,
+               options={"connect_timeout": 10})
+
+
+def destroy_targets(lab: LabSession, clusters: list[str]) -> list[str]:
+    build_steps(lab.model, [], Selection(clusters=clusters))  # validates the cluster names
+    return [n.name for c, n in lab.model.nodes if not clusters or c.name in clusters]
+
+
+def destroy(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None) -> Summary:
+    """Delete the lab's VMs (all, or those of --cluster), then what labctl kept about them."""
+    steps = build_steps(lab.model, phases_for("destroy"), opts.selection)
+    everything = not opts.selection.clusters
+    summary = run(lab, steps, opts, "destroy", emit=emit, notify=notify, on_start=on_start,
+                  options={"connect_timeout": 10})
+    gone = [c.name for c in lab.model.clusters
+            if (everything or c.name in opts.selection.clusters)
+            and all(r.status in ("changed", "unchanged") for r in summary.results if r.step.target.cluster == c.name)]
+    _forget_clusters(lab, gone, everything=everything and len(gone) == len(lab.model.clusters))
+    return summary
+
+
+def _forget_clusters(lab: LabSession, clusters: list[str], everything: bool) -> None:
+    """Remove what labctl kept about destroyed clusters; after a whole-lab destroy, .labctl itself."""
+    import shutil
+
+    if not clusters:
+        return
+    from .kube import kubeconfig
+
+    with lab.state.locked("destroy"):
+        for name in clusters:
+            kubeconfig.remove(lab.state, name)
+            for node in lab.model.cluster(name).nodes:
+                for path in (lab.state.node_log(node.name), lab.state.logs / f"{node.name}.tart.log"):
+                    path.unlink(missing_ok=True)
+        lab.state.forget(clusters)
+        if everything:
+            for child in lab.state.root.iterdir():
+                if child.name != "lock":
+                    shutil.rmtree(child) if child.is_dir() else child.unlink()
+    if everything:
+        (lab.state.root / "lock").unlink(missing_ok=True)
+        try:
+            lab.state.root.rmdir()
+        except OSError:
+            pass  # something new appeared meanwhile (another labctl): leave it

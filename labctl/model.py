@@ -16,7 +16,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictInt, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictInt, ValidationError, field_validator, model_validator
 
 from . import catalog
 from .errors import ConfigError, Problem
@@ -171,6 +171,12 @@ class TartSettings(Strict):
     @classmethod
     def _allow(cls, cidrs: list[str]) -> list[str]:
         return [_ipv4_cidr(c) for c in cidrs]
+
+    @model_validator(mode="after")
+    def _bridge(self) -> TartSettings:
+        if self.network == "bridged" and not self.bridge_interface:
+            raise ValueError("network 'bridged' needs bridge_interface (the Mac's interface, e.g. en0)")
+        return self
 
 
 class ProviderSettings(Strict):

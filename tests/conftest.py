@@ -47,6 +47,24 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
+@pytest.fixture
+def fake_tart(tmp_path, monkeypatch):
+    """The fake tart (tests/sim/fake_tart.py) on PATH with its own TART_HOME; killed and forgotten afterwards.
+
+    `.calls()`/`.argvs()` read what tart was asked, `.poweroff(vm)` and friends drive the guests.
+    """
+    from tests.sim.fake_tart import FakeTart
+
+    fake = FakeTart(tmp_path)
+    for key in list(os.environ):
+        if key.startswith("FAKE_TART_"):  # a knob left in the environment must not leak into a test
+            monkeypatch.delenv(key)
+    for key, value in fake.env().items():
+        monkeypatch.setenv(key, value)
+    yield fake
+    fake.kill_all()
+
+
 @pytest.fixture(autouse=True)
 def _isolated_debug_log(tmp_path, monkeypatch):
     # The debug log goes to the user's state dir by default; keep tests out of it.

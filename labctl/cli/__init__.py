@@ -46,16 +46,17 @@ def debug_log_path() -> Path:
 def _setup_logging(verbose: int) -> None:
     logger = logging.getLogger("labctl")
     logger.setLevel(logging.DEBUG)
-    if logger.handlers:
-        return
+    for handler in list(logger.handlers):  # one command per process normally; tests run many in one
+        logger.removeHandler(handler)
+        handler.close()
     try:
         from logging.handlers import RotatingFileHandler
 
         path = debug_log_path()
         path.parent.mkdir(parents=True, exist_ok=True)
-        handler: logging.Handler = RotatingFileHandler(path, maxBytes=5_000_000, backupCount=2)
-        handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(levelname)s %(message)s"))
-        logger.addHandler(handler)
+        file_handler = RotatingFileHandler(path, maxBytes=5_000_000, backupCount=2)
+        file_handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(levelname)s %(message)s"))
+        logger.addHandler(file_handler)
     except OSError:
         pass  # a read-only home must not stop labctl
     if verbose >= 2:
@@ -81,6 +82,18 @@ def reporter():
     from ..ui import Reporter, pick_mode
 
     return Reporter(pick_mode(G.json, G.quiet), verbose=G.verbose)
+
+
+def run_flow(flow, lab, opts, verb: str) -> None:
+    """Run one command's flow with live progress, print the summary, exit non-zero unless all went well."""
+    ui = reporter()
+    try:
+        summary = flow(lab, opts, emit=ui, notify=ui.note, on_start=ui.start)
+    finally:
+        ui.stop()
+    ui.summary(summary, verb, logs_hint=str(lab.state.logs))
+    if not summary.ok:
+        raise typer.Exit(130 if summary.interrupted else 1)
 
 
 def emit_json(data) -> None:
@@ -141,4 +154,4 @@ def main() -> None:
     sys.exit(code or 0)
 
 
-from . import commands  # noqa: E402,F401  (registers the commands on `app`)
+from . import commands, lifecycle  # noqa: E402,F401  (registers the commands on `app`)

@@ -7,19 +7,19 @@ from pathlib import Path
 
 import typer
 
-from . import G, app, emit_json, open_lab, reporter
+from . import G, app, emit_json, open_lab, reporter, run_flow
 
 PHASES_HELP = "Phase name (repeatable or comma-separated)."
 
 
-def _names(values: list[str] | None) -> list[str]:
+def names(values: list[str] | None) -> list[str]:
     return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
 
 
 def _selection(only, start, skip, cluster):
     from ..engine import Selection
 
-    return Selection(only=_names(only), start=start, skip=_names(skip), clusters=_names(cluster))
+    return Selection(only=names(only), start=start, skip=names(skip), clusters=names(cluster))
 
 
 @app.command()
@@ -112,13 +112,4 @@ def install(
 
     if dry_run:
         return plan(only, start, skip, cluster)
-    lab = open_lab()
-    ui = reporter()
-    opts = RunOptions(_selection(only, start, skip, cluster), parallel, fail_fast)
-    try:
-        summary = run_install(lab, opts, emit=ui, notify=ui.note, on_start=ui.start)
-    finally:
-        ui.stop()
-    ui.summary(summary, "install", logs_hint=str(lab.state.logs))
-    if not summary.ok:
-        raise typer.Exit(130 if summary.interrupted else 1)
+    run_flow(run_install, open_lab(), RunOptions(_selection(only, start, skip, cluster), parallel, fail_fast), "install")

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
+from ..errors import StepError
+
 VMState = Literal["running", "stopped", "suspended"]
 
 
@@ -21,6 +23,14 @@ class VM:
         return self.state == "running"
 
 
+def shrink_error(name: str, want: int, have: int) -> StepError:
+    """VM disks only grow (Tart's and QEMU's alike): a smaller disk in clusters.json is a mistake, not a request."""
+    return StepError(
+        f"{name}: clusters.json asks for a {want} GB disk, but the VM already has {have} GB; disks only grow",
+        hint=f"set its disk back to {have} or more, or `labctl destroy` and recreate the VM (its data is lost)",
+    )
+
+
 class Provider(Protocol):
     name: str
 
@@ -32,19 +42,27 @@ class Provider(Protocol):
 
     def get(self, name: str) -> VM | None: ...
 
-    def create(self, node) -> None:
-        """Clone the base image into a new VM; never replaces an existing one."""
+    def image_cached(self, image: str) -> bool: ...
+
+    def pull(self, image: str) -> None: ...
+
+    def create(self, node) -> bool:
+        """Clone the base image into a new VM; never replaces an existing one. True when it created one."""
 
     def configure(self, node) -> list[str]:
         """Set cpu/memory/disk to the model's (disk only grows); returns what changed."""
 
-    def start(self, node) -> None:
-        """Start detached; returns once the VM is running (not yet reachable)."""
+    def start(self, node) -> bool:
+        """Start detached; returns once the VM is running (not yet reachable). True when it started it."""
 
-    def stop(self, node, timeout: float = 60) -> str:
-        """Graceful power-off first, hard stop as the fallback; returns how it stopped."""
+    def stop(self, node, timeout: float = 60, *, guest_poweroff: bool = False) -> str:
+        """Graceful power-off first, hard stop as the fallback; returns how it stopped.
 
-    def delete(self, node) -> None: ...
+        guest_poweroff: the caller already asked the guest to power off, so wait for that first.
+        """
+
+    def delete(self, node) -> bool:
+        """Stop (if needed) and delete the VM. True when there was one."""
 
     def ip(self, node, wait: int = 0) -> str | None:
         """The VM's current IPv4 address, or None; never a stale address of a stopped VM."""

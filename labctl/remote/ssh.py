@@ -79,6 +79,8 @@ def transport_for(ctx, node) -> SSHTransport:
         state=ctx.state,
         password=lab.ssh_password.get_secret_value() if lab.ssh_password is not None else None,
         first_key=Path(lab.ssh_key).expanduser() if lab.ssh_key else None,
+        # shutdown only wants to know whether the guest answers now; install waits for VMs that are booting
+        connect_timeout=ctx.options.get("connect_timeout", CONNECT_TIMEOUT),
     )
 
 

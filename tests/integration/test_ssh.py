@@ -140,8 +140,10 @@ def test_transport_for_builds_from_the_lab_model(sshd, user, lab_state):
         lab=SimpleNamespace(ssh_user=user.name, ssh_password=SecretStr(user.password), ssh_key=None),
         state=lab_state,
         provider=SimpleNamespace(ssh_address=lambda node: (sshd.host, sshd.port)),
+        options={"connect_timeout": 7},
     )
     t = transport_for(ctx, SimpleNamespace(name="node-9"))
+    assert t.connect_timeout == 7  # shutdown asks for a short one: it only wants to know if the guest answers now
     try:
         assert t.run(WHOAMI).stdout == f"{user.name}\n"
         assert user.password not in repr(t)

@@ -1,0 +1,72 @@
+"""Day-to-day commands: boot, shutdown, destroy, forget-host."""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from . import G, app, emit_json, open_lab, run_flow
+from .commands import names
+
+CLUSTER_HELP = "Only these clusters (repeatable or comma-separated)."
+
+
+def _opts(cluster, parallel=0):
+    from ..engine import Selection
+    from ..lab import RunOptions
+
+    return RunOptions(Selection(clusters=names(cluster)), parallel)
+
+
+@app.command()
+def boot(cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP)) -> None:
+    """Start the lab's stopped VMs (control planes first) and wait until they have addresses."""
+    from ..lab import boot as flow
+
+    run_flow(flow, open_lab(), _opts(cluster), "boot")
+
+
+@app.command()
+def shutdown(cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP)) -> None:
+    """Power the lab's VMs off cleanly: in-guest power-off, workers first; a hard stop only as the last resort."""
+    from ..lab import shutdown as flow
+
+    run_flow(flow, open_lab(), _opts(cluster), "shutdown")
+
+
+@app.command()
+def destroy(
+    cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
+    yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask; required when not on a terminal."),
+) -> None:
+    """Delete the lab's VMs (only those in clusters.json) and what labctl kept about them. Safe to run twice."""
+    from ..errors import UsageError
+    from ..lab import destroy as flow, destroy_targets
+
+    lab = open_lab()
+    opts = _opts(cluster)
+    targets = destroy_targets(lab, opts.selection.clusters)
+    if not yes:
+        if not sys.stdin.isatty():
+            raise UsageError("destroy deletes VMs and needs confirmation", hint="pass --yes to run it unattended")
+        typer.echo(f"This deletes {len(targets)} VMs and their disks: {', '.join(targets)}")
+        if not typer.confirm("Delete them?", default=False):
+            raise typer.Exit(1)
+    run_flow(flow, lab, opts, "destroy")
+
+
+@app.command("forget-host")
+def forget_host(node: str = typer.Argument(..., help="The node whose pinned SSH host key to forget.")) -> None:
+    """Forget a node's pinned SSH host key (after you recreated its VM by hand)."""
+    from ..errors import UsageError
+    from ..remote.credentials import forget_host as forget
+
+    lab = open_lab()
+    if node not in {n.name for _, n in lab.model.nodes}:
+        raise UsageError(f"no node {node!r} in {G.config}")
+    forgotten = forget(lab.state, node)
+    if G.json:
+        emit_json({"node": node, "forgotten": forgotten})
+    else:
+        typer.echo(f"{node}: host key {'forgotten' if forgotten else 'was not pinned'}")

@@ -1,0 +1,55 @@
+"""shutdown: every VM of the lab powered off, cleanly.
+
+check: the VM is not running (or does not exist).
+apply: ask the guest to power off over SSH when it answers (a clean systemd shutdown); the provider then waits for
+       it, sends SIGUSR2 to `tart run` (an ACPI shutdown request) when the guest did not go, and pulls the plug with
+       `tart stop` only as the last resort; the result says which it took. Workers go first, control planes last, so
+       the control plane sees its workers leave.
+"""
+
+from __future__ import annotations
+
+from labctl.engine import Check, Phase, Target
+from labctl.errors import CommandError, TransportError
+from labctl.render import script
+
+# How long a guest gets to shut down by itself before the next, harder way is tried.
+GRACE_SECONDS = 120
+
+
+def poweroff_in_guest(ctx, name: str) -> bool:
+    """True when the guest accepted a power-off request; False when it could not be asked (no SSH)."""
+    try:
+        ctx.transport(name).run(script("shutdown.poweroff", "node/poweroff.sh.j2"), sudo=True, timeout=30)
+    except (TransportError, CommandError) as exc:
+        ctx.log(name, f"in-guest power-off not possible ({exc.message.splitlines()[0]}); the provider stops it")
+        return False
+    finally:
+        ctx.drop_transport(name)  # the connection dies with the guest either way
+    return True
+
+
+class Shutdown(Phase):
+    name = "shutdown"
+    scope = "node"
+    description = "power off from inside the guest, workers first"
+
+    def waves(self, cluster):
+        return [cluster.workers, cluster.masters]
+
+    def check(self, ctx, target: Target) -> Check:
+        vm = ctx.provider.get(target.node)
+        if vm is None:
+            return Check(True, "no VM")
+        return Check(not vm.running, "stopped" if not vm.running else "running: power it off")
+
+    def apply(self, ctx, target: Target) -> str:
+        _, node = ctx.node(target.node)
+        asked = poweroff_in_guest(ctx, node.name)
+        how = ctx.provider.stop(node, timeout=ctx.options.get("grace_seconds", GRACE_SECONDS), guest_poweroff=asked)
+        if how == "tart stop":
+            ctx.note(f"{node.name}: did not shut down by itself; it needed a hard stop (`tart stop`)")
+        return f"stopped ({how})"
+
+
+phase = Shutdown()

@@ -1,0 +1,101 @@
+"""vms: every node's VM exists with the model's cpu/memory/disk, is running, and has an IPv4 address.
+
+check: the VM exists, its size matches clusters.json, it is running, and the provider reports an address (the
+       provider checks Running first: a stopped VM's old DHCP lease is no address).
+apply: make sure the base image is there (once per run, not once per node), clone if absent, resize (a running VM
+       is stopped and started again for that, announced), start, and wait for the address.
+Waiting for SSH is the next phase's business.
+"""
+
+from __future__ import annotations
+
+from labctl.engine import Check, Phase, Target
+from labctl.errors import ProviderError
+from labctl.providers.base import shrink_error
+
+
+def _differences(vm, node) -> list[str]:
+    """What differs between the VM and its node in clusters.json, in words."""
+    out = []
+    if vm.cpu != node.cpu:
+        out.append(f"cpu {vm.cpu} → {node.cpu}")
+    if vm.memory != node.memory:
+        out.append(f"memory {vm.memory} → {node.memory} MiB")
+    if vm.disk != node.disk:
+        out.append(f"disk {vm.disk} → {node.disk} GB")
+    return out
+
+
+def _ensure_image(ctx) -> None:
+    provider, image = ctx.provider, ctx.lab.base_image
+    if not provider.image_cached(image):
+        ctx.note(f"pulling {image} (once for all VMs)")
+        provider.pull(image)
+
+
+class Vms(Phase):
+    name = "vms"
+    scope = "node"
+    description = "Tart VMs cloned, sized and running with an address"
+
+    def check(self, ctx, target: Target) -> Check:
+        _, node = ctx.node(target.node)
+        vm = ctx.provider.get(node.name)
+        if vm is None:
+            return Check(False, f"no VM yet: clone {ctx.lab.base_image}")
+        differences = _differences(vm, node)
+        if differences:
+            restart = " (stop, resize, start)" if vm.running else ""
+            return Check(False, ", ".join(differences) + restart)
+        if not vm.running:
+            return Check(False, f"VM is {vm.state}: start it")
+        address = ctx.provider.ip(node, wait=0)
+        if not address:
+            return Check(False, "running, but no IP address yet")
+        return Check(True, f"running at {address}")
+
+    def apply(self, ctx, target: Target) -> str:
+        _, node = ctx.node(target.node)
+        provider = ctx.provider
+        done: list[str] = []
+        vm = provider.get(node.name)
+        running = vm is not None and vm.running
+        if vm is None:
+            ctx.once(f"image:{ctx.lab.base_image}", lambda: _ensure_image(ctx))
+            ctx.note(f"{node.name}: cloning {ctx.lab.base_image}")
+            provider.create(node)
+            done.append("cloned")
+            done += provider.configure(node)  # a fresh clone has the image's size
+        elif differences := _differences(vm, node):
+            if node.disk < vm.disk:  # refused before anything is stopped: a shrink is a mistake in clusters.json
+                raise shrink_error(node.name, node.disk, vm.disk)
+            if running:
+                ctx.note(f"{node.name}: stopping to apply {', '.join(differences)}; it starts again right after")
+                done.append(f"stopped ({provider.stop(node)})")
+                running = False
+            done += provider.configure(node)
+        if not running:
+            done.append(start(ctx, node))
+        return ", ".join(done + [f"running at {wait_for_address(ctx, node)}"])
+
+
+def start(ctx, node) -> str:
+    ctx.note(f"{node.name}: starting")
+    ctx.provider.start(node)
+    ctx.drop_transport(node.name)  # a connection from before the VM stopped is dead
+    return "started"
+
+
+def wait_for_address(ctx, node) -> str:
+    """The running VM's address, waiting up to provider.tart.ip_wait_seconds for its DHCP lease."""
+    wait = ctx.lab.provider.tart.ip_wait_seconds
+    address = ctx.provider.ip(node, wait=wait)
+    if not address:
+        raise ProviderError(
+            f"{node.name}: running, but no IP address after {wait} s",
+            hint=f"the guest may still be booting: run the command again (it resumes here) or raise "
+            f"provider.tart.ip_wait_seconds; see .labctl/logs/{node.name}.tart.log",
+        )
+    return address
+
+phase = Vms()
