@@ -15,6 +15,13 @@ DEFAULT_CONTAINERD = "1.7.28"
 DEFAULT_CILIUM = "1.19.6"
 DEFAULT_HELM = "3.20.2"  # a security release of the 3.x line (v3.20.2)
 
+# kubeadm's pause image per Kubernetes minor (kubeadm constants.PauseVersion; reference/k8s-bootstrap.md §1):
+# 1.31–1.33 use 3.10; 1.34 moved to 3.10.1 (kubernetes#130713, as kubespray#12827 "pause 3.10.1 for Kubernetes
+# 1.34" records) and 1.35 keeps it; 1.36 → 3.10.2 is third-party (kubeclipper#946) ❓ — `kubeadm config images
+# list` on a 1.36 node is the proof. A mismatch only makes kubeadm's preflight warn; the runtime's setting is what
+# pods use, and keeping it at kubeadm's means the image `kubeadm config images pull` fetched is the one in use.
+PAUSE_VERSIONS = {31: "3.10", 32: "3.10", 33: "3.10", 34: "3.10.1", 35: "3.10.1", 36: "3.10.2"}
+
 # kubeadm's v1beta4 config API (which labctl renders) exists since 1.31; 1.36 is the newest minor known here.
 KUBERNETES_MINORS = {
     # minor: end of life (ISO date), from the Kubernetes release calendar

@@ -151,16 +151,35 @@ def install(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=
     return run(lab, steps, opts, "install", emit=emit, notify=notify, on_start=on_start)
 
 
+def require_provider(lab: LabSession) -> str:
+    """The provider's version, or one clear ProviderError (e.g. tart is not installed) before any step runs.
+
+    Without it every node's step fails with the same message, and the lock creates .labctl/ for nothing.
+    """
+    ctx = lab.context()
+    try:
+        return ctx.provider.available()
+    finally:
+        ctx.close()
+
+
 def boot(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None) -> Summary:
     steps = build_steps(lab.model, phases_for("boot"), opts.selection)
+    require_provider(lab)
     return run(lab, steps, opts, "boot", emit=emit, notify=notify, on_start=on_start)
 
 
-def shutdown(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None) -> Summary:
+def shutdown(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None,
+             grace_seconds: float | None = None) -> Summary:
+    """Power the VMs off, workers first. grace_seconds: how long each guest gets for every graceful way (in-guest
+    power-off, then SIGUSR2) before the next, harder one; None = the phase's default."""
     steps = build_steps(lab.model, phases_for("shutdown"), opts.selection)
+    require_provider(lab)
     # Only ask a guest to power off if it answers right away; a dead one is stopped by the provider instead.
-    return run(lab, steps, opts, "shutdown", emit=emit, notify=notify, on_start=on_start,
-               options={"connect_timeout": 10})
+    options: dict[str, Any] = {"connect_timeout": 10}
+    if grace_seconds is not None:
+        options["grace_seconds"] = grace_seconds
+    return run(lab, steps, opts, "shutdown", emit=emit, notify=notify, on_start=on_start, options=options)
 
 
 def destroy_targets(lab: LabSession, clusters: list[str]) -> list[str]:
@@ -171,6 +190,7 @@ def destroy_targets(lab: LabSession, clusters: list[str]) -> list[str]:
 def destroy(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None) -> Summary:
     """Delete the lab's VMs (all, or those of --cluster), then what labctl kept about them."""
     steps = build_steps(lab.model, phases_for("destroy"), opts.selection)
+    require_provider(lab)
     everything = not opts.selection.clusters
     summary = run(lab, steps, opts, "destroy", emit=emit, notify=notify, on_start=on_start,
                   options={"connect_timeout": 10})

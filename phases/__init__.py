@@ -17,9 +17,12 @@ ORDER = {
         "init",  # kubeadm init on the first control plane, kubeconfigs
         "join",  # control planes one at a time, workers in parallel
         "cni",  # Cilium (kube-proxy free) + Hubble via Helm
+        "nodeconfig",  # node labels and taints from clusters.json
     ],
     "boot": [
         "boot",  # start stopped VMs (control planes first) and wait for their addresses
+        "addresses",  # a control plane or node whose address changed: certificates, kubeconfigs, hosts entries
+        "ready",  # uncordon what `shutdown --drain` cordoned, wait until every node is Ready
     ],
     "shutdown": [
         "shutdown",  # power off from inside the guest, workers first; SIGUSR2, then `tart stop` as fallbacks

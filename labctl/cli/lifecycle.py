@@ -28,11 +28,18 @@ def boot(cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP)
 
 
 @app.command()
-def shutdown(cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP)) -> None:
+def shutdown(
+    cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
+    timeout: float | None = typer.Option(None, "--timeout", min=0,
+                                  help="Seconds a guest gets to power off by itself (in-guest, then ACPI) before "
+                                       "the next, harder way; default 120."),
+) -> None:
     """Power the lab's VMs off cleanly: in-guest power-off, workers first; a hard stop only as the last resort."""
+    from functools import partial
+
     from ..lab import shutdown as flow
 
-    run_flow(flow, open_lab(), _opts(cluster), "shutdown")
+    run_flow(partial(flow, grace_seconds=timeout), open_lab(), _opts(cluster), "shutdown")
 
 
 @app.command()
@@ -42,7 +49,8 @@ def destroy(
 ) -> None:
     """Delete the lab's VMs (only those in clusters.json) and what labctl kept about them. Safe to run twice."""
     from ..errors import UsageError
-    from ..lab import destroy as flow, destroy_targets
+    from ..lab import destroy as flow
+    from ..lab import destroy_targets, require_provider
 
     lab = open_lab()
     opts = _opts(cluster)
@@ -50,6 +58,7 @@ def destroy(
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError("destroy deletes VMs and needs confirmation", hint="pass --yes to run it unattended")
+        require_provider(lab)  # a missing tart is said before the question, not after the answer
         typer.echo(f"This deletes {len(targets)} VMs and their disks: {', '.join(targets)}")
         if not typer.confirm("Delete them?", default=False):
             raise typer.Exit(1)

@@ -1,0 +1,240 @@
+"""`labctl doctor`: can this machine run the lab? Each check says ok / warn / fail and, when not ok, what to do.
+
+A `fail` is a blocker for the VM commands (install, boot, shutdown, destroy); a `warn` is worth knowing but does not
+stop anything. Doctor is fast and offline: it reads the host (platform, memory, CPUs, free disk, files on PATH) and
+runs no subprocess but `tart --version` (and `sysctl` on macOS, for the memory size). It never crashes on a
+surprising host: a check that cannot look says so as its result.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shutil
+import stat
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from . import host
+from .errors import ConfigError, LabctlError
+
+if TYPE_CHECKING:
+    from .model import Lab
+
+Status = Literal["ok", "warn", "fail"]
+
+CPU_OVERCOMMIT_WARN = 2.0  # vCPUs per host CPU above which the control planes start to stutter under load
+GRACEFUL_STOP_VERSION = (2, 12)  # first tart that turns SIGUSR2 into an ACPI shutdown request
+ANYWHERE = "validate, plan and schema work on any machine"
+
+
+@dataclass(frozen=True)
+class Finding:
+    name: str
+    status: Status
+    detail: str
+    fix: str = ""
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Report:
+    findings: list[Finding]
+
+    @property
+    def ok(self) -> bool:
+        """No blockers (warnings allowed)."""
+        return all(f.status != "fail" for f in self.findings)
+
+    def as_dict(self) -> dict:
+        return {"checks": [f.as_dict() for f in self.findings], "ok": self.ok}
+
+
+# ---- the checks ------------------------------------------------------------------------------------------------
+
+def check_platform(h: host.Host) -> Finding:
+    if h.is_apple_silicon:
+        version = platform.mac_ver()[0] or "version unknown"
+        return Finding("platform", "ok", f"macOS {version} on arm64 (Apple silicon)")
+    if h.system == "Darwin":
+        return Finding("platform", "fail", f"macOS on {h.machine}: Tart runs only on Apple silicon (arm64)",
+                       f"run the VM commands on an Apple-silicon Mac; {ANYWHERE}")
+    return Finding(
+        "platform", "fail",
+        f"this is {h.system or 'an unknown system'} on {h.machine or 'an unknown CPU'}: the lab's VMs need macOS on "
+        f"Apple silicon with Tart, so install, boot, shutdown and destroy cannot run here; {ANYWHERE}",
+        "run the VM commands on an Apple-silicon Mac; use this machine for validate, plan and schema",
+    )
+
+
+def _version_tuple(text: str) -> tuple[int, ...] | None:
+    match = re.search(r"(\d+)\.(\d+)(?:\.(\d+))?", text)
+    return tuple(int(g) for g in match.groups() if g is not None) if match else None
+
+
+def check_tart(lab: Lab | None) -> Finding:
+    from .providers.tart import TartProvider
+
+    if lab is None:  # clusters.json is broken; `tart --version` does not depend on it
+        from . import model
+        from .resources import DEFAULT_CLUSTERS_JSON
+
+        lab = model.load(DEFAULT_CLUSTERS_JSON)
+    provider = TartProvider(lab)
+    try:
+        version = provider.available()
+    except LabctlError as exc:
+        return Finding("tart", "fail", exc.message.splitlines()[0],
+                       exc.hint or "install it with `brew install cirruslabs/cli/tart` (macOS on Apple silicon)")
+    where = shutil.which(provider.tart) or provider.tart
+    parsed = _version_tuple(version)
+    if parsed is not None and parsed[:2] < GRACEFUL_STOP_VERSION:
+        return Finding("tart", "warn",
+                       f"tart {version} ({where}) predates 2.12: no graceful ACPI shutdown, `labctl shutdown` can "
+                       "only power off from inside the guest or pull the plug",
+                       "upgrade: `brew upgrade cirruslabs/cli/tart`")
+    return Finding("tart", "ok", f"tart {version} ({where})")
+
+
+def gib(mib: int) -> str:
+    return f"{mib / 1024:.1f} GiB"
+
+
+def check_memory(b: host.Budget) -> Finding:
+    if b.host.memory_mib <= 0:
+        return Finding("memory", "warn", f"the lab needs {gib(b.memory_mib)} but this host's memory could not be read",
+                       "set LABCTL_HOST_MEMORY_MIB to the memory labctl may plan with")
+    usable = (f"{gib(b.memory_available_mib)} usable ({gib(b.host.memory_mib)} minus "
+              f"{gib(host.HOST_RESERVE_MIB)} for the host)")
+    if b.memory_fits:
+        return Finding("memory", "ok", f"the lab needs {gib(b.memory_mib)} of {usable}")
+    return Finding(
+        "memory", "fail",
+        f"the lab needs {gib(b.memory_mib)} but only {usable}: memory is never overcommitted",
+        "lower `memory` of some nodes, drop a cluster, or install one cluster at a time with --cluster",
+    )
+
+
+def check_cpu(b: host.Budget) -> Finding:
+    detail = f"{b.vcpus} vCPUs on {b.host.cpus} host CPUs: overcommit {b.cpu_ratio:.2f}x"
+    if b.cpu_ratio > CPU_OVERCOMMIT_WARN:
+        return Finding("cpu", "warn", f"{detail} (above {CPU_OVERCOMMIT_WARN:.1f}x the nodes will be slow under load)",
+                       "lower `cpu` of some workers, or run fewer clusters at once")
+    return Finding("cpu", "ok", detail)
+
+
+def tart_home() -> Path:
+    return Path(os.environ.get("TART_HOME") or Path.home() / ".tart")
+
+
+def _existing(path: Path) -> Path:
+    """The path itself or its nearest existing parent: ~/.tart does not exist before the first pull."""
+    path = path.absolute()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
+
+
+def check_disk(lab: Lab) -> Finding:
+    home = tart_home()
+    free = host.free_disk_gb(_existing(home))
+    disks = [n.disk for _, n in lab.nodes]
+    total, largest = sum(disks), max(disks)
+    # APFS clones are copy-on-write: a fresh VM costs almost nothing and grows towards its disk size as it is used.
+    detail = f"{free:.0f} GB free where Tart keeps VMs ({home}); the lab's disks can grow to up to {total} GB"
+    if free < largest:
+        return Finding("disk", "fail", f"{detail}: not even one {largest} GB disk fits",
+                       "free space on that volume, or move Tart's home elsewhere with TART_HOME")
+    if free < total:
+        return Finding("disk", "warn", f"{detail} (clones are copy-on-write, so this only bites as the VMs fill up)",
+                       "free space on that volume, lower some nodes' `disk`, or set TART_HOME to a bigger volume")
+    return Finding("disk", "ok", detail)
+
+
+def _setuid_root(path: Path) -> bool:
+    st = path.stat()
+    return bool(st.st_mode & stat.S_ISUID) and st.st_uid == 0
+
+
+def check_softnet(which: Callable[[str], str | None] = shutil.which) -> Finding:
+    """network: softnet needs tart's `softnet` helper, setuid root, or passwordless sudo (labctl has no TTY)."""
+    candidates = [p for p in (which("softnet"),) if p]
+    if tart := which("tart"):
+        beside = Path(tart).resolve().parent / "softnet"
+        if beside.exists():
+            candidates.append(str(beside))
+    if not candidates:
+        return Finding("softnet", "fail", "provider.tart.network is softnet, but there is no `softnet` binary on PATH "
+                       "or next to tart", "`brew install cirruslabs/cli/softnet`, or use network: shared")
+    path = Path(candidates[0])
+    if _setuid_root(path):
+        return Finding("softnet", "ok", f"{path} is setuid root")
+    # Passwordless sudo would also do, but checking it needs `sudo -n`: doctor runs no such subprocess.
+    return Finding("softnet", "warn",
+                   f"{path} is not setuid root: tart then needs passwordless sudo for it (there is no TTY to ask)",
+                   f"`sudo chown root {path} && sudo chmod u+s {path}`, or allow it in sudoers with NOPASSWD")
+
+
+# ---- all of them -----------------------------------------------------------------------------------------------
+
+def _guarded(name: str, fn: Callable[[], Finding]) -> Finding:
+    try:
+        return fn()
+    except Exception as exc:  # noqa: BLE001 - doctor explains, it never crashes on an odd host
+        return Finding(name, "warn", f"could not check: {type(exc).__name__}: {exc}", "see `labctl -vv doctor`")
+
+
+def _detect(detect: Callable[[], host.Host]) -> host.Host:
+    try:
+        return detect()
+    except Exception:  # noqa: BLE001 - e.g. no sysctl: memory unknown (0) is reported as a warning, not a crash
+        return host.Host(platform.system(), platform.machine(), os.cpu_count() or 1, 0)
+
+
+def load_config(config: Path) -> tuple[Lab | None, Finding]:
+    """The lab doctor judges: clusters.json if there is one, else the shipped default (what `labctl init` writes)."""
+    from . import model
+    from .resources import DEFAULT_CLUSTERS_JSON
+
+    source = config
+    if not config.exists() and config == Path("clusters.json"):
+        source = DEFAULT_CLUSTERS_JSON
+    try:
+        lab = model.load(source)
+    except ConfigError as exc:
+        count = len(exc.problems)
+        return None, Finding("clusters.json", "fail",
+                             f"{exc.source}: {count} problem{'s' if count != 1 else ''} (first: {exc.problems[0]}); "
+                             "the resource checks need a valid lab",
+                             "`labctl validate` lists every problem with its JSON path")
+    summary = f"{len(lab.clusters)} clusters, {len(lab.nodes)} nodes"
+    if source != config:
+        return lab, Finding("clusters.json", "warn",
+                            f"no {config} here: judged the shipped default lab ({summary})",
+                            "`labctl init` writes it, or pass --config PATH")
+    return lab, Finding("clusters.json", "ok", f"{config}: valid, {summary}")
+
+
+def diagnose(config: Path, detect: Callable[[], host.Host] | None = None) -> Report:
+    lab, config_finding = load_config(config)
+    h = _detect(detect or host.detect)
+    findings = [
+        _guarded("platform", lambda: check_platform(h)),
+        _guarded("tart", lambda: check_tart(lab)),
+    ]
+    if lab is not None:
+        b = host.budget(lab, h)
+        findings += [
+            _guarded("memory", lambda: check_memory(b)),
+            _guarded("cpu", lambda: check_cpu(b)),
+            _guarded("disk", lambda: check_disk(lab)),
+        ]
+        if lab.provider.tart.network == "softnet":
+            findings.append(_guarded("softnet", check_softnet))
+    findings.append(config_finding)
+    return Report(findings)

@@ -1,0 +1,164 @@
+"""Where a cluster's API lives, and how the host talks to it.
+
+- `client.py`: the Kube facade (`ctx.kube(cluster)`): nodes, workload readiness, patches, Helm releases, waits.
+- `kubeconfig.py`: the kubeconfigs labctl keeps in .labctl/kubeconfig/ (one per cluster, and a merged one).
+- here: the API endpoint's stable name, and the plan that repairs a cluster whose nodes came back at new addresses.
+
+Why a stable name. Tart hands out addresses by DHCP, so after a reboot a control plane may come back at another
+address (reference/k8s-bootstrap.md §4); Kubernetes' maintainers say changing IPs is unsupported and to use names.
+So every cluster is created with `controlPlaneEndpoint: <cluster>-api.labctl.internal:6443` (`.internal` is the
+top-level domain reserved for private use, so the name can never be someone else's) and every node resolves that
+name through one /etc/hosts line labctl maintains. Whatever reaches the API by that name — kubelets, kubeadm's
+join discovery, kube-public/cluster-info, and Cilium's `k8sServiceHost` — survives an address change once that
+line is refreshed on every node: no Helm upgrade of Cilium, no new kubelet credentials.
+
+What still holds the address, and is what the repair fixes: the control plane's advertise address (static pod
+manifests incl. etcd's URLs, the API server and etcd certificates, the controller-manager/scheduler kubeconfigs,
+which point at the local API server) and every kubelet's `--node-ip`. The host itself reaches the API by address
+(the Mac does not read the nodes' /etc/hosts), which the API server certificate carries as a SAN.
+
+Nothing here imports the kubernetes package: `labctl --help` must stay fast.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+from ..errors import StepError
+
+if TYPE_CHECKING:
+    from ..model import Cluster, Node
+
+API_PORT = 6443
+DOMAIN = "labctl.internal"
+
+
+def endpoint_host(cluster: str) -> str:
+    """The stable name of a cluster's API server, e.g. `platform-api.labctl.internal`."""
+    return f"{cluster}-api.{DOMAIN}"
+
+
+def endpoint(cluster: str) -> str:
+    """kubeadm's controlPlaneEndpoint and Cilium's service host:port."""
+    return f"{endpoint_host(cluster)}:{API_PORT}"
+
+
+def api_url(address: str) -> str:
+    """How the host reaches an API server (by address: it does not resolve the stable name)."""
+    return f"https://{address}:{API_PORT}"
+
+
+def node_address(ctx, node: Node) -> str:
+    """The node's current IPv4 address as the provider sees it (the one the host and the other nodes reach)."""
+    from ..engine import CannotCheck
+
+    address = ctx.provider.ip(node, wait=0)
+    if not address:
+        raise CannotCheck(
+            f"{node.name}: the VM has no IPv4 address (is it running?)",
+            hint="`labctl status` shows the VMs; `labctl boot` starts stopped ones",
+        )
+    return address
+
+
+def hosts_address(hosts_text: str | None, name: str) -> str | None:
+    """The address /etc/hosts gives `name` (the first line naming it, as the resolver reads it)."""
+    for line in (hosts_text or "").splitlines():
+        fields = line.split("#", 1)[0].split()
+        if len(fields) >= 2 and name in fields[1:]:
+            return fields[0]
+    return None
+
+
+# ---- address drift: facts → repair actions (pure) -------------------------------------------------------------
+
+@dataclass(frozen=True)
+class AddressProbe:
+    """What a node's own files say about addresses (printed by templates/cluster/address-probe.sh.j2)."""
+
+    node_ip: str | None = None  # --node-ip in /var/lib/kubelet/kubeadm-flags.env (None before init/join)
+    advertised: str | None = None  # --advertise-address in the kube-apiserver manifest (control planes only)
+    cert_ips: tuple[str, ...] = ()  # IP SANs of /etc/kubernetes/pki/apiserver.crt (control planes only)
+    endpoint_ip: str | None = None  # the address /etc/hosts gives the stable API name
+
+    @classmethod
+    def parse(cls, text: str) -> AddressProbe:
+        values: dict[str, str] = {}
+        cert_ips: list[str] = []
+        for line in text.splitlines():
+            key, sep, value = line.strip().partition("=")
+            if not sep or not value:
+                continue
+            if key == "cert_ip":
+                cert_ips.append(value)
+            elif key in ("node_ip", "advertised", "endpoint_ip"):
+                values.setdefault(key, value)
+        return cls(cert_ips=tuple(cert_ips), **values)
+
+
+@dataclass(frozen=True)
+class Repair:
+    """One repair action on one node. `old` is None when there is nothing to rewrite (e.g. a missing hosts line)."""
+
+    kind: Literal["hosts", "node-ip", "control-plane"]
+    node: str
+    new: str
+    old: str | None = None
+    regenerate_certs: bool = False
+
+    def __str__(self) -> str:
+        what = {"hosts": "API endpoint in /etc/hosts", "node-ip": "kubelet --node-ip",
+                "control-plane": "control plane address"}[self.kind]
+        change = f"{self.old} → {self.new}" if self.old else f"→ {self.new}"
+        certs = ", new API server/etcd certificates" if self.regenerate_certs else ""
+        return f"{self.node}: {what} {change}{certs}"
+
+
+def _ip(value: str, what: str) -> str:
+    try:
+        return str(ipaddress.IPv4Address(value))
+    except ValueError:
+        raise StepError(f"{what}: {value!r} is not an IPv4 address") from None
+
+
+def plan_repair(cluster: Cluster, addresses: dict[str, str], probes: dict[str, AddressProbe]) -> list[Repair]:
+    """What to change so every kubeadm file of `cluster` matches its nodes' current addresses.
+
+    `addresses`: node → its address now; `probes`: node → what its files say (nodes that could not be probed are
+    simply absent). Returns [] when nothing moved. Order: hosts lines first (every kubelet resolves the API by
+    name), then kubelets' --node-ip, then the control plane (its script restarts the kubelet last).
+    """
+    first = cluster.masters[0].name
+    api_ip = _ip(addresses[first], first)
+    hosts: list[Repair] = []
+    node_ips: list[Repair] = []
+    control: list[Repair] = []
+    for node in cluster.nodes:
+        probe = probes.get(node.name)
+        if probe is None or node.name not in addresses:
+            continue
+        new = _ip(addresses[node.name], node.name)
+        if probe.endpoint_ip != api_ip:
+            hosts.append(Repair("hosts", node.name, api_ip, probe.endpoint_ip))
+        if probe.node_ip is not None and probe.node_ip != new:
+            node_ips.append(Repair("node-ip", node.name, new, _ip(probe.node_ip, node.name)))
+        if probe.advertised is None:
+            continue  # not a control plane (yet)
+        moved = probe.advertised != new
+        regenerate = moved or new not in probe.cert_ips
+        if not regenerate:
+            continue
+        if len(cluster.masters) > 1:
+            # Several etcd members also need `etcdctl member update` of the peer URLs (reference §4); rewriting
+            # one member's files alone would leave it unable to rejoin the others.
+            raise StepError(
+                f"{node.name}: the control plane moved from {probe.advertised} to {new}, and {cluster.name} has "
+                f"{len(cluster.masters)} etcd members; labctl repairs address changes of a single control plane only",
+                hint="give the VMs stable addresses (a longer DHCP lease or a reservation for their MACs), or update "
+                "the etcd members by hand (`etcdctl member update`) and rerun `labctl install`",
+            )
+        control.append(Repair("control-plane", node.name, new, _ip(probe.advertised, node.name) if moved else None,
+                              regenerate_certs=True))
+    return hosts + node_ips + control

@@ -1,0 +1,299 @@
+"""The Kube facade: everything the host asks one cluster's API, as one small object (`ctx.kube(cluster)`).
+
+Built from `.labctl/kubeconfig/<cluster>.yaml`; the client is (re)built on first use and whenever that file changed
+(after `init` wrote it, or after an address repair pointed it elsewhere), so one facade serves a whole run.
+
+Two choices worth knowing:
+- The kubernetes package is imported inside the methods: importing it costs ~0.85 s and `labctl --help` must not pay.
+- Responses are read as plain JSON (`_preload_content=False`), not as the client's generated models: the 37.x models
+  validate with pydantic and refuse a whole list when one object lacks a field they declare required, and the
+  checks here need a handful of fields. Patches name their content type explicitly (the generated default for a
+  dict body is json-patch, which a dict is not).
+"""
+
+from __future__ import annotations
+
+import base64
+import gzip
+import json
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import LabctlError, StepError
+from . import kubeconfig
+
+MERGE_PATCH = "application/merge-patch+json"
+CONTROL_PLANE_ROLE = "node-role.kubernetes.io/control-plane"
+
+
+class KubeError(LabctlError):
+    """The cluster's API could not be asked (unreachable, refused, answered with an error)."""
+
+    def __init__(self, message: str, hint: str | None = None, status: int | None = None):
+        super().__init__(message, hint)
+        self.status = status  # the HTTP status when the API answered, e.g. 409 for a conflicting patch
+
+
+@dataclass(frozen=True)
+class NodeInfo:
+    name: str
+    ready: bool
+    ready_status: str  # "True" | "False" | "Unknown" | "" (no condition yet)
+    ready_reason: str
+    kubelet_version: str
+    internal_ip: str | None
+    roles: tuple[str, ...]
+    labels: dict[str, str] = field(default_factory=dict)
+    annotations: dict[str, str] = field(default_factory=dict)
+    taints: tuple[dict[str, str], ...] = ()
+    unschedulable: bool = False
+    resource_version: str = ""
+
+    @classmethod
+    def from_object(cls, obj: dict) -> NodeInfo:
+        meta, spec, status = obj.get("metadata", {}), obj.get("spec", {}), obj.get("status", {})
+        ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), {})
+        labels = meta.get("labels") or {}
+        roles = tuple(sorted(k.split("/", 1)[1] for k in labels if k.startswith("node-role.kubernetes.io/")))
+        addresses = status.get("addresses") or []
+        internal = next((a.get("address") for a in addresses if a.get("type") == "InternalIP"), None)
+        return cls(
+            name=meta.get("name", ""),
+            ready=ready.get("status") == "True",
+            ready_status=ready.get("status", ""),
+            ready_reason=" ".join(filter(None, (ready.get("reason"), ready.get("message")))),
+            kubelet_version=(status.get("nodeInfo") or {}).get("kubeletVersion", ""),
+            internal_ip=internal,
+            roles=roles,
+            labels=dict(labels),
+            annotations=dict(meta.get("annotations") or {}),
+            taints=tuple(spec.get("taints") or ()),
+            unschedulable=bool(spec.get("unschedulable")),
+            resource_version=meta.get("resourceVersion", ""),
+        )
+
+
+@dataclass(frozen=True)
+class Readiness:
+    ready: bool
+    detail: str
+    found: bool = True
+
+    def __bool__(self) -> bool:
+        return self.ready
+
+
+@dataclass(frozen=True)
+class HelmRelease:
+    name: str
+    revision: int
+    status: str  # deployed, failed, pending-install, ...
+    chart_version: str
+    values: dict  # the user-supplied values (`helm get values`)
+
+
+def decode_helm_release(data: str) -> dict:
+    """A Helm release Secret's `release` field → the release as JSON. Helm stores base64(gzip(json)) in the Secret's
+    data, which the API base64-encodes once more."""
+    raw = base64.b64decode(base64.b64decode(data))
+    if raw[:2] == b"\x1f\x8b":
+        raw = gzip.decompress(raw)
+    return json.loads(raw)
+
+
+def deployment_readiness(obj: dict | None, what: str) -> Readiness:
+    if obj is None:
+        return Readiness(False, f"{what} not found", found=False)
+    spec, status, meta = obj.get("spec", {}), obj.get("status", {}), obj.get("metadata", {})
+    want = spec.get("replicas", 1)
+    updated, available = status.get("updatedReplicas", 0), status.get("availableReplicas", 0)
+    if status.get("observedGeneration", 0) < meta.get("generation", 0):
+        return Readiness(False, f"{what}: rollout not observed yet")
+    if not updated == available == want:
+        return Readiness(False, f"{what}: {available}/{want} available, {updated} updated")
+    return Readiness(True, f"{what}: {available}/{want} available")
+
+
+def daemonset_readiness(obj: dict | None, what: str) -> Readiness:
+    if obj is None:
+        return Readiness(False, f"{what} not found", found=False)
+    status, meta = obj.get("status", {}), obj.get("metadata", {})
+    desired, ready = status.get("desiredNumberScheduled", 0), status.get("numberReady", 0)
+    updated = status.get("updatedNumberScheduled", 0)
+    if status.get("observedGeneration", 0) < meta.get("generation", 0):
+        return Readiness(False, f"{what}: rollout not observed yet")
+    if not desired == ready == updated:
+        return Readiness(False, f"{what}: {ready}/{desired} ready, {updated} updated")
+    return Readiness(True, f"{what}: {ready}/{desired} ready")
+
+
+def statefulset_readiness(obj: dict | None, what: str) -> Readiness:
+    if obj is None:
+        return Readiness(False, f"{what} not found", found=False)
+    spec, status = obj.get("spec", {}), obj.get("status", {})
+    want, ready = spec.get("replicas", 1), status.get("readyReplicas", 0)
+    if ready != want:
+        return Readiness(False, f"{what}: {ready}/{want} ready")
+    if status.get("currentRevision") != status.get("updateRevision"):
+        return Readiness(False, f"{what}: update to {status.get('updateRevision')} in progress")
+    return Readiness(True, f"{what}: {ready}/{want} ready")
+
+
+def client_for(ctx, cluster) -> Kube:
+    """The facade for `cluster` (Context.kube caches one per cluster per run)."""
+    return Kube(cluster.name, kubeconfig.cluster_path(ctx.state, cluster.name))
+
+
+class Kube:
+    def __init__(self, cluster: str, path: Path, request_timeout: float = 15.0):
+        self.cluster = cluster
+        self.path = path
+        self.request_timeout = request_timeout
+        self._lock = threading.Lock()
+        self._api = None
+        self._stamp: tuple[int, int] | None = None
+
+    # -- plumbing ---------------------------------------------------------------------------------------------
+    def _client(self):
+        try:
+            st = self.path.stat()
+        except FileNotFoundError:
+            raise KubeError(
+                f"{self.cluster}: no kubeconfig at {self.path}",
+                hint=f"the `init` phase writes it: `labctl install --cluster {self.cluster} --from init`",
+            ) from None
+        with self._lock:
+            if self._api is None or self._stamp != (st.st_mtime_ns, st.st_size):
+                from kubernetes import client, config
+
+                cfg = client.Configuration()
+                config.load_kube_config(config_file=str(self.path), client_configuration=cfg, persist_config=False)
+                self._api, self._stamp = client.ApiClient(cfg), (st.st_mtime_ns, st.st_size)
+            return self._api
+
+    def _call(self, what: str, api: str, method: str, *args, **kwargs) -> dict | None:
+        """One API request → its JSON body, or None for 404. Every other failure is a KubeError."""
+        from kubernetes import client
+
+        api_client = self._client()
+        fn = getattr(getattr(client, api)(api_client), method)
+        try:
+            response = fn(*args, _preload_content=False, _request_timeout=self.request_timeout, **kwargs)
+        except client.ApiException as exc:
+            if exc.status == 404:
+                return None
+            raise KubeError(f"{self.cluster}: {what}: the API answered {exc.status} {exc.reason}: "
+                            f"{(exc.body or '')[:300]}", status=exc.status) from None
+        except Exception as exc:  # noqa: BLE001 - urllib3 connection, TLS and timeout errors have no common base
+            raise KubeError(
+                f"{self.cluster}: {what}: the API server at {api_client.configuration.host} did not answer ({exc})",
+                hint="is the control plane VM running and at that address? `labctl status` shows both",
+            ) from None
+        return json.loads(response.data or b"{}")
+
+    # -- nodes ------------------------------------------------------------------------------------------------
+    def nodes(self) -> list[NodeInfo]:
+        body = self._call("list nodes", "CoreV1Api", "list_node") or {}
+        return [NodeInfo.from_object(item) for item in body.get("items", [])]
+
+    def node(self, name: str) -> NodeInfo | None:
+        obj = self._call(f"read node {name}", "CoreV1Api", "read_node", name)
+        return NodeInfo.from_object(obj) if obj else None
+
+    def patch_node(self, name: str, patch: dict) -> NodeInfo:
+        """A JSON merge patch (RFC 7386). Put metadata.resourceVersion in it to make it conditional."""
+        obj = self._call(f"patch node {name}", "CoreV1Api", "patch_node", name, patch, _content_type=MERGE_PATCH)
+        if obj is None:
+            raise KubeError(f"{self.cluster}: node {name} does not exist")
+        return NodeInfo.from_object(obj)
+
+    def label_node(self, name: str, labels: dict[str, str | None]) -> NodeInfo:
+        """Set labels; a None value removes that label."""
+        return self.patch_node(name, {"metadata": {"labels": labels}})
+
+    def set_taints(self, name: str, taints: list[dict[str, str]], resource_version: str = "") -> NodeInfo:
+        """Replace the node's taint list (merge patch replaces lists); pass the resourceVersion it was read at."""
+        patch: dict = {"spec": {"taints": taints}}
+        if resource_version:
+            patch["metadata"] = {"resourceVersion": resource_version}
+        return self.patch_node(name, patch)
+
+    def cordon(self, name: str) -> NodeInfo:
+        return self.patch_node(name, {"spec": {"unschedulable": True}})
+
+    def uncordon(self, name: str) -> NodeInfo:
+        return self.patch_node(name, {"spec": {"unschedulable": None}})
+
+    # -- workloads --------------------------------------------------------------------------------------------
+    def daemonset_ready(self, namespace: str, name: str) -> Readiness:
+        obj = self._call(f"read daemonset {namespace}/{name}", "AppsV1Api", "read_namespaced_daemon_set", name,
+                         namespace)
+        return daemonset_readiness(obj, f"DaemonSet {namespace}/{name}")
+
+    def deployment_ready(self, namespace: str, name: str) -> Readiness:
+        obj = self._call(f"read deployment {namespace}/{name}", "AppsV1Api", "read_namespaced_deployment", name,
+                         namespace)
+        return deployment_readiness(obj, f"Deployment {namespace}/{name}")
+
+    def statefulset_ready(self, namespace: str, name: str) -> Readiness:
+        obj = self._call(f"read statefulset {namespace}/{name}", "AppsV1Api", "read_namespaced_stateful_set", name,
+                         namespace)
+        return statefulset_readiness(obj, f"StatefulSet {namespace}/{name}")
+
+    def ciliumnodes(self) -> list[str]:
+        body = self._call("list ciliumnodes", "CustomObjectsApi", "list_cluster_custom_object",
+                          "cilium.io", "v2", "ciliumnodes") or {}
+        return sorted(item["metadata"]["name"] for item in body.get("items", []))
+
+    # -- configuration ----------------------------------------------------------------------------------------
+    def secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
+        obj = self._call(f"read secret {namespace}/{name}", "CoreV1Api", "read_namespaced_secret", name, namespace)
+        if obj is None:
+            return None
+        return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
+
+    def configmap(self, namespace: str, name: str) -> dict[str, str] | None:
+        obj = self._call(f"read configmap {namespace}/{name}", "CoreV1Api", "read_namespaced_config_map", name,
+                         namespace)
+        return None if obj is None else dict(obj.get("data") or {})
+
+    def helm_release(self, namespace: str, name: str) -> HelmRelease | None:
+        """The newest revision of a Helm release, read from its Secrets (no helm CLI on the host)."""
+        body = self._call(f"list helm releases {namespace}/{name}", "CoreV1Api", "list_namespaced_secret", namespace,
+                          label_selector=f"owner=helm,name={name}") or {}
+        items = [i for i in body.get("items", []) if i.get("type", "helm.sh/release.v1") == "helm.sh/release.v1"]
+        if not items:
+            return None
+        newest = max(items, key=lambda i: int(i["metadata"].get("labels", {}).get("version", 0)))
+        try:
+            release = decode_helm_release(newest["data"]["release"])
+        except (KeyError, ValueError, OSError) as exc:
+            raise KubeError(f"{self.cluster}: Helm release {namespace}/{name} cannot be read ({exc})") from None
+        return HelmRelease(
+            name=name,
+            revision=int(release.get("version", 0)),
+            status=(release.get("info") or {}).get("status", ""),
+            chart_version=((release.get("chart") or {}).get("metadata") or {}).get("version", ""),
+            values=release.get("config") or {},
+        )
+
+    # -- waiting ----------------------------------------------------------------------------------------------
+    def wait_for(self, what: str, predicate: Callable[[], tuple[bool, str]], timeout: float, interval: float = 3.0,
+                 sleep: Callable[[float], None] = time.sleep) -> str:
+        """Poll `predicate` (→ done, detail) until done; API errors count as "not yet" (it may be restarting).
+        Returns the last detail; raises StepError with it after `timeout` seconds."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                done, detail = predicate()
+            except KubeError as exc:
+                done, detail = False, str(exc)
+            if done:
+                return detail
+            if time.monotonic() >= deadline:
+                raise StepError(f"{self.cluster}: {what}: not after {timeout:.0f} s: {detail}")
+            sleep(interval)
+

@@ -1,0 +1,40 @@
+"""addresses (boot): after the VMs came back, the cluster works at whatever addresses DHCP gave them.
+
+check: the cluster's nodes still hold the addresses their kubeadm files, certificates and /etc/hosts name, and the
+       host's kubeconfig points at the first control plane's current address.
+apply: repair what moved (init.reconcile_addresses: hosts lines, kubelet node-ip, control-plane manifests and
+       certificates, kubeconfigs; Cilium follows through the stable API name), then wait for the API.
+A cluster that was never initialised has nothing to repair: `labctl install` is what it needs.
+"""
+
+from __future__ import annotations
+
+from labctl.engine import Check, Phase, Target
+from labctl.kube import kubeconfig, node_address
+
+from . import init
+
+
+class Addresses(Phase):
+    name = "addresses"
+    scope = "cluster"
+    after = ("boot",)
+    description = "repair certificates, kubeconfigs and hosts entries when node addresses changed"
+
+    def check(self, ctx, target: Target) -> Check:
+        cluster = ctx.lab.cluster(target.cluster)
+        master = cluster.masters[0]
+        if kubeconfig.read(ctx.state, cluster.name) is None and not ctx.facts(master.name).control_plane_initialised:
+            return Check(True, "not installed yet: nothing to repair")
+        repairs = init.pending_repairs(ctx, cluster)
+        if repairs:
+            return Check(False, "; ".join(str(r) for r in repairs))
+        problem = init.kubeconfig_problem(ctx, cluster, node_address(ctx, cluster.masters[0]))
+        return Check(problem is None, problem or "addresses unchanged")
+
+    def apply(self, ctx, target: Target) -> str:
+        cluster = ctx.lab.cluster(target.cluster)
+        return "; ".join(init.reconcile_addresses(ctx, cluster)) or "kubeconfig refreshed"
+
+
+phase = Addresses()

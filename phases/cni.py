@@ -1,0 +1,124 @@
+"""cni: Cilium, kube-proxy free, with Hubble, installed by Helm on the first control plane.
+
+check (from the host, through the cluster's API): the Helm release `kube-system/cilium` is deployed at the pinned
+       chart version with exactly the values labctl renders for this cluster (read from Helm's release Secret, so a
+       changed clusters.json — another version, Hubble off — is seen); the cilium and cilium-envoy DaemonSets, the
+       operator (and Hubble relay/UI when enabled) are ready; there is one CiliumNode per node; every Node is Ready.
+apply: only when the check fails (a second install issues no `helm upgrade`): Helm at the pinned version on the
+       control plane, the rendered values, `helm upgrade --install --wait`, then the same check until it passes.
+"""
+
+from __future__ import annotations
+
+from labctl.engine import Check, Phase, Target
+from labctl.kube import API_PORT, endpoint_host
+from labctl.render import render, script
+
+NAMESPACE = "kube-system"
+RELEASE = "cilium"
+REPO_NAME = "cilium"
+REPO_URL = "https://helm.cilium.io/"
+CHART = "cilium/cilium"
+VALUES_PATH = "/etc/labctl/cilium-values.yaml"
+HELM_TIMEOUT = "10m"  # first install pulls the agent, envoy, operator and Hubble images on every node
+SETTLE_WAIT = 300  # after Helm's wait: CiliumNodes and Node Ready follow the agents within a minute or so
+
+
+def values_params(lab, cluster) -> dict:
+    return {
+        "cluster": cluster.name,
+        "cluster_id": lab.cluster_id(cluster),
+        "version": lab.versions.cilium,
+        "endpoint_host": endpoint_host(cluster.name),
+        "port": API_PORT,
+        "pod_cidr": cluster.pod_cidr,
+        # Two operators (the chart's default) spread one per node and need a spare node to roll over to.
+        "operator_replicas": 1 if len(cluster.nodes) < 3 else 2,
+        "hubble": cluster.cilium.hubble,
+        "hubble_ui_node_port": cluster.cilium.hubble_ui_node_port,
+        "istio": "istio" in cluster.stacks,
+    }
+
+
+def cilium_values(lab, cluster) -> str:
+    return render("cilium/values.yaml.j2", **values_params(lab, cluster))
+
+
+def rollback_flag(helm_version: str) -> str:
+    # Helm 4 renamed --atomic (reference §6).
+    return "--atomic" if int(helm_version.split(".")[0]) < 4 else "--rollback-on-failure"
+
+
+def problems(kube, lab, cluster) -> list[str]:
+    """Everything that keeps Cilium on `cluster` from being what clusters.json asks for; [] when it is."""
+    import yaml
+
+    release = kube.helm_release(NAMESPACE, RELEASE)
+    if release is None:
+        return ["Cilium is not installed"]
+    out: list[str] = []
+    if release.status != "deployed":
+        out.append(f"Helm release {RELEASE} is {release.status}")
+    if release.chart_version != lab.versions.cilium:
+        out.append(f"Cilium chart {release.chart_version}, want {lab.versions.cilium}")
+    if release.values != yaml.safe_load(cilium_values(lab, cluster)):
+        out.append("Cilium values differ from clusters.json")
+    out += [r.detail for r in (kube.daemonset_ready(NAMESPACE, "cilium"),
+                               kube.deployment_ready(NAMESPACE, "cilium-operator")) if not r.ready]
+    envoy = kube.daemonset_ready(NAMESPACE, "cilium-envoy")
+    if envoy.found and not envoy.ready:  # a separate DaemonSet only where the chart runs Envoy outside the agent
+        out.append(envoy.detail)
+    if cluster.cilium.hubble:
+        out += [r.detail for r in (kube.deployment_ready(NAMESPACE, "hubble-relay"),
+                                   kube.deployment_ready(NAMESPACE, "hubble-ui")) if not r.ready]
+    wanted = {n.name for n in cluster.nodes}
+    missing = sorted(wanted - set(kube.ciliumnodes()))
+    if missing:
+        out.append(f"no CiliumNode for {', '.join(missing)}")
+    nodes = {n.name: n for n in kube.nodes()}
+    not_ready = sorted(name for name in wanted if name not in nodes or not nodes[name].ready)
+    if not_ready:
+        out.append(f"not Ready: {', '.join(not_ready)}")
+    return out
+
+
+class Cni(Phase):
+    name = "cni"
+    scope = "cluster"
+    after = ("join",)
+    description = "Cilium (kube-proxy free) and Hubble via Helm"
+
+    def check(self, ctx, target: Target) -> Check:
+        cluster = ctx.lab.cluster(target.cluster)
+        found = problems(ctx.kube(cluster), ctx.lab, cluster)
+        if found:
+            return Check(False, "; ".join(found))
+        return Check(True, f"Cilium {ctx.lab.versions.cilium} ready on {len(cluster.nodes)} nodes")
+
+    def apply(self, ctx, target: Target) -> str:
+        lab = ctx.lab
+        cluster = lab.cluster(target.cluster)
+        kube = ctx.kube(cluster)
+        transport = ctx.transport(cluster.masters[0].name)
+        helm = f"v{lab.versions.helm}"
+        transport.run(script("cni.helm-binary", "cluster/helm-binary.sh.j2", version=helm), sudo=True, timeout=300)
+        transport.put(VALUES_PATH, cilium_values(lab, cluster).encode(), 0o644, sudo=True)
+        ctx.note(f"{cluster.name}: helm upgrade --install cilium {lab.versions.cilium} (waits for the agents)")
+        install = script(
+            "cni.helm-install", "cluster/cilium-install.sh.j2",
+            cluster=cluster.name, release=RELEASE, chart=CHART, repo_name=REPO_NAME, repo_url=REPO_URL,
+            version=lab.versions.cilium, namespace=NAMESPACE, values_path=VALUES_PATH, timeout=HELM_TIMEOUT,
+            helm_version=helm, helm_major=int(lab.versions.helm.split(".")[0]),
+            rollback_flag=rollback_flag(lab.versions.helm), values=values_params(lab, cluster),
+        )
+        transport.run(install, sudo=True, timeout=15 * 60)
+
+        def settled() -> tuple[bool, str]:
+            found = problems(kube, lab, cluster)
+            return not found, "; ".join(found)
+
+        kube.wait_for("Cilium to settle", settled, timeout=SETTLE_WAIT)
+        return f"Cilium {lab.versions.cilium} installed with Helm {helm}"
+
+
+phase = Cni()

@@ -1,0 +1,203 @@
+"""init: `kubeadm init` on each cluster's first control plane, and a kubeconfig for it on this machine.
+
+check: the control plane is initialised (kubeadm's own markers, reference §3: manifests/kube-apiserver.yaml AND
+       admin.conf), its /etc/hosts sends the stable API name to it, and .labctl/kubeconfig/<cluster>.yaml points at
+       its current address and trusts its CA.
+apply: a node without a control plane gets the hosts line, the rendered config and `kubeadm init`. There is no
+       `kubeadm reset` anywhere: a node where kubeadm ran but left no complete control plane is reported, not wiped.
+       An initialised control plane whose address changed (DHCP after a reboot) is repaired in place instead
+       (`repair_addresses`, which `boot` uses too). Then admin.conf becomes the host's kubeconfig and the API has
+       to answer through it.
+"""
+
+from __future__ import annotations
+
+from labctl.engine import Check, Phase, Target
+from labctl.errors import LabctlError, StepError
+from labctl.kube import (
+    API_PORT,
+    AddressProbe,
+    Repair,
+    api_url,
+    endpoint_host,
+    hosts_address,
+    kubeconfig,
+    node_address,
+    plan_repair,
+)
+from labctl.remote.facts import ADMIN_CONF, HOSTS, KUBEADM_FLAGS, MANIFESTS
+from labctl.render import render, script
+
+INIT_CONFIG = "/etc/labctl/kubeadm-init.yaml"  # kept: the address repair regenerates certificates from it
+CA_CERT = "/etc/kubernetes/pki/ca.crt"
+APISERVER_CERT = "/etc/kubernetes/pki/apiserver.crt"
+CRI_SOCKET = "unix:///var/run/containerd/containerd.sock"
+INIT_TIMEOUT = 1200  # image pulls on a first boot plus kubeadm's own waits for the control plane
+API_WAIT = 300
+
+
+def init_params(lab, cluster, address: str) -> dict:
+    master = cluster.masters[0]
+    return {
+        "cluster": cluster.name,
+        "node": master.name,
+        "address": address,
+        "port": API_PORT,
+        "endpoint_host": endpoint_host(cluster.name),
+        "kubernetes_version": lab.versions.kubernetes,
+        "pod_cidr": cluster.pod_cidr,
+        "service_cidr": cluster.service_cidr,
+        "cri_socket": CRI_SOCKET,
+    }
+
+
+def init_config(lab, cluster, address: str) -> str:
+    return render("kubeadm/init.yaml.j2", **init_params(lab, cluster, address))
+
+
+def hosts_entry(cluster, api_address: str):
+    """The script that points the stable API name at the first control plane, on whichever node runs it."""
+    return script("endpoint.hosts", "cluster/endpoint-hosts.sh.j2", cluster=cluster.name,
+                  name=endpoint_host(cluster.name), address=api_address, hosts_file=HOSTS)
+
+
+def address_probe(cluster):
+    """The read-only script that prints which addresses a node's kubeadm files and /etc/hosts hold."""
+    return script("repair.probe", "cluster/address-probe.sh.j2", endpoint_host=endpoint_host(cluster.name),
+                  kubeadm_flags=KUBEADM_FLAGS, apiserver_manifest=MANIFESTS[0], apiserver_cert=APISERVER_CERT,
+                  hosts_file=HOSTS)
+
+
+def kubeconfig_problem(ctx, cluster, address: str) -> str | None:
+    """Why the host's kubeconfig for `cluster` cannot be used as it is, or None."""
+    local = kubeconfig.read(ctx.state, cluster.name)
+    if local is None:
+        return "no kubeconfig on this machine yet"
+    if kubeconfig.server(local) != api_url(address):
+        return f"the kubeconfig points at {kubeconfig.server(local)}, the control plane is at {address}"
+    ca = ctx.transport(cluster.masters[0].name).get(CA_CERT, sudo=True)
+    if not kubeconfig.same_pem(ca, kubeconfig.ca_pem(local)):
+        return "the kubeconfig on this machine is for another cluster (its CA differs)"
+    return None
+
+
+def fetch_kubeconfig(ctx, cluster, address: str) -> str:
+    admin = ctx.transport(cluster.masters[0].name).get(ADMIN_CONF, sudo=True)
+    path = kubeconfig.write(ctx.state, cluster.name, kubeconfig.from_admin_conf(admin, cluster.name, api_url(address)))
+    return str(path)
+
+
+def pending_repairs(ctx, cluster, only: list[str] | None = None) -> list[Repair]:
+    """Read-only: what `repair_addresses` would change (probes every node of `cluster`, or those in `only`).
+
+    The first control plane's address is always needed (the hosts lines point at it). A node that cannot be reached
+    now is skipped when it is not the first control plane: its `join` check sees the stale hosts line or node IP
+    and repairs just that node later.
+    """
+    first = cluster.masters[0]
+    addresses = {first.name: node_address(ctx, first)}
+    probes: dict[str, AddressProbe] = {}
+    probe = address_probe(cluster)
+    for node in cluster.nodes:
+        if only is not None and node.name not in only:
+            continue
+        try:
+            addresses[node.name] = node_address(ctx, node)
+            probes[node.name] = AddressProbe.parse(ctx.transport(node.name).run(probe, sudo=True, timeout=60).stdout)
+        except LabctlError as exc:
+            if node.name == first.name:
+                raise
+            ctx.note(f"{node.name}: address check skipped ({exc}); its join step repairs it later")
+    return plan_repair(cluster, addresses, probes)
+
+
+def repair_addresses(ctx, cluster, only: list[str] | None = None) -> list[str]:
+    """Bring the kubeadm files and hosts lines of `cluster` (or of the nodes in `only`) in line with the nodes'
+    current addresses. Returns what was changed, one line per action."""
+    repairs = pending_repairs(ctx, cluster, only)
+    for repair in repairs:
+        transport = ctx.transport(repair.node)
+        ctx.note(f"repairing {repair}")
+        if repair.kind == "hosts":
+            transport.run(hosts_entry(cluster, repair.new), sudo=True, timeout=60)
+        elif repair.kind == "node-ip":
+            run = script("repair.node-ip", "cluster/repair-node-ip.sh.j2", node=repair.node, old=repair.old,
+                         new=repair.new)
+            transport.run(run, sudo=True, timeout=120)
+        else:
+            transport.put(INIT_CONFIG, init_config(ctx.lab, cluster, repair.new).encode(), 0o600, sudo=True)
+            run = script("repair.control-plane", "cluster/repair-control-plane.sh.j2", cluster=cluster.name,
+                         node=repair.node, old=repair.old, new=repair.new, regenerate_certs=repair.regenerate_certs,
+                         config_path=INIT_CONFIG)
+            transport.run(run, sudo=True, timeout=300)
+        ctx.invalidate(repair.node)
+    return [str(r) for r in repairs]
+
+
+def reconcile_addresses(ctx, cluster, repair: bool = True) -> list[str]:
+    """After VMs came back (possibly at new addresses): repair the cluster's files, rewrite the host's kubeconfig,
+    and wait until the API answers through it. What `boot` calls for each installed cluster; returns the changes.
+    `repair=False` right after `kubeadm init`: nothing can have moved yet."""
+    address = node_address(ctx, cluster.masters[0])
+    done = repair_addresses(ctx, cluster) if repair else []
+    problem = kubeconfig_problem(ctx, cluster, address)
+    if problem:
+        done.append(f"kubeconfig {fetch_kubeconfig(ctx, cluster, address)} ({problem})")
+    kube = ctx.kube(cluster)
+    kube.wait_for("the API server answers", lambda: (kube.nodes() is not None, "answering"), timeout=API_WAIT)
+    return done
+
+
+class Init(Phase):
+    name = "init"
+    scope = "cluster"
+    after = ("kubepkgs",)
+    description = "kubeadm init on the first control plane; kubeconfig on this machine"
+
+    def check(self, ctx, target: Target) -> Check:
+        cluster = ctx.lab.cluster(target.cluster)
+        master = cluster.masters[0]
+        address = node_address(ctx, master)
+        facts = ctx.facts(master.name)
+        if not facts.control_plane_initialised:
+            if facts.kubeadm_ran:
+                return Check(False, f"{master.name}: kubeadm ran but left no complete control plane (reported)")
+            return Check(False, f"kubeadm init on {master.name} ({address})")
+        if hosts_address(facts.text(HOSTS), endpoint_host(cluster.name)) != address:
+            return Check(False, f"{master.name}: /etc/hosts does not send {endpoint_host(cluster.name)} to {address}")
+        problem = kubeconfig_problem(ctx, cluster, address)
+        if problem:
+            return Check(False, problem)
+        return Check(True, f"control plane on {master.name} at {address}")
+
+    def apply(self, ctx, target: Target) -> str:
+        cluster = ctx.lab.cluster(target.cluster)
+        master = cluster.masters[0]
+        address = node_address(ctx, master)
+        facts = ctx.facts(master.name)
+        transport = ctx.transport(master.name)
+        done: list[str] = []
+        fresh = not facts.control_plane_initialised
+        if fresh:
+            if facts.kubeadm_ran:
+                raise StepError(
+                    f"{master.name}: kubeadm ran on this node but left no complete control plane (kube-apiserver "
+                    "manifest and admin.conf are not both there); labctl does not reset a node on its own",
+                    hint=f"look at `journalctl -u kubelet` on {master.name}; if it holds nothing you need, run "
+                    f"`sudo kubeadm reset -f` there and then `labctl install --cluster {cluster.name} --from init`",
+                )
+            transport.run(hosts_entry(cluster, address), sudo=True, timeout=60)
+            transport.put(INIT_CONFIG, init_config(ctx.lab, cluster, address).encode(), 0o600, sudo=True)
+            ctx.note(f"{master.name}: kubeadm init (pulls the control-plane images first)")
+            run = script("init.kubeadm", "cluster/kubeadm-init.sh.j2", config_path=INIT_CONFIG,
+                         **init_params(ctx.lab, cluster, address))
+            try:
+                transport.run(run, sudo=True, timeout=INIT_TIMEOUT)
+            finally:
+                ctx.invalidate(master.name)
+            done.append(f"kubeadm init on {master.name}")
+        done += reconcile_addresses(ctx, cluster, repair=not fresh)
+        return "; ".join(done)
+
+
+phase = Init()

@@ -1,0 +1,171 @@
+"""join: every other node joins its cluster — further control planes one at a time, then all workers together.
+
+check: the node joined (kubeadm's marker, /etc/kubernetes/kubelet.conf), resolves the API name to the first control
+       plane, and the API shows its Node at its current address and Ready — or NotReady only because no CNI is
+       installed yet (the `cni` phase comes next and makes it Ready).
+apply: a node that never joined gets the hosts line, a join config with a bootstrap token and CA hash fetched fresh
+       from the first control plane in this run, and `kubeadm join`; then its Node must register.
+       A joined node whose address or hosts line went stale is repaired in place. A joined node that is NotReady
+       for any other reason is reported (StepError), never joined again: kubeadm join on a joined node fails,
+       and `kubeadm reset` would throw away whatever runs there.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+from labctl.engine import Check, Phase, Target
+from labctl.errors import StepError
+from labctl.kube import API_PORT, endpoint_host, hosts_address, node_address
+from labctl.remote.facts import BOOTSTRAP_KUBELET_CONF, HOSTS, KUBELET_CONF
+from labctl.render import render, script
+
+from .init import CA_CERT, CRI_SOCKET, hosts_entry, repair_addresses
+
+JOIN_CONFIG = "/etc/labctl/kubeadm-join.yaml"  # holds the token: 0600, removed by the join script
+TOKEN_TTL = "1h"  # outlives one run's joins; a later run fetches a new one
+JOIN_TIMEOUT = 900
+REGISTER_WAIT = 300
+
+
+def ca_cert_hash(ca_pem: bytes) -> str:
+    """kubeadm's --discovery-token-ca-cert-hash: sha256 of the CA's DER SubjectPublicKeyInfo."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = x509.load_pem_x509_certificate(ca_pem).public_key()
+    spki = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    return "sha256:" + hashlib.sha256(spki).hexdigest()
+
+
+def join_params(cluster, node, address: str, token: str, ca_hash: str, certificate_key: str | None = None) -> dict:
+    return {
+        "cluster": cluster.name,
+        "node": node.name,
+        "address": address,
+        "port": API_PORT,
+        "endpoint_host": endpoint_host(cluster.name),
+        "token": token,
+        "ca_cert_hash": ca_hash,
+        "cri_socket": CRI_SOCKET,
+        "certificate_key": certificate_key,
+    }
+
+
+def join_config(cluster, node, address: str, token: str, ca_hash: str, certificate_key: str | None = None) -> str:
+    return render("kubeadm/join.yaml.j2", **join_params(cluster, node, address, token, ca_hash, certificate_key))
+
+
+def _credentials(ctx, cluster) -> tuple[str, str]:
+    """A fresh bootstrap token and the CA hash, from the first control plane (once per cluster per run)."""
+    transport = ctx.transport(cluster.masters[0].name)
+    run = script("join.token", "cluster/join-token.sh.j2", cluster=cluster.name, ttl=TOKEN_TTL,
+                 description="labctl join")
+    lines = transport.run(run, sudo=True, timeout=120).stdout.strip().splitlines()
+    token = lines[-1].strip() if lines else ""
+    if not (len(token) == 23 and token[6] == "."):
+        raise StepError(f"{cluster.masters[0].name}: `kubeadm token create` printed no token ({token!r})")
+    return token, ca_cert_hash(transport.get(CA_CERT, sudo=True))
+
+
+def _certificate_key(ctx, cluster) -> str:
+    """Upload the control-plane certificates under a new key (they expire after 2 h, so once per run)."""
+    key = secrets.token_hex(32)  # what `kubeadm certs certificate-key` prints: 32 random bytes, hex
+    run = script("join.upload-certs", "cluster/upload-certs.sh.j2", cluster=cluster.name, certificate_key=key)
+    ctx.transport(cluster.masters[0].name).run(run, sudo=True, timeout=120)
+    return key
+
+
+def _state(ctx, cluster, node) -> tuple[str, str]:
+    """(state, detail); state: joined | absent | stale (repairable in place) | broken (report)."""
+    facts = ctx.facts(node.name)
+    if not facts.exists(KUBELET_CONF):
+        if facts.exists(BOOTSTRAP_KUBELET_CONF) or facts.kubeadm_ran:
+            return "broken", "kubeadm ran here but the node never finished joining (no kubelet.conf)"
+        return "absent", "not joined yet"
+    api_address = node_address(ctx, cluster.masters[0])
+    if hosts_address(facts.text(HOSTS), endpoint_host(cluster.name)) != api_address:
+        return "stale", f"/etc/hosts does not send {endpoint_host(cluster.name)} to {api_address}"
+    return _api_state(ctx, cluster, node)
+
+
+def _api_state(ctx, cluster, node) -> tuple[str, str]:
+    """The Node as the API shows it: registered, at the VM's address, Ready (or waiting only for the CNI)."""
+    kube = ctx.kube(cluster)
+    info = kube.node(node.name)
+    if info is None:
+        return "broken", "kubelet.conf exists but the cluster has no Node of this name (it joined elsewhere?)"
+    address = node_address(ctx, node)
+    if info.internal_ip and info.internal_ip != address:
+        return "stale", f"the Node reports {info.internal_ip}, the VM is at {address}"
+    if info.ready:
+        return "joined", f"joined, Ready ({info.kubelet_version})"
+    if info.ready_status == "False" and not kube.daemonset_ready("kube-system", "cilium").found:
+        return "joined", "joined; NotReady until the CNI is installed"
+    why = f"{info.ready_status or 'no status'}: {info.ready_reason or 'no reason given'}"
+    return "broken", f"joined but NotReady ({why})"
+
+
+class Join(Phase):
+    name = "join"
+    scope = "node"
+    after = ("init",)
+    description = "control planes one at a time, then workers in parallel"
+
+    def applies(self, lab, cluster) -> bool:
+        return len(cluster.nodes) > 1
+
+    def waves(self, cluster):
+        # The first control plane ran init; etcd grows one member at a time; workers do not depend on each other.
+        waves = [[m] for m in cluster.masters[1:]]
+        return waves + [cluster.workers] if cluster.workers else waves
+
+    def check(self, ctx, target: Target) -> Check:
+        cluster, node = ctx.node(target.node)
+        state, detail = _state(ctx, cluster, node)
+        return Check(state == "joined", detail + (" (reported, not joined again)" if state == "broken" else ""))
+
+    def apply(self, ctx, target: Target) -> str:
+        cluster, node = ctx.node(target.node)
+        state, detail = _state(ctx, cluster, node)
+        if state == "broken":
+            raise StepError(
+                f"{node.name}: {detail}; labctl does not join a node twice",
+                hint=f"look at `journalctl -u kubelet` on {node.name}. To start it over: `kubectl delete node "
+                f"{node.name}`, `sudo kubeadm reset -f` on the node, then `labctl install --cluster {cluster.name} "
+                "--from join`",
+            )
+        if state == "stale":
+            done = repair_addresses(ctx, cluster, only=[node.name])
+            self._wait_registered(ctx, cluster, node)
+            return "; ".join(done) or detail
+        address = node_address(ctx, node)
+        control_plane = node.role == "master"
+        transport = ctx.transport(node.name)
+        transport.run(hosts_entry(cluster, node_address(ctx, cluster.masters[0])), sudo=True, timeout=60)
+        token, ca_hash = ctx.once(f"join-credentials:{cluster.name}", lambda: _credentials(ctx, cluster))
+        key = None
+        if control_plane:
+            key = ctx.once(f"certificate-key:{cluster.name}", lambda: _certificate_key(ctx, cluster))
+        transport.put(JOIN_CONFIG, join_config(cluster, node, address, token, ca_hash, key).encode(), 0o600, sudo=True)
+        ctx.note(f"{node.name}: kubeadm join{' --control-plane' if control_plane else ''}")
+        run = script("join.kubeadm", "cluster/kubeadm-join.sh.j2", cluster=cluster.name, node=node.name,
+                     address=address, endpoint_host=endpoint_host(cluster.name), control_plane=control_plane,
+                     config_path=JOIN_CONFIG)
+        try:
+            transport.run(run, sudo=True, timeout=JOIN_TIMEOUT)
+        finally:
+            ctx.invalidate(node.name)
+        self._wait_registered(ctx, cluster, node)
+        return f"joined {cluster.name} as {'a control plane' if control_plane else 'a worker'}"
+
+    def _wait_registered(self, ctx, cluster, node) -> None:
+        def registered() -> tuple[bool, str]:
+            state, detail = _api_state(ctx, cluster, node)
+            return state == "joined", detail
+
+        ctx.kube(cluster).wait_for(f"{node.name} to register", registered, timeout=REGISTER_WAIT)
+
+
+phase = Join()

@@ -1,0 +1,62 @@
+"""ready (boot): every node of the cluster is back: Ready, and schedulable again if labctl drained it.
+
+check: the API lists every node of clusters.json as Ready, and none is still cordoned by `labctl shutdown --drain`.
+apply: uncordon the nodes labctl drained (a node the user cordoned by hand stays cordoned), then wait for Ready.
+"""
+
+from __future__ import annotations
+
+from labctl.engine import Check, Phase, Target
+from labctl.kube import kubeconfig
+
+# Set by `shutdown --drain` on the nodes it cordons, so boot undoes exactly that.
+DRAINED = "labctl.internal/drained"
+READY_TIMEOUT = 300
+
+
+def _waiting(ctx, cluster) -> list[str]:
+    nodes = {n.name: n for n in ctx.kube(cluster).nodes()}
+    out = []
+    for node in cluster.nodes:
+        info = nodes.get(node.name)
+        if info is None:
+            out.append(f"{node.name} not registered")
+        elif not info.ready:
+            out.append(f"{node.name} NotReady {info.ready_reason}".rstrip())
+        elif info.unschedulable and DRAINED in info.annotations:
+            out.append(f"{node.name} cordoned by labctl")
+    return out
+
+
+class Ready(Phase):
+    name = "ready"
+    scope = "cluster"
+    after = ("addresses",)
+    description = "uncordon what shutdown drained, wait until every node is Ready"
+
+    def check(self, ctx, target: Target) -> Check:
+        cluster = ctx.lab.cluster(target.cluster)
+        if kubeconfig.read(ctx.state, cluster.name) is None:
+            return Check(True, "not installed yet")
+        waiting = _waiting(ctx, cluster)
+        return Check(not waiting, "; ".join(waiting) or f"{len(cluster.nodes)} nodes Ready")
+
+    def apply(self, ctx, target: Target) -> str:
+        cluster = ctx.lab.cluster(target.cluster)
+        kube = ctx.kube(cluster)
+        uncordoned = []
+        for info in kube.nodes():
+            if info.unschedulable and DRAINED in info.annotations:
+                kube.uncordon(info.name)
+                kube.patch_node(info.name, {"metadata": {"annotations": {DRAINED: None}}})
+                uncordoned.append(info.name)
+
+        def all_ready():
+            waiting = _waiting(ctx, cluster)
+            return not waiting, "; ".join(waiting)
+
+        kube.wait_for("all nodes Ready", all_ready, timeout=READY_TIMEOUT)
+        return f"uncordoned {', '.join(uncordoned)}; all Ready" if uncordoned else "all Ready"
+
+
+phase = Ready()

@@ -1,0 +1,171 @@
+"""`labctl doctor` through the real entry point: blockers fail with an explanation, warnings do not, JSON parses.
+
+The platform is simulated by patching what labctl.host.detect reads (platform.system/machine), so each test means
+the same on Linux and on a Mac; memory and CPUs come from LABCTL_HOST_MEMORY_MIB / LABCTL_HOST_CPUS, free disk
+from a patched labctl.host.free_disk_gb. The shipped lab asks for 21 vCPUs, 68 GiB of memory and 200 GB of disk.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+
+import pytest
+
+import labctl.cli.doctor  # noqa: F401  (registers the command until labctl/cli/__init__.py imports it)
+from labctl import host
+from tests.conftest import SHIPPED, run_cli
+
+NO_TART = "/usr/bin:/bin"  # no tart anywhere, as on any Linux machine
+ROOMY = {"LABCTL_HOST_MEMORY_MIB": str(256 * 1024), "LABCTL_HOST_CPUS": "16"}  # 21 vCPU / 16 = 1.31x
+
+
+@pytest.fixture
+def lab_file(tmp_path):
+    path = tmp_path / "clusters.json"
+    path.write_bytes(SHIPPED.read_bytes())
+    return path
+
+
+@pytest.fixture
+def linux(monkeypatch):
+    monkeypatch.setattr(platform, "system", lambda: "Linux")
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(host, "free_disk_gb", lambda path: 500.0)  # this machine's own free space must not matter
+
+
+@pytest.fixture
+def mac(monkeypatch):
+    """An Apple-silicon Mac with plenty of free disk (memory and CPUs come from the environment)."""
+    monkeypatch.setattr(platform, "system", lambda: "Darwin")
+    monkeypatch.setattr(platform, "machine", lambda: "arm64")
+    monkeypatch.setattr(platform, "mac_ver", lambda: ("15.3", ("", "", ""), "arm64"))
+    monkeypatch.setattr(host, "free_disk_gb", lambda path: 500.0)
+
+
+def doctor(lab_file, env, *extra):
+    result = run_cli("--json", "-c", str(lab_file), "doctor", *extra, env=env)
+    doc = json.loads(result.out)
+    assert set(doc) == {"checks", "ok"}
+    for check in doc["checks"]:
+        assert set(check) == {"name", "status", "detail", "fix"} and check["status"] in ("ok", "warn", "fail")
+        assert check["status"] == "ok" or check["fix"], check  # every problem says what to do
+    return result, doc, {c["name"]: c for c in doc["checks"]}
+
+
+def test_linux_without_tart_explains_what_works_here(lab_file, linux):
+    result, doc, checks = doctor(lab_file, {"PATH": NO_TART, **ROOMY})
+    assert result.code == 1 and doc["ok"] is False
+    platform_check = checks["platform"]
+    assert platform_check["status"] == "fail"
+    assert "Linux" in platform_check["detail"] and "macOS on Apple silicon with Tart" in platform_check["detail"]
+    assert "validate, plan and schema work on any machine" in platform_check["detail"]
+    assert checks["tart"]["status"] == "fail" and "tart not found" in checks["tart"]["detail"]
+    assert "brew install cirruslabs/cli/tart" in checks["tart"]["fix"]
+    assert checks["clusters.json"]["status"] == "ok" and "4 clusters, 10 nodes" in checks["clusters.json"]["detail"]
+
+    text = run_cli("-c", str(lab_file), "doctor", env={"PATH": NO_TART, **ROOMY})
+    assert text.code == 1 and "Traceback" not in text.out + text.err and text.err == ""
+    assert "✗ platform" in text.out and "✗ tart" in text.out and "fix: " in text.out
+    assert text.out.splitlines()[-1].startswith("doctor: 2 blockers")
+
+
+def test_a_ready_mac_passes_with_the_tart_version(lab_file, mac, fake_tart):
+    mark = fake_tart.mark()
+    result, doc, checks = doctor(lab_file, ROOMY)
+    assert result.code == 0 and doc["ok"] is True, doc
+    assert {c["status"] for c in doc["checks"]} == {"ok"}
+    assert checks["platform"]["detail"] == "macOS 15.3 on arm64 (Apple silicon)"
+    assert checks["tart"]["detail"].startswith("tart 2.32.1 (") and str(fake_tart.exe) in checks["tart"]["detail"]
+    assert "21 vCPUs on 16 host CPUs: overcommit 1.31x" in checks["cpu"]["detail"]
+    assert "68.0 GiB of 252.0 GiB usable" in checks["memory"]["detail"]
+    assert "up to 200 GB" in checks["disk"]["detail"] and str(fake_tart.home) in checks["disk"]["detail"]
+    assert "softnet" not in checks  # only checked when clusters.json asks for it
+    # Fast and harmless: the only tart call is --version (no list, no VM touched), and nothing is written.
+    assert fake_tart.argvs(mark) == [["--version"]]
+    assert not (lab_file.parent / ".labctl").exists()
+
+    text = run_cli("-c", str(lab_file), "doctor", env=ROOMY)
+    assert text.code == 0 and text.out.splitlines()[-1] == "doctor: ready"
+
+
+def test_an_old_tart_is_a_warning_not_a_blocker(lab_file, mac, fake_tart):
+    result, _, checks = doctor(lab_file, {**ROOMY, "FAKE_TART_VERSION": "2.11.0"})
+    assert result.code == 0
+    assert checks["tart"]["status"] == "warn" and "predates 2.12" in checks["tart"]["detail"]
+
+
+def test_memory_that_does_not_fit_is_a_blocker(lab_file, mac, fake_tart):
+    result, doc, checks = doctor(lab_file, {**ROOMY, "LABCTL_HOST_MEMORY_MIB": "32768"})
+    assert result.code == 1 and doc["ok"] is False
+    memory = checks["memory"]
+    assert memory["status"] == "fail"
+    assert "needs 68.0 GiB but only 28.0 GiB usable (32.0 GiB minus 4.0 GiB for the host)" in memory["detail"]
+    assert "--cluster" in memory["fix"]
+    assert [c["name"] for c in doc["checks"] if c["status"] == "fail"] == ["memory"]
+
+
+@pytest.mark.parametrize(("cpus", "status", "ratio"), [("16", "ok", "1.31x"), ("8", "warn", "2.62x")])
+def test_cpu_overcommit_is_reported_and_warned_above_two(lab_file, mac, fake_tart, cpus, status, ratio):
+    result, _, checks = doctor(lab_file, {**ROOMY, "LABCTL_HOST_CPUS": cpus})
+    assert result.code == 0  # CPU may be overcommitted: never a blocker
+    assert checks["cpu"]["status"] == status and f"overcommit {ratio}" in checks["cpu"]["detail"]
+
+
+@pytest.mark.parametrize(("free", "status"), [(500.0, "ok"), (120.0, "warn"), (15.0, "fail")])
+def test_free_disk_against_copy_on_write_clones(lab_file, mac, fake_tart, monkeypatch, free, status):
+    seen = []
+    monkeypatch.setattr(host, "free_disk_gb", lambda path: seen.append(path) or free)
+    result, _, checks = doctor(lab_file, ROOMY)
+    assert checks["disk"]["status"] == status and f"{free:.0f} GB free" in checks["disk"]["detail"]
+    assert result.code == (1 if status == "fail" else 0)
+    # TART_HOME (the fake's) is where the VMs live; it may not exist yet, so its nearest existing parent is asked.
+    assert seen and (fake_tart.home == seen[0] or fake_tart.home.is_relative_to(seen[0]))
+
+
+def test_softnet_needs_its_helper(lab_file, mac, fake_tart):
+    raw = json.loads(lab_file.read_text())
+    raw["provider"]["tart"]["network"] = "softnet"
+    lab_file.write_text(json.dumps(raw))
+    _, _, checks = doctor(lab_file, ROOMY)
+    assert checks["softnet"]["status"] == "fail" and "no `softnet` binary" in checks["softnet"]["detail"]
+
+    helper = fake_tart.bin / "softnet"  # beside tart, as Homebrew installs it, but not setuid root
+    helper.write_text("#!/bin/sh\n")
+    helper.chmod(0o755)
+    result, _, checks = doctor(lab_file, ROOMY)
+    assert result.code == 0
+    assert checks["softnet"]["status"] == "warn" and "not setuid root" in checks["softnet"]["detail"]
+    assert f"chmod u+s {helper}" in checks["softnet"]["fix"]
+
+
+def test_a_broken_clusters_json_is_reported_not_raised(tmp_path, linux):
+    bad = tmp_path / "clusters.json"
+    bad.write_text('{"clusters": [}')
+    result, _, checks = doctor(bad, {"PATH": NO_TART, **ROOMY})
+    assert result.code == 1 and result.err == ""  # explained in the document, not as an error
+    assert checks["clusters.json"]["status"] == "fail" and "labctl validate" in checks["clusters.json"]["fix"]
+    assert "memory" not in checks  # no lab to measure
+    assert checks["platform"]["status"] == "fail" and checks["tart"]["status"] == "fail"
+
+
+def test_a_host_whose_memory_cannot_be_read_is_a_warning(lab_file, mac, fake_tart, monkeypatch):
+    def no_sysctl():
+        raise FileNotFoundError("sysctl")
+
+    monkeypatch.delenv("LABCTL_HOST_MEMORY_MIB", raising=False)
+    monkeypatch.setattr(host, "_memory_mib", no_sysctl)  # a "Mac" whose sysctl is missing: detection itself fails
+    result, _, checks = doctor(lab_file, {"LABCTL_HOST_CPUS": "16"})
+    assert result.code == 0 and result.err == ""
+    assert checks["memory"]["status"] == "warn" and "LABCTL_HOST_MEMORY_MIB" in checks["memory"]["fix"]
+
+
+def test_without_a_clusters_json_the_shipped_lab_is_judged(tmp_path, mac, fake_tart, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = run_cli("--json", "doctor", env=ROOMY)
+    checks = {c["name"]: c for c in json.loads(result.out)["checks"]}
+    assert result.code == 0
+    assert checks["clusters.json"]["status"] == "warn" and "shipped default lab" in checks["clusters.json"]["detail"]
+    assert "labctl init" in checks["clusters.json"]["fix"]
+    assert "68.0 GiB" in checks["memory"]["detail"]
+    assert not (tmp_path / "clusters.json").exists()  # judged, not written
