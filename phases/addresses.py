@@ -4,7 +4,7 @@ check: the cluster's nodes still hold the addresses their kubeadm files, certifi
        host's kubeconfig points at the first control plane's current address.
 apply: repair what moved (init.reconcile_addresses: hosts lines, kubelet node-ip, control-plane manifests and
        certificates, kubeconfigs; Cilium follows through the stable API name), then wait for the API.
-A cluster that was never initialised has nothing to repair: `labctl install` is what it needs.
+A cluster labctl never initialised (no kubeconfig here) has nothing to repair: `labctl install` is what it needs.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ class Addresses(Phase):
 
     def check(self, ctx, target: Target) -> Check:
         cluster = ctx.lab.cluster(target.cluster)
-        master = cluster.masters[0]
-        if kubeconfig.read(ctx.state, cluster.name) is None and not ctx.facts(master.name).control_plane_initialised:
-            return Check(True, "not installed yet: nothing to repair")
+        if kubeconfig.read(ctx.state, cluster.name) is None:
+            # labctl writes the kubeconfig as soon as kubeadm init succeeds: without one there is no cluster to
+            # repair (only VMs), and probing the nodes would make `boot` of a VM-only lab wait on SSH for nothing
+            return Check(True, "no cluster installed yet: nothing to repair")
         repairs = init.pending_repairs(ctx, cluster)
         if repairs:
             return Check(False, "; ".join(str(r) for r in repairs))
