@@ -79,7 +79,9 @@ def spec_changes(lab: LabSession) -> list[str]:
     for key in recorded:
         if key not in now:
             kind = "node" if "/" in key else "cluster"
-            lines.append(f"- {kind} {key.split('/')[-1]} is no longer in clusters.json (its VM is left alone)")
+            hint = "`labctl install --prune` drains it, deletes its Node and its VM" if kind == "node" else \
+                "its VMs are left alone; `labctl destroy` before removing a cluster from clusters.json"
+            lines.append(f"- {kind} {key.split('/')[-1]} is no longer in clusters.json: {hint}")
     return lines
 
 
@@ -145,10 +147,54 @@ def run(
     return summary
 
 
-def install(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None) -> Summary:
+def install(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None, prune: bool = False) -> Summary:
     steps = build_steps(lab.model, phases_for("install"), opts.selection)
     check_budget(lab.model, sorted({s.phase.name for s in steps}))
-    return run(lab, steps, opts, "install", emit=emit, notify=notify, on_start=on_start)
+    removed = removed_nodes(lab)
+    summary = run(lab, steps, opts, "install", emit=emit, notify=notify, on_start=on_start)
+    if prune and removed and summary.ok:
+        # after the install, so new workers have joined before the removed ones are drained onto them
+        with lab.state.locked("install --prune"):
+            ctx = lab.context(notify=notify)
+            try:
+                for cluster_name, node_name in removed:
+                    _prune(ctx, cluster_name, node_name)
+            finally:
+                ctx.close()
+    return summary
+
+
+def removed_nodes(lab: LabSession) -> list[tuple[str, str]]:
+    """Nodes labctl installed (recorded spec) that clusters.json no longer has, in clusters that still exist."""
+    current = spec_hashes(lab.model)
+    clusters = {c.name for c in lab.model.clusters}
+    return [tuple(key.split("/", 1)) for key in lab.state.read()["specs"]
+            if "/" in key and key not in current and key.split("/", 1)[0] in clusters]
+
+
+def _prune(ctx: Context, cluster_name: str, node_name: str) -> None:
+    from .errors import StepError
+    from .kube import kubeconfig
+    from .remote.credentials import forget_host
+
+    cluster = ctx.lab.cluster(cluster_name)
+    if kubeconfig.read(ctx.state, cluster_name) is not None:
+        kube = ctx.kube(cluster)
+        info = kube.node(node_name)
+        if info is not None and "control-plane" in info.roles:
+            raise StepError(f"{node_name}: is a control plane of {cluster_name}; labctl prunes only workers",
+                            hint=f"put {node_name} back into clusters.json")
+        if info is not None:
+            ctx.note(f"{node_name}: draining, then deleting its Node")
+            kube.drain(node_name)
+            kube.delete_node(node_name)
+    ctx.provider.own(node_name)
+    ctx.provider.delete(node_name)
+    forget_host(ctx.state, node_name)
+    ctx.state.forget([f"{cluster_name}/{node_name}"])
+    for path in (ctx.state.node_log(node_name), ctx.state.logs / f"{node_name}.tart.log"):
+        path.unlink(missing_ok=True)
+    ctx.note(f"{node_name}: pruned (drained, Node and VM deleted)")
 
 
 def require_provider(lab: LabSession) -> str:
@@ -170,13 +216,13 @@ def boot(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=Non
 
 
 def shutdown(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None,
-             grace_seconds: float | None = None) -> Summary:
+             grace_seconds: float | None = None, drain: bool = False) -> Summary:
     """Power the VMs off, workers first. grace_seconds: how long each guest gets for every graceful way (in-guest
     power-off, then SIGUSR2) before the next, harder one; None = the phase's default."""
     steps = build_steps(lab.model, phases_for("shutdown"), opts.selection)
     require_provider(lab)
     # Only ask a guest to power off if it answers right away; a dead one is stopped by the provider instead.
-    options: dict[str, Any] = {"connect_timeout": 10}
+    options: dict[str, Any] = {"connect_timeout": 10, "drain": drain}
     if grace_seconds is not None:
         options["grace_seconds"] = grace_seconds
     return run(lab, steps, opts, "shutdown", emit=emit, notify=notify, on_start=on_start, options=options)

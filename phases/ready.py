@@ -8,9 +8,8 @@ from __future__ import annotations
 
 from labctl.engine import Check, Phase, Target
 from labctl.kube import kubeconfig
+from labctl.kube.client import DRAINED
 
-# Set by `shutdown --drain` on the nodes it cordons, so boot undoes exactly that.
-DRAINED = "labctl.internal/drained"
 READY_TIMEOUT = 300
 
 
@@ -44,12 +43,7 @@ class Ready(Phase):
     def apply(self, ctx, target: Target) -> str:
         cluster = ctx.lab.cluster(target.cluster)
         kube = ctx.kube(cluster)
-        uncordoned = []
-        for info in kube.nodes():
-            if info.unschedulable and DRAINED in info.annotations:
-                kube.uncordon(info.name)
-                kube.patch_node(info.name, {"metadata": {"annotations": {DRAINED: None}}})
-                uncordoned.append(info.name)
+        uncordoned = [n.name for n in cluster.nodes if kube.undrain(n.name)]
 
         def all_ready():
             waiting = _waiting(ctx, cluster)

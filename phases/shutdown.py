@@ -4,13 +4,14 @@ check: the VM is not running (or does not exist).
 apply: ask the guest to power off over SSH when it answers (a clean systemd shutdown); the provider then waits for
        it, sends SIGUSR2 to `tart run` (an ACPI shutdown request) when the guest did not go, and pulls the plug with
        `tart stop` only as the last resort; the result says which it took. Workers go first, control planes last, so
-       the control plane sees its workers leave.
+       the control plane sees its workers leave. With --drain, each worker is cordoned and its pods evicted first.
 """
 
 from __future__ import annotations
 
 from labctl.engine import Check, Phase, Target
 from labctl.errors import CommandError, TransportError
+from labctl.kube import kubeconfig
 from labctl.render import script
 
 # How long a guest gets to shut down by itself before the next, harder way is tried.
@@ -44,12 +45,16 @@ class Shutdown(Phase):
         return Check(not vm.running, "stopped" if not vm.running else "running: power it off")
 
     def apply(self, ctx, target: Target) -> str:
-        _, node = ctx.node(target.node)
+        cluster, node = ctx.node(target.node)
+        drained = ""
+        if ctx.options.get("drain") and node.role == "worker" and kubeconfig.read(ctx.state, cluster.name):
+            # pods move to the workers still up; `boot` uncordons exactly the nodes labctl drained
+            drained = f"drained {ctx.kube(cluster).drain(node.name)} pods, "
         asked = poweroff_in_guest(ctx, node.name)
         how = ctx.provider.stop(node, timeout=ctx.options.get("grace_seconds", GRACE_SECONDS), guest_poweroff=asked)
         if how == "tart stop":
             ctx.note(f"{node.name}: did not shut down by itself; it needed a hard stop (`tart stop`)")
-        return f"stopped ({how})"
+        return f"{drained}stopped ({how})"
 
 
 phase = Shutdown()

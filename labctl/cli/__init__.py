@@ -154,4 +154,4 @@ def main() -> None:
     sys.exit(code or 0)
 
 
-from . import commands, lifecycle  # noqa: E402,F401  (registers the commands on `app`)
+from . import commands, doctor, lifecycle, status  # noqa: E402,F401  (registers the commands on `app`)

@@ -105,6 +105,7 @@ def install(
     parallel: int = typer.Option(0, "--parallel", "-p", min=0, help="Steps at once (0 = one per node)."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop every cluster at the first failure."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only plan (same as `labctl plan`)."),
+    prune: bool = typer.Option(False, "--prune", help="Drain and delete workers removed from clusters.json."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (install never asks today; for scripts)."),
 ) -> None:
     """Create or converge the lab: run every phase whose check is not satisfied, clusters in parallel."""
@@ -112,4 +113,7 @@ def install(
 
     if dry_run:
         return plan(only, start, skip, cluster)
-    run_flow(run_install, open_lab(), RunOptions(_selection(only, start, skip, cluster), parallel, fail_fast), "install")
+    from functools import partial
+
+    opts = RunOptions(_selection(only, start, skip, cluster), parallel, fail_fast)
+    run_flow(partial(run_install, prune=prune), open_lab(), opts, "install")

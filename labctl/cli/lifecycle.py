@@ -33,13 +33,14 @@ def shutdown(
     timeout: float | None = typer.Option(None, "--timeout", min=0,
                                   help="Seconds a guest gets to power off by itself (in-guest, then ACPI) before "
                                        "the next, harder way; default 120."),
+    drain: bool = typer.Option(False, "--drain", help="Cordon and drain each worker first; `boot` uncordons it."),
 ) -> None:
     """Power the lab's VMs off cleanly: in-guest power-off, workers first; a hard stop only as the last resort."""
     from functools import partial
 
     from ..lab import shutdown as flow
 
-    run_flow(partial(flow, grace_seconds=timeout), open_lab(), _opts(cluster), "shutdown")
+    run_flow(partial(flow, grace_seconds=timeout, drain=drain), open_lab(), _opts(cluster), "shutdown")
 
 
 @app.command()

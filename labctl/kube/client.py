@@ -142,9 +142,22 @@ def statefulset_readiness(obj: dict | None, what: str) -> Readiness:
     return Readiness(True, f"{what}: {ready}/{want} ready")
 
 
+# Set by `shutdown --drain` on the nodes it cordons, so that `boot` uncordons exactly those.
+DRAINED = "labctl.internal/drained"
+
+
+def _evictable(pod: dict) -> bool:
+    meta = pod.get("metadata", {})
+    owners = meta.get("ownerReferences") or []
+    mirror = "kubernetes.io/config.mirror" in (meta.get("annotations") or {})
+    finished = (pod.get("status") or {}).get("phase") in ("Succeeded", "Failed")
+    return not mirror and not finished and not any(o.get("kind") == "DaemonSet" for o in owners)
+
+
 def client_for(ctx, cluster) -> Kube:
-    """The facade for `cluster` (Context.kube caches one per cluster per run)."""
-    return Kube(cluster.name, kubeconfig.cluster_path(ctx.state, cluster.name))
+    """The facade for `cluster` (Context.kube caches one per cluster per run). `status` asks for short timeouts."""
+    return Kube(cluster.name, kubeconfig.cluster_path(ctx.state, cluster.name),
+                request_timeout=ctx.options.get("request_timeout", 15.0))
 
 
 class Kube:
@@ -226,6 +239,44 @@ class Kube:
 
     def uncordon(self, name: str) -> NodeInfo:
         return self.patch_node(name, {"spec": {"unschedulable": None}})
+
+    def delete_node(self, name: str) -> bool:
+        return self._call(f"delete node {name}", "CoreV1Api", "delete_node", name) is not None
+
+    def drain(self, name: str, timeout: float = 120) -> int:
+        """Cordon the node (marked as labctl's doing) and evict its pods; returns how many were evicted.
+
+        Like `kubectl drain --ignore-daemonsets`: DaemonSet pods would only come back, and static (mirror) pods are
+        the kubelet's own. Evictions respect PodDisruptionBudgets; a refused one (429) is retried until `timeout`.
+        """
+        self.patch_node(name, {"metadata": {"annotations": {DRAINED: "true"}}, "spec": {"unschedulable": True}})
+        body = self._call(f"list pods on {name}", "CoreV1Api", "list_pod_for_all_namespaces",
+                          field_selector=f"spec.nodeName={name}") or {}
+        pods = [p["metadata"] for p in body.get("items", []) if _evictable(p)]
+        for meta in pods:
+            eviction = {"apiVersion": "policy/v1", "kind": "Eviction",
+                        "metadata": {"name": meta["name"], "namespace": meta["namespace"]}}
+
+            def evicted(meta=meta, eviction=eviction):
+                try:
+                    self._call(f"evict {meta['namespace']}/{meta['name']}", "CoreV1Api",
+                               "create_namespaced_pod_eviction", meta["name"], meta["namespace"], eviction)
+                except KubeError as exc:
+                    if exc.status == 429:  # a PodDisruptionBudget says not now
+                        return False, str(exc)
+                    raise
+                return True, "evicted"
+
+            self.wait_for(f"evict {meta['namespace']}/{meta['name']} from {name}", evicted, timeout)
+        return len(pods)
+
+    def undrain(self, name: str) -> bool:
+        """Uncordon a node only if labctl drained it (a node cordoned by hand stays cordoned)."""
+        node = self.node(name)
+        if node is None or not node.unschedulable or DRAINED not in node.annotations:
+            return False
+        self.patch_node(name, {"metadata": {"annotations": {DRAINED: None}}, "spec": {"unschedulable": None}})
+        return True
 
     # -- workloads --------------------------------------------------------------------------------------------
     def daemonset_ready(self, namespace: str, name: str) -> Readiness:

@@ -110,16 +110,41 @@ def write(state: LabState, cluster: str, config: dict[str, Any]) -> Path:
     state.kubeconfigs.mkdir(mode=0o700, exist_ok=True)
     path = cluster_path(state, cluster)
     write_atomic(path, _dump(config), 0o600)
-    name = context_name(cluster)
     with _merged_lock:
-        merged = _read_merged(state)
-        for section in ("clusters", "users", "contexts"):
-            kept = [item for item in merged.get(section) or [] if item.get("name") != name]
-            merged[section] = kept + [item for item in config[section] if item.get("name") == name]
-        if not merged.get("current-context"):
-            merged["current-context"] = name
+        merged = merge_entries(_read_merged(state), config, context_name(cluster))
         write_atomic(merged_path(state), _dump(merged), 0o600)
     return path
+
+
+def merge_entries(into: dict[str, Any], config: dict[str, Any], name: str) -> dict[str, Any]:
+    """Replace the cluster/user/context called `name` in `into` with config's; every other entry is kept."""
+    for section in ("clusters", "users", "contexts"):
+        kept = [item for item in into.get(section) or [] if item.get("name") != name]
+        into[section] = kept + [item for item in config[section] if item.get("name") == name]
+    if not into.get("current-context"):
+        into["current-context"] = name
+    return into
+
+
+def export(state: LabState, clusters: list[str], target: Path) -> list[str]:
+    """Merge the clusters' `labctl-<cluster>` entries into the user's kubeconfig (e.g. ~/.kube/config).
+
+    Only those entries are replaced: the user's own clusters and contexts, and their current context, stay as
+    they are. Returns the contexts written.
+    """
+    try:
+        into = _load(target.read_bytes(), str(target))
+    except FileNotFoundError:
+        into = {"apiVersion": "v1", "kind": "Config", "preferences": {}}
+    written = []
+    for cluster in clusters:
+        config = read(state, cluster)
+        if config is not None:
+            merge_entries(into, config, context_name(cluster))
+            written.append(context_name(cluster))
+    if written:
+        write_atomic(target, _dump(into), 0o600)
+    return written
 
 
 def remove(state: LabState, cluster: str) -> None:

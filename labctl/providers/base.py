@@ -67,5 +67,8 @@ class Provider(Protocol):
     def ip(self, node, wait: int = 0) -> str | None:
         """The VM's current IPv4 address, or None; never a stale address of a stopped VM."""
 
+    def own(self, name: str) -> None:
+        """Allow changes to a VM that is no longer in clusters.json but was the lab's (prune)."""
+
     def ssh_address(self, node) -> tuple[str, int]:
         """Where SSH for this node answers (host, port)."""

@@ -102,6 +102,10 @@ class TartProvider:
             raise ProviderError(f"{vm or 'tart'}: `{shlex.join(done.args)}` printed something that is not JSON: "
                                 f"{done.stdout[:200]!r}") from None
 
+    def own(self, name: str) -> None:
+        """Let this provider change a VM the lab used to have (`install --prune` deletes removed workers)."""
+        self._names.add(name)
+
     def _owned(self, node) -> str:
         name = node if isinstance(node, str) else node.name
         if name not in self._names:

@@ -220,9 +220,14 @@ class _Handler(BaseHTTPRequestHandler):
         self._send(code, {"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason,
                           "message": message, "code": code})
 
-    def _body(self) -> dict:
+    def _read_body(self) -> bytes:
+        # Read every request's body, used or not: leftover bytes would corrupt the next request on a kept-alive
+        # connection.
         length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b"{}"
+        return self.rfile.read(length) if length else b""
+
+    def _body(self) -> dict:
+        raw = self.raw_body or b"{}"
         if "yaml" in (self.headers.get("Content-Type") or ""):
             import yaml
 
@@ -230,6 +235,7 @@ class _Handler(BaseHTTPRequestHandler):
         return json.loads(raw or b"{}")
 
     def _handle(self, method: str) -> None:
+        self.raw_body = self._read_body()
         url = urlparse(self.path)
         store = self.kube.store
         store.requests.append((method, url.path))

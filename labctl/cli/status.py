@@ -1,0 +1,139 @@
+"""Looking at the lab: status (people and dashboards) and smoke (CI)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import typer
+
+from . import G, app, emit_json, open_lab
+from .commands import names
+
+CLUSTER_HELP = "Only these clusters (repeatable or comma-separated)."
+
+
+def _mark(probe) -> str:
+    return "–" if probe.skipped else ("✓" if probe.ok else "✗")
+
+
+def _tables(statuses):
+    from rich.console import Group
+    from rich.table import Table
+
+    out = []
+    for c in statuses:
+        verdict = "[green]healthy[/]" if c.healthy else "[red]not healthy[/]"
+        table = Table(title=f"{c.name}: {verdict}", title_justify="left", expand=False)
+        for col in ("node", "role", "VM", "address", "SSH", "Kubernetes", "version"):
+            table.add_column(col)
+        for n in c.nodes:
+            table.add_row(n.name, n.role, n.vm, n.address or "-", _mark(n.ssh),
+                          f"{_mark(n.ready)} {n.ready.detail}", n.version or "-")
+        out.append(table)
+        lines = [f"  API {_mark(c.api)} {c.api.detail}", f"  Cilium {_mark(c.cilium)} {c.cilium.detail}",
+                 f"  CoreDNS {_mark(c.dns)} {c.dns.detail}"]
+        lines += [f"  stack {name} {_mark(p)} {p.detail}" for name, p in c.stacks.items()]
+        lines += [f"  {name}: {url}" for name, url in c.urls.items()]
+        if c.kubeconfig:
+            lines.append(f"  kubeconfig: {c.kubeconfig} (context labctl-{c.name} in the merged file)")
+        from rich.text import Text
+
+        out.append(Text("\n".join(lines) + "\n"))
+    return Group(*out)
+
+
+@app.command()
+def status(
+    cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
+    watch: float = typer.Option(0, "--watch", "-w", help="Refresh every N seconds until Ctrl-C."),
+    timeout: float = typer.Option(5.0, "--timeout", help="Seconds for each probe."),
+) -> None:
+    """VMs, SSH, nodes, Cilium, DNS and stacks per cluster. Exit 0 only when everything declared is healthy."""
+    from ..status import collect
+
+    lab = open_lab()
+    if G.json:
+        statuses = collect(lab, names(cluster), timeout)
+        emit_json({"healthy": all(c.healthy for c in statuses), "clusters": [c.as_dict() for c in statuses]})
+    elif watch:
+        from rich.console import Console
+        from rich.live import Live
+
+        with Live(console=Console(), auto_refresh=False) as live:
+            while True:
+                statuses = collect(lab, names(cluster), timeout)
+                live.update(_tables(statuses), refresh=True)
+                time.sleep(watch)  # the user asked for this cadence; Ctrl-C ends it
+    else:
+        from rich.console import Console
+
+        statuses = collect(lab, names(cluster), timeout)
+        Console().print(_tables(statuses))
+    if not all(c.healthy for c in statuses):
+        raise typer.Exit(1)
+
+
+@app.command()
+def smoke(
+    cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
+    junit: Path = typer.Option(None, "--junit", help="Write JUnit XML here (one testcase per check)."),
+    timeout: float = typer.Option(10.0, "--timeout", help="Seconds for each probe."),
+) -> None:
+    """CI checks per cluster: API reachable, nodes Ready, Cilium ready, CoreDNS available, stacks ready."""
+    from ..state import write_atomic
+    from ..status import collect, junit_xml, smoke_checks
+
+    start = time.monotonic()
+    checks = smoke_checks(collect(open_lab(), names(cluster), timeout))
+    if junit:
+        write_atomic(junit, junit_xml(checks, time.monotonic() - start))
+    failed = [c for c in checks if not c.ok and not c.skipped]
+    if G.json:
+        emit_json({"ok": not failed, "checks": [c.__dict__ for c in checks]})
+    else:
+        for c in checks:
+            mark = "SKIP" if c.skipped else ("PASS" if c.ok else "FAIL")
+            typer.echo(f"{mark} {c.cluster}/{c.name}: {c.detail}")
+        passed = sum(1 for c in checks if c.ok)
+        skipped = sum(1 for c in checks if c.skipped)
+        typer.echo(f"smoke: {passed} passed, {len(failed)} failed" + (f", {skipped} skipped" if skipped else ""))
+    if failed:
+        raise typer.Exit(1)
+
+
+@app.command("kubeconfig")
+def kubeconfig_cmd(
+    cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
+    merge: bool = typer.Option(False, "--merge", help="Merge the labctl-<cluster> contexts into your kubeconfig."),
+    path: bool = typer.Option(False, "--path", help="Print the file path(s) instead of the contents."),
+) -> None:
+    """Print the lab's kubeconfig (all clusters, or --cluster), or --merge it into ~/.kube/config ($KUBECONFIG)."""
+    import os
+
+    from ..errors import LabctlError
+    from ..kube import kubeconfig
+
+    lab = open_lab()
+    chosen = names(cluster) or [c.name for c in lab.model.clusters]
+    from ..lab import destroy_targets
+
+    destroy_targets(lab, names(cluster))  # validates the cluster names
+    installed = [c for c in chosen if kubeconfig.read(lab.state, c) is not None]
+    if not installed:
+        raise LabctlError("no kubeconfig yet for " + ", ".join(chosen),
+                          hint="`labctl install` writes one per cluster once its control plane is up")
+    if merge:
+        target = Path(os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or Path.home() / ".kube" / "config")
+        written = kubeconfig.export(lab.state, installed, target)
+        if G.json:
+            emit_json({"kubeconfig": str(target), "contexts": written})
+        else:
+            typer.echo(f"merged {', '.join(written)} into {target} (your other contexts are untouched)")
+        return
+    files = [kubeconfig.cluster_path(lab.state, c) for c in installed] if cluster else [kubeconfig.merged_path(lab.state)]
+    if path:
+        typer.echo(os.pathsep.join(str(f) for f in files))
+    else:
+        for f in files:
+            typer.echo(f.read_text(), nl=False)

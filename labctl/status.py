@@ -1,0 +1,235 @@
+"""What the lab looks like right now: VMs, SSH, Kubernetes nodes, Cilium, DNS, stacks, access URLs.
+
+Read-only and quick. Everything is probed in parallel with short timeouts, so one dead node or API server costs one
+timeout, not one per question: the VM list is one provider call, SSH is a TCP connect + banner (no login), and
+each cluster's API is asked a handful of questions concurrently. `smoke` is the same data as a list of pass/fail
+checks (JUnit for CI).
+"""
+
+from __future__ import annotations
+
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
+
+from .errors import LabctlError
+
+if TYPE_CHECKING:
+    from .lab import LabSession
+    from .model import Cluster
+
+TIMEOUT = 5.0
+
+
+@dataclass
+class Probe:
+    """One answer: ok, or not with the reason. `skipped` means there is nothing to ask yet (not an error)."""
+
+    ok: bool
+    detail: str
+    skipped: bool = False
+
+
+@dataclass
+class NodeStatus:
+    name: str
+    role: str
+    vm: str  # running / stopped / suspended / absent / unknown
+    address: str | None
+    ssh: Probe
+    ready: Probe
+    version: str = ""
+
+    @property
+    def healthy(self) -> bool:
+        return self.vm == "running" and self.ssh.ok and self.ready.ok
+
+
+@dataclass
+class ClusterStatus:
+    name: str
+    nodes: list[NodeStatus]
+    api: Probe
+    cilium: Probe
+    dns: Probe
+    stacks: dict[str, Probe] = field(default_factory=dict)
+    urls: dict[str, str] = field(default_factory=dict)
+    kubeconfig: str = ""
+
+    @property
+    def healthy(self) -> bool:
+        probes = [self.api, self.cilium, self.dns, *self.stacks.values()]
+        return all(n.healthy for n in self.nodes) and all(p.ok or p.skipped for p in probes)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["healthy"] = self.healthy
+        for node, data in zip(self.nodes, out["nodes"], strict=True):
+            data["healthy"] = node.healthy
+        return out
+
+
+def ssh_banner(host: str, port: int, timeout: float) -> Probe:
+    """Is an SSH server answering? A TCP connect and the server's banner line; no login, nothing changed."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as sock:
+            sock.settimeout(timeout)
+            banner = sock.recv(256).decode(errors="replace").strip()
+    except OSError as exc:
+        return Probe(False, f"no SSH at {host}:{port} ({exc.strerror or exc})")
+    if not banner.startswith("SSH-"):
+        return Probe(False, f"{host}:{port} answered, but not with SSH")
+    return Probe(True, banner.splitlines()[0])
+
+
+def _guard(fn, *args) -> Probe:
+    try:
+        return fn(*args)
+    except LabctlError as exc:
+        return Probe(False, exc.message.splitlines()[0])
+
+
+def _cluster(ctx, cluster: Cluster, vms: dict, installable: set[str], timeout: float, pool) -> ClusterStatus:
+    from .kube import kubeconfig
+
+    provider = ctx.provider
+    kube = ctx.kube(cluster)
+    have_kubeconfig = kubeconfig.read(ctx.state, cluster.name) is not None
+
+    def node_probe(node):
+        vm = vms.get(node.name)
+        state = vm.state if vm else "absent"
+        address = provider.ip(node, wait=0) if vm and vm.running else None
+        if address:
+            host, port = provider.ssh_address(node)
+            ssh = ssh_banner(host, port, timeout)
+        else:
+            ssh = Probe(False, "VM not running" if vm else "no VM: `labctl install` creates it")
+        return node, state, address, ssh
+
+    def api_nodes():
+        if not have_kubeconfig:
+            return Probe(False, "not installed: no kubeconfig yet", skipped=True), {}
+        try:
+            infos = {n.name: n for n in kube.nodes()}
+        except LabctlError as exc:
+            return Probe(False, exc.message.splitlines()[0]), {}
+        return Probe(True, f"{len(infos)} nodes registered"), infos
+
+    def workloads(*checks):
+        if not have_kubeconfig:
+            return Probe(False, "not installed", skipped=True)
+        details = []
+        for method, ns, name in checks:
+            readiness = getattr(kube, method)(ns, name)
+            if not readiness:
+                return Probe(False, readiness.detail)
+            details.append(readiness.detail)
+        return Probe(True, "; ".join(details))
+
+    cilium_checks = [("daemonset_ready", "kube-system", "cilium"), ("deployment_ready", "kube-system", "cilium-operator")]
+    if cluster.cilium.hubble:
+        cilium_checks += [("deployment_ready", "kube-system", "hubble-relay")]
+    futures = {
+        "nodes": [pool.submit(node_probe, n) for n in cluster.nodes],
+        "api": pool.submit(api_nodes),
+        "cilium": pool.submit(_guard, workloads, *cilium_checks),
+        "dns": pool.submit(_guard, workloads, ("deployment_ready", "kube-system", "coredns")),
+    }
+    api, infos = futures["api"].result()
+    nodes = []
+    for fut in futures["nodes"]:
+        node, state, address, ssh = fut.result()
+        info = infos.get(node.name)
+        if info is not None:
+            ready = Probe(info.ready, "Ready" if info.ready else f"NotReady {info.ready_reason}".strip())
+        elif api.ok:
+            ready = Probe(False, "not registered in the API")
+        else:
+            ready = Probe(False, api.detail, skipped=api.skipped)
+        nodes.append(NodeStatus(node.name, node.role, state, address, ssh, ready,
+                                info.kubelet_version if info else ""))
+    stacks = {
+        name: Probe(False, "this labctl version cannot install it yet", skipped=True)
+        for name in cluster.stacks if name not in installable
+    }
+    urls = {}
+    running = next((n.address for n in nodes if n.address), None)
+    if running and cluster.cilium.hubble:
+        urls["hubble-ui"] = f"http://{running}:{cluster.cilium.hubble_ui_node_port}"
+    if running:
+        urls["api"] = f"https://{running}:6443"
+    return ClusterStatus(
+        cluster.name, nodes, api, futures["cilium"].result(), futures["dns"].result(), stacks, urls,
+        str(kubeconfig.cluster_path(ctx.state, cluster.name)) if have_kubeconfig else "",
+    )
+
+
+def collect(lab: LabSession, clusters: list[str] | None = None, timeout: float = TIMEOUT) -> list[ClusterStatus]:
+    from .engine import Selection, build_steps
+    from .resources import phases_package
+
+    build_steps(lab.model, [], Selection(clusters=clusters or []))  # validates the names
+    installable = set(phases_package().ORDER["install"])
+    ctx = lab.context(request_timeout=timeout, connect_timeout=timeout)
+    try:
+        vms = ctx.provider.list()
+        chosen = [c for c in lab.model.clusters if not clusters or c.name in clusters]
+        # workers: per cluster, one per node probe plus the API questions, so nothing waits behind a dead node
+        width = sum(len(c.nodes) + 4 for c in chosen)
+        with ThreadPoolExecutor(max_workers=width, thread_name_prefix="status") as pool:
+            outer = ThreadPoolExecutor(max_workers=len(chosen) or 1, thread_name_prefix="status-cluster")
+            with outer:
+                return list(outer.map(lambda c: _cluster(ctx, c, vms, installable, timeout, pool), chosen))
+    finally:
+        ctx.close()
+
+
+@dataclass
+class SmokeCheck:
+    cluster: str
+    name: str
+    ok: bool
+    detail: str
+    skipped: bool = False
+
+
+def smoke_checks(statuses: list[ClusterStatus]) -> list[SmokeCheck]:
+    """CI's view: one check per question a healthy cluster must answer yes to."""
+    out = []
+    for c in statuses:
+        ready = [n for n in c.nodes if n.ready.ok]
+        out += [
+            SmokeCheck(c.name, "api-reachable", c.api.ok, c.api.detail),
+            SmokeCheck(c.name, "nodes-ready", len(ready) == len(c.nodes),
+                       f"{len(ready)}/{len(c.nodes)} Ready" + "".join(
+                           f"; {n.name}: {n.ready.detail}" for n in c.nodes if not n.ready.ok)),
+            SmokeCheck(c.name, "cilium-ready", c.cilium.ok, c.cilium.detail),
+            SmokeCheck(c.name, "coredns-available", c.dns.ok, c.dns.detail),
+        ]
+        out += [SmokeCheck(c.name, f"stack-{name}", p.ok, p.detail, p.skipped) for name, p in c.stacks.items()]
+    return out
+
+
+def junit_xml(checks: list[SmokeCheck], elapsed: float) -> str:
+    """JUnit XML: one testsuite per cluster, one testcase per check (what CI systems render)."""
+    import xml.etree.ElementTree as ET
+
+    root = ET.Element("testsuites", name="labctl smoke", tests=str(len(checks)),
+                      failures=str(sum(1 for c in checks if not c.ok and not c.skipped)), time=f"{elapsed:.3f}")
+    for cluster in dict.fromkeys(c.cluster for c in checks):
+        mine = [c for c in checks if c.cluster == cluster]
+        suite = ET.SubElement(root, "testsuite", name=cluster, tests=str(len(mine)),
+                              failures=str(sum(1 for c in mine if not c.ok and not c.skipped)),
+                              skipped=str(sum(1 for c in mine if c.skipped)))
+        for check in mine:
+            case = ET.SubElement(suite, "testcase", classname=f"labctl.{cluster}", name=check.name)
+            if check.skipped:
+                ET.SubElement(case, "skipped", message=check.detail)
+            elif not check.ok:
+                ET.SubElement(case, "failure", message=check.detail).text = check.detail
+            else:
+                ET.SubElement(case, "system-out").text = check.detail
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
