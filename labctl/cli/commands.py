@@ -74,10 +74,10 @@ def schema() -> None:
 
 @app.command()
 def plan(
-    only: list[str] = typer.Option(None, "--only", help=PHASES_HELP),
-    start: str = typer.Option(None, "--from", help="Start at this phase."),
-    skip: list[str] = typer.Option(None, "--skip", help=PHASES_HELP),
-    cluster: list[str] = typer.Option(None, "--cluster", help="Only these clusters (repeatable)."),
+    only: list[str] = typer.Option(None, "--only", metavar="PHASE", help=PHASES_HELP),
+    start: str = typer.Option(None, "--from", metavar="PHASE", help="Start at this phase."),
+    skip: list[str] = typer.Option(None, "--skip", metavar="PHASE", help=PHASES_HELP),
+    cluster: list[str] = typer.Option(None, "--cluster", metavar="CLUSTER", help="Only these clusters (repeatable)."),
 ) -> None:
     """Show what `install` would change: every step's check against the live lab. Changes nothing."""
     from ..lab import RunOptions, plan as make_plan, spec_changes
@@ -98,11 +98,11 @@ def plan(
 
 @app.command()
 def install(
-    only: list[str] = typer.Option(None, "--only", help=PHASES_HELP),
-    start: str = typer.Option(None, "--from", help="Start at this phase."),
-    skip: list[str] = typer.Option(None, "--skip", help=PHASES_HELP),
-    cluster: list[str] = typer.Option(None, "--cluster", help="Only these clusters (repeatable)."),
-    parallel: int = typer.Option(0, "--parallel", "-p", min=0, help="Steps at once (0 = one per node)."),
+    only: list[str] = typer.Option(None, "--only", metavar="PHASE", help=PHASES_HELP),
+    start: str = typer.Option(None, "--from", metavar="PHASE", help="Start at this phase."),
+    skip: list[str] = typer.Option(None, "--skip", metavar="PHASE", help=PHASES_HELP),
+    cluster: list[str] = typer.Option(None, "--cluster", metavar="CLUSTER", help="Only these clusters (repeatable)."),
+    parallel: int = typer.Option(0, "--parallel", "-p", min=0, metavar="N", help="Steps at once (0 = one per node)."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop every cluster at the first failure."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only plan (same as `labctl plan`)."),
     prune: bool = typer.Option(False, "--prune", help="Drain and delete workers removed from clusters.json."),

@@ -45,7 +45,7 @@ def _tables(statuses):
 
 @app.command()
 def status(
-    cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
+    cluster: list[str] = typer.Option(None, "--cluster", metavar="CLUSTER", help=CLUSTER_HELP),
     watch: float = typer.Option(0, "--watch", "-w", help="Refresh every N seconds until Ctrl-C."),
     timeout: float = typer.Option(5.0, "--timeout", help="Seconds for each probe."),
 ) -> None:
@@ -76,7 +76,7 @@ def status(
 
 @app.command()
 def smoke(
-    cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
+    cluster: list[str] = typer.Option(None, "--cluster", metavar="CLUSTER", help=CLUSTER_HELP),
     junit: Path = typer.Option(None, "--junit", help="Write JUnit XML here (one testcase per check)."),
     timeout: float = typer.Option(10.0, "--timeout", help="Seconds for each probe."),
 ) -> None:
@@ -104,7 +104,7 @@ def smoke(
 
 @app.command("kubeconfig")
 def kubeconfig_cmd(
-    cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
+    cluster: list[str] = typer.Option(None, "--cluster", metavar="CLUSTER", help=CLUSTER_HELP),
     merge: bool = typer.Option(False, "--merge", help="Merge the labctl-<cluster> contexts into your kubeconfig."),
     path: bool = typer.Option(False, "--path", help="Print the file path(s) instead of the contents."),
 ) -> None:
