@@ -2,8 +2,8 @@
 
 A `fail` is a blocker for the VM commands (install, boot, shutdown, destroy); a `warn` is worth knowing but does not
 stop anything. Doctor is fast and offline: it reads the host (platform, memory, CPUs, free disk, files on PATH) and
-runs no subprocess but `tart --version` (and `sysctl` on macOS, for the memory size). It never crashes on a
-surprising host: a check that cannot look says so as its result.
+runs no subprocess but `tart --version` (and `sysctl` on macOS: the memory size, and whether an x86_64 Python runs
+under Rosetta on Apple silicon). It never crashes on a surprising host: a check that cannot look says so.
 """
 
 from __future__ import annotations
@@ -61,6 +61,10 @@ def check_platform(h: host.Host) -> Finding:
     if h.is_apple_silicon:
         version = platform.mac_ver()[0] or "version unknown"
         return Finding("platform", "ok", f"macOS {version} on arm64 (Apple silicon)")
+    if h.system == "Darwin" and _hardware_is_arm64():
+        # An x86_64 Python under Rosetta on an Apple-silicon Mac: tart is its own native binary and works.
+        return Finding("platform", "warn", f"Apple silicon, but this Python runs as {h.machine} under Rosetta",
+                       "use a native arm64 Python (e.g. Homebrew's in /opt/homebrew) for a faster labctl")
     if h.system == "Darwin":
         return Finding("platform", "fail", f"macOS on {h.machine}: Tart runs only on Apple silicon (arm64)",
                        f"run the VM commands on an Apple-silicon Mac; {ANYWHERE}")
@@ -70,6 +74,18 @@ def check_platform(h: host.Host) -> Finding:
         f"Apple silicon with Tart, so install, boot, shutdown and destroy cannot run here; {ANYWHERE}",
         "run the VM commands on an Apple-silicon Mac; use this machine for validate, plan and schema",
     )
+
+
+def _hardware_is_arm64() -> bool:
+    """Is the Mac itself Apple silicon, whatever architecture this process runs as? (macOS only: sysctl)"""
+    import subprocess
+
+    try:
+        done = subprocess.run(["sysctl", "-n", "hw.optional.arm64"], capture_output=True, text=True, timeout=10,
+                              check=False)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return done.stdout.strip() == "1"
 
 
 def _version_tuple(text: str) -> tuple[int, ...] | None:

@@ -150,6 +150,7 @@ def run(
 def install(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None, prune: bool = False) -> Summary:
     steps = build_steps(lab.model, phases_for("install"), opts.selection)
     check_budget(lab.model, sorted({s.phase.name for s in steps}))
+    require_provider(lab)
     removed = removed_nodes(lab)
     summary = run(lab, steps, opts, "install", emit=emit, notify=notify, on_start=on_start)
     if prune and removed and summary.ok:

@@ -20,7 +20,7 @@ def _opts(cluster, parallel=0):
 
 
 @app.command()
-def boot(cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP)) -> None:
+def boot(cluster: list[str] = typer.Option(None, "--cluster", metavar="CLUSTER", help=CLUSTER_HELP)) -> None:
     """Start the lab's stopped VMs (control planes first) and wait until they have addresses."""
     from ..lab import boot as flow
 
@@ -29,7 +29,7 @@ def boot(cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP)
 
 @app.command()
 def shutdown(
-    cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
+    cluster: list[str] = typer.Option(None, "--cluster", metavar="CLUSTER", help=CLUSTER_HELP),
     timeout: float | None = typer.Option(None, "--timeout", min=0,
                                   help="Seconds a guest gets to power off by itself (in-guest, then ACPI) before "
                                        "the next, harder way; default 120."),
@@ -45,7 +45,7 @@ def shutdown(
 
 @app.command()
 def destroy(
-    cluster: list[str] = typer.Option(None, "--cluster", help=CLUSTER_HELP),
+    cluster: list[str] = typer.Option(None, "--cluster", metavar="CLUSTER", help=CLUSTER_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask; required when not on a terminal."),
 ) -> None:
     """Delete the lab's VMs (only those in clusters.json) and what labctl kept about them. Safe to run twice."""

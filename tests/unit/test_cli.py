@@ -70,8 +70,9 @@ def test_missing_tart_is_one_clear_message_on_install(lab_file):
     result = run_cli("-c", str(lab_file), "install", "--only", "vms", "--cluster", "dev",
                      env={**NO_TART, "LABCTL_HOST_MEMORY_MIB": str(256 * 1024)})
     assert result.code == 1
-    assert "tart not found" in result.out
+    assert result.err.count("tart not found") == 1  # once, before any step, not once per node
     assert "Traceback" not in result.out + result.err
+    assert not (lab_file.parent / ".labctl").exists()
 
 
 def test_destroy_needs_yes_without_a_terminal(lab_file):

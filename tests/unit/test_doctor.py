@@ -12,7 +12,6 @@ import platform
 
 import pytest
 
-import labctl.cli.doctor  # noqa: F401  (registers the command until labctl/cli/__init__.py imports it)
 from labctl import host
 from tests.conftest import SHIPPED, run_cli
 
@@ -87,6 +86,17 @@ def test_a_ready_mac_passes_with_the_tart_version(lab_file, mac, fake_tart):
 
     text = run_cli("-c", str(lab_file), "doctor", env=ROOMY)
     assert text.code == 0 and text.out.splitlines()[-1] == "doctor: ready"
+
+
+@pytest.mark.parametrize(("apple_silicon", "status"), [(True, "warn"), (False, "fail")])
+def test_an_intel_python_on_a_mac(lab_file, mac, fake_tart, monkeypatch, apple_silicon, status):
+    from labctl import doctor as doctor_module
+
+    monkeypatch.setattr(platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(doctor_module, "_hardware_is_arm64", lambda: apple_silicon)  # sysctl hw.optional.arm64
+    result, _, checks = doctor(lab_file, ROOMY)
+    assert checks["platform"]["status"] == status and result.code == (1 if status == "fail" else 0)
+    assert ("Rosetta" if apple_silicon else "only on Apple silicon") in checks["platform"]["detail"]
 
 
 def test_an_old_tart_is_a_warning_not_a_blocker(lab_file, mac, fake_tart):
