@@ -172,7 +172,7 @@ def collect(lab: LabSession, clusters: list[str] | None = None, timeout: float =
 
     build_steps(lab.model, [], Selection(clusters=clusters or []))  # validates the names
     installable = set(phases_package().ORDER["install"])
-    ctx = lab.context(request_timeout=timeout, connect_timeout=timeout)
+    ctx = lab.context(request_timeout=timeout, connect_timeout=timeout, kube_retries=0)
     try:
         vms = ctx.provider.list()
         chosen = [c for c in lab.model.clusters if not clusters or c.name in clusters]

@@ -157,14 +157,17 @@ def _evictable(pod: dict) -> bool:
 def client_for(ctx, cluster) -> Kube:
     """The facade for `cluster` (Context.kube caches one per cluster per run). `status` asks for short timeouts."""
     return Kube(cluster.name, kubeconfig.cluster_path(ctx.state, cluster.name),
-                request_timeout=ctx.options.get("request_timeout", 15.0))
+                request_timeout=ctx.options.get("request_timeout", 15.0), retries=ctx.options.get("kube_retries"))
 
 
 class Kube:
-    def __init__(self, cluster: str, path: Path, request_timeout: float = 15.0):
+    def __init__(self, cluster: str, path: Path, request_timeout: float = 15.0, retries: int | None = None):
         self.cluster = cluster
         self.path = path
         self.request_timeout = request_timeout
+        # None: urllib3's default (3 retries, fine while installing); status wants 0 so that a hung API server
+        # costs one timeout per question, not four
+        self.retries = retries
         self._lock = threading.Lock()
         self._api = None
         self._stamp: tuple[int, int] | None = None
@@ -184,6 +187,8 @@ class Kube:
 
                 cfg = client.Configuration()
                 config.load_kube_config(config_file=str(self.path), client_configuration=cfg, persist_config=False)
+                if self.retries is not None:
+                    cfg.retries = self.retries
                 self._api, self._stamp = client.ApiClient(cfg), (st.st_mtime_ns, st.st_size)
             return self._api
 
