@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from labctl.engine import Check, Phase, Target
 from labctl.kube import kubeconfig
-from labctl.kube.client import DRAINED
+from labctl.kube.client import DRAINED, KubeError
 
 READY_TIMEOUT = 300
 
@@ -37,12 +37,17 @@ class Ready(Phase):
         cluster = ctx.lab.cluster(target.cluster)
         if kubeconfig.read(ctx.state, cluster.name) is None:
             return Check(True, "not installed yet")
-        waiting = _waiting(ctx, cluster)
+        try:
+            waiting = _waiting(ctx, cluster)
+        except KubeError as exc:
+            # Right after the VMs came back the API server is still starting: not done yet, and apply waits for it.
+            return Check(False, f"the API server does not answer yet ({exc.message.splitlines()[0]})")
         return Check(not waiting, "; ".join(waiting) or f"{len(cluster.nodes)} nodes Ready")
 
     def apply(self, ctx, target: Target) -> str:
         cluster = ctx.lab.cluster(target.cluster)
         kube = ctx.kube(cluster)
+        kube.wait_for("the API server answers", lambda: (kube.nodes() is not None, "answering"), timeout=READY_TIMEOUT)
         uncordoned = [n.name for n in cluster.nodes if kube.undrain(n.name)]
 
         def all_ready():
