@@ -46,6 +46,7 @@ class Context:
         self._node_locks: dict[str, threading.Lock] = {}
         self._transports: dict[str, Transport] = {}
         self._facts: dict[str, Any] = {}
+        self._addresses: dict[str, str] = {}
         self._once: dict[str, Any] = {}
         self._kubes: dict[str, Any] = {}
 
@@ -84,11 +85,28 @@ class Context:
                 self._transports[name] = factory(self, node)
             return self._transports[name]
 
+    def address(self, node: Node) -> str | None:
+        """The node's address, asked of the provider once per run (each `tart ip` is a process and a lease lookup).
+
+        An address only changes when the VM stops and starts again, and everything that does that calls
+        drop_transport, which forgets it.
+        """
+        with self._per_node(node.name):
+            cached = self._addresses.get(node.name)
+        if cached:
+            return cached
+        address = self.provider.ip(node, wait=0)
+        if address:
+            with self._per_node(node.name):
+                self._addresses[node.name] = address
+        return address
+
     def drop_transport(self, name: str) -> None:
-        """Forget a node's connection (it rebooted or was deleted); the next use reconnects."""
+        """Forget a node's connection and address (it rebooted or was deleted); the next use asks again."""
         with self._per_node(name):
             transport = self._transports.pop(name, None)
             self._facts.pop(name, None)
+            self._addresses.pop(name, None)
         if transport is not None:
             transport.close()
 

@@ -54,7 +54,7 @@ def node_address(ctx, node: Node) -> str:
     """The node's current IPv4 address as the provider sees it (the one the host and the other nodes reach)."""
     from ..engine import CannotCheck
 
-    address = ctx.provider.ip(node, wait=0)
+    address = ctx.address(node)
     if not address:
         raise CannotCheck(
             f"{node.name}: the VM has no IPv4 address (is it running?)",

@@ -294,6 +294,9 @@ class Ctx:
     def facts(self, name, refresh=False):
         return self.world.facts(name)
 
+    def address(self, node):
+        return self.provider.ip(node, wait=0)  # no cache: these tests move addresses between calls
+
     def invalidate(self, name):
         pass
 
