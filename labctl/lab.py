@@ -229,9 +229,15 @@ def shutdown(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start
     return run(lab, steps, opts, "shutdown", emit=emit, notify=notify, on_start=on_start, options=options)
 
 
+def chosen_clusters(lab: LabSession, clusters: list[str]) -> list[str]:
+    """The clusters --cluster names (all when none), or a UsageError naming the unknown one."""
+    build_steps(lab.model, [], Selection(clusters=clusters))  # the engine's own check and message
+    return [c.name for c in lab.model.clusters if not clusters or c.name in clusters]
+
+
 def destroy_targets(lab: LabSession, clusters: list[str]) -> list[str]:
-    build_steps(lab.model, [], Selection(clusters=clusters))  # validates the cluster names
-    return [n.name for c, n in lab.model.nodes if not clusters or c.name in clusters]
+    chosen = chosen_clusters(lab, clusters)
+    return [n.name for c, n in lab.model.nodes if c.name in chosen]
 
 
 def destroy(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None) -> Summary:

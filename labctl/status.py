@@ -167,15 +167,15 @@ def _cluster(ctx, cluster: Cluster, vms: dict, installable: set[str], timeout: f
 
 
 def collect(lab: LabSession, clusters: list[str] | None = None, timeout: float = TIMEOUT) -> list[ClusterStatus]:
-    from .engine import Selection, build_steps
+    from .lab import chosen_clusters
     from .resources import phases_package
 
-    build_steps(lab.model, [], Selection(clusters=clusters or []))  # validates the names
+    names = chosen_clusters(lab, clusters or [])
     installable = set(phases_package().ORDER["install"])
     ctx = lab.context(request_timeout=timeout, connect_timeout=timeout, kube_retries=0)
     try:
         vms = ctx.provider.list()
-        chosen = [c for c in lab.model.clusters if not clusters or c.name in clusters]
+        chosen = [lab.model.cluster(name) for name in names]
         # workers: per cluster, one per node probe plus the API questions, so nothing waits behind a dead node
         width = sum(len(c.nodes) + 4 for c in chosen)
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix="status") as pool:

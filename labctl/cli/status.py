@@ -114,11 +114,10 @@ def kubeconfig_cmd(
     from ..errors import LabctlError
     from ..kube import kubeconfig
 
-    lab = open_lab()
-    chosen = names(cluster) or [c.name for c in lab.model.clusters]
-    from ..lab import destroy_targets
+    from ..lab import chosen_clusters
 
-    destroy_targets(lab, names(cluster))  # validates the cluster names
+    lab = open_lab()
+    chosen = chosen_clusters(lab, names(cluster))
     installed = [c for c in chosen if kubeconfig.read(lab.state, c) is not None]
     if not installed:
         raise LabctlError("no kubeconfig yet for " + ", ".join(chosen),
