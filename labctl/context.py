@@ -64,7 +64,7 @@ class Context:
             if self._provider is None:
                 from . import providers
 
-                self._provider = providers.get(self.lab, state=self.state)
+                self._provider = providers.get(self.lab, state=self.state, notify=self.note)
             return self._provider
 
     # -- nodes -----------------------------------------------------------------------------------------------

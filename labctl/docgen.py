@@ -12,13 +12,14 @@ from pydantic import BaseModel
 from pydantic_core import PydanticUndefined
 
 from . import catalog
-from .model import CiliumSettings, Cluster, Lab, Node, ProviderSettings, Taint, TartSettings, Versions
+from .model import CiliumSettings, Cluster, Lab, Node, ProviderSettings, QemuSettings, Taint, TartSettings, Versions
 
 SECTIONS: list[tuple[str, type[BaseModel]]] = [
     ("Top level", Lab),
     ("`versions`", Versions),
     ("`provider`", ProviderSettings),
     ("`provider.tart`", TartSettings),
+    ("`provider.qemu`", QemuSettings),
     ("`clusters[]`", Cluster),
     ("`clusters[].cilium`", CiliumSettings),
     ("`clusters[].nodes[]`", Node),

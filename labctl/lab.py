@@ -193,7 +193,8 @@ def _prune(ctx: Context, cluster_name: str, node_name: str) -> None:
     ctx.provider.delete(node_name)
     forget_host(ctx.state, node_name)
     ctx.state.forget([f"{cluster_name}/{node_name}"])
-    for path in (ctx.state.node_log(node_name), ctx.state.logs / f"{node_name}.tart.log"):
+    for path in (ctx.state.node_log(node_name), ctx.state.logs / f"{node_name}.tart.log",
+                 ctx.state.logs / f"{node_name}.console.log"):
         path.unlink(missing_ok=True)
     ctx.note(f"{node_name}: pruned (drained, Node and VM deleted)")
 
@@ -266,7 +267,8 @@ def _forget_clusters(lab: LabSession, clusters: list[str], everything: bool) -> 
         for name in clusters:
             kubeconfig.remove(lab.state, name)
             for node in lab.model.cluster(name).nodes:
-                for path in (lab.state.node_log(node.name), lab.state.logs / f"{node.name}.tart.log"):
+                for path in (lab.state.node_log(node.name), lab.state.logs / f"{node.name}.tart.log",
+                             lab.state.logs / f"{node.name}.console.log"):
                     path.unlink(missing_ok=True)
         lab.state.forget(clusters)
         if everything:

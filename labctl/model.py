@@ -179,13 +179,44 @@ class TartSettings(Strict):
         return self
 
 
+class QemuSettings(Strict):
+    accel: Literal["auto", "kvm", "tcg"] = Field(
+        default="auto",
+        description="auto: KVM when it works (probed with a short boot), else TCG; LABCTL_QEMU_ACCEL overrides it",
+    )
+    kernel: str | None = Field(
+        default=None, description="boot this kernel directly (-kernel) instead of the disk's bootloader; "
+        "relative paths are beside clusters.json")
+    initrd: str | None = Field(default=None, description="initrd for `kernel`")
+    append: str | None = Field(
+        default=None,
+        description="kernel command line for `kernel` (default: 'root=/dev/vda rw console=ttyS0 net.ifnames=0')")
+    cloud_init: bool = Field(
+        default=True, description="attach a NoCloud seed (user, password, SSH keys, hostname) for cloud images")
+    ssh_port_base: StrictInt = Field(
+        default=10022, ge=1024, le=65000, description="first 127.0.0.1 port forwarded to a VM's SSH (one per VM)")
+
+    @model_validator(mode="after")
+    def _kernel_options(self) -> QemuSettings:
+        for field in ("initrd", "append"):
+            if getattr(self, field) is not None and self.kernel is None:
+                raise ValueError(f"{field} only applies with kernel (a direct kernel boot); set kernel too")
+        return self
+
+
 class ProviderSettings(Strict):
-    type: Literal["tart"] = Field(default="tart", description="the VM provider")
+    type: Literal["tart", "qemu"] = Field(
+        default="tart", description="the VM provider: tart (macOS on Apple silicon) or qemu (Linux hosts)")
     tart: TartSettings = Field(default_factory=TartSettings)
+    qemu: QemuSettings = Field(default_factory=QemuSettings)
 
 
 class Lab(Strict):
-    base_image: str = Field(default="ghcr.io/cirruslabs/ubuntu:latest", description="image every VM is cloned from")
+    base_image: str = Field(
+        default="ghcr.io/cirruslabs/ubuntu:latest",
+        description="image every VM is cloned from; tart: an OCI image, qemu: a local qcow2 or raw disk image file "
+        "(relative paths are beside clusters.json)",
+    )
     ssh_user: str = Field(default="admin")
     ssh_password: SecretStr | None = Field(
         default=SecretStr("admin"), description="first-contact password; labctl then installs its own key"
@@ -211,8 +242,11 @@ class Lab(Strict):
 
 # ---- whole-lab checks ------------------------------------------------------------------------------------------
 
-# Tart's shared NAT network: a pod or service CIDR here would shadow the nodes' own addresses.
-NODE_NETWORKS = {"tart shared NAT": ipaddress.ip_network("192.168.64.0/24")}
+# The network the nodes live on, per provider: a pod or service CIDR there would shadow the nodes' own addresses.
+NODE_NETWORKS = {
+    "tart": {"tart shared NAT": ipaddress.ip_network("192.168.64.0/24")},
+    "qemu": {"qemu user-mode": ipaddress.ip_network("10.0.2.0/24")},
+}
 
 
 def _cidr_or_none(value: Any) -> ipaddress.IPv4Network | None:
@@ -227,6 +261,11 @@ def _lab_problems(raw: dict) -> list[Problem]:
     """Checks that span fields. Runs on the raw data so it still reports when some fields failed to parse."""
     problems: list[Problem] = []
     clusters = raw.get("clusters") if isinstance(raw.get("clusters"), list) else []
+    provider = raw.get("provider") if isinstance(raw.get("provider"), dict) else {}
+    provider_type = provider.get("type", "tart")
+    if provider_type == "qemu" and "base_image" not in raw:
+        problems.append(Problem("base_image", "provider qemu boots a local disk image: set base_image to a qcow2 or "
+                                "raw image file (the default is Tart's OCI image)"))
     seen_clusters: dict[str, str] = {}
     seen_nodes: dict[str, str] = {}
     networks: list[tuple[str, str, ipaddress.IPv4Network]] = []  # (path, kind, net)
@@ -280,7 +319,7 @@ def _lab_problems(raw: dict) -> list[Problem]:
             if (kind_a == "pod" or kind_b == "pod") and a.overlaps(b):
                 problems.append(Problem(path_b, f"{b} overlaps {a} ({path_a}); {kind_a} and {kind_b} ranges "
                                         "must not overlap"))
-        for what, node_net in NODE_NETWORKS.items():
+        for what, node_net in NODE_NETWORKS.get(provider_type, NODE_NETWORKS["tart"]).items():
             if a.overlaps(node_net):
                 problems.append(Problem(path_a, f"{a} overlaps the {what} network {node_net} the VMs live on"))
     return problems

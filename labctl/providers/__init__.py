@@ -14,5 +14,10 @@ def get(lab: Lab, **kwargs) -> Provider:
     if kind == "tart":
         from .tart import TartProvider
 
+        kwargs.pop("notify", None)  # tart has nothing to announce outside its steps
         return TartProvider(lab, **kwargs)
+    if kind == "qemu":
+        from .qemu import QemuProvider
+
+        return QemuProvider(lab, **kwargs)
     raise ValueError(f"unknown provider {kind!r}")  # the model's Literal makes this unreachable

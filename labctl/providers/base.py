@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal, Protocol
 
 from ..errors import StepError
@@ -33,6 +34,11 @@ def shrink_error(name: str, want: int, have: int) -> StepError:
 
 class Provider(Protocol):
     name: str
+    hard_stops: frozenset[str]  # what stop() returns when it had to pull the plug (tart: "tart stop")
+    ip_wait_seconds: int  # how long ip(wait=...) may wait for a started VM's address (provider settings)
+
+    def log_path(self, node) -> Path:
+        """Where the VM's own output goes (tart: the `tart run` log; qemu: the serial console)."""
 
     def available(self) -> str:
         """The provider's version; raises ProviderError with an install hint when it is missing."""

@@ -61,6 +61,7 @@ def _state(entry: dict) -> str:
 
 class TartProvider:
     name = "tart"
+    hard_stops = frozenset({"tart stop"})
     POLL = 0.1  # seconds between `tart get` polls while waiting for a state change
     START_TIMEOUT = 60.0  # from `tart run` to Running (the address comes later: see ip())
     TIMEOUT = 120.0  # for commands that only read or change metadata
@@ -167,6 +168,13 @@ class TartProvider:
         if self.settings.network == "bridged" and "ip_resolver" not in self.settings.model_fields_set:
             return "arp"
         return self.settings.ip_resolver
+
+    @property
+    def ip_wait_seconds(self) -> int:
+        return self.settings.ip_wait_seconds
+
+    def log_path(self, node) -> Path:
+        return self._dir("logs") / f"{node if isinstance(node, str) else node.name}.tart.log"
 
     def ssh_address(self, node) -> tuple[str, int]:
         address = self.ip(node, wait=self.settings.ip_wait_seconds)

@@ -1,0 +1,872 @@
+"""The QEMU provider: labctl's VMs on Linux hosts, with `qemu-system-*` and `qemu-img` driven by argv only.
+
+One VM is one directory, `.labctl/qemu/<vm>/`:
+
+    vm.json      what the VM is: base image and its format, cpu/memory for the next start, its SSH port, and the
+                 NoCloud instance-id. Written last by `create`: a directory without it is an unfinished create.
+    disk.qcow2   a copy-on-write overlay of the base image (`qemu-img create -f qcow2 -b BASE -F FMT`), grown to
+                 the node's disk size (`qemu-img resize`; never shrunk). The base is only ever read.
+    seed.img     a NoCloud seed (cloud-init: user, password, SSH keys, hostname), label CIDATA. Images without
+                 cloud-init never read it.
+    qemu.pid     written by QEMU itself (-pidfile) and removed by it when it exits.
+    run.json     how the running QEMU was started (cpu, memory, port, accelerator): what `get` reports while it runs.
+    qmp.sock     the QMP socket: `system_powerdown` (the ACPI power button) for a graceful stop, `quit` as the hard one.
+
+The console (serial) goes to `.labctl/logs/<vm>.console.log`, appended across boots.
+
+Addresses. Networking is QEMU's user mode (slirp): no root, no bridge, and the guest can reach nothing on the host
+but what slirp forwards. Every VM gets its own forwarded SSH port on 127.0.0.1, allocated once at create (the first
+free one from `ssh_port_base` that no other VM of the lab holds) and recorded in vm.json, so it is the same at every
+boot; only if another program took it meanwhile does `start` move it (and record the new one). So:
+  - `ssh_address(node)` is ("127.0.0.1", <its port>): what the SSH transport connects to;
+  - `ip(node)` is "127.0.0.1" while QEMU runs and None otherwise: the host-side end of the forward exists as soon
+    as QEMU does, like a DHCP lease before sshd is up, and waiting for SSH is the next phase's business (the
+    transport retries while the guest boots). It is NOT the guest's own address: under user-mode networking that
+    is 10.0.2.15 in every VM, and the node phases read it from the node's facts.
+Under user-mode networking VMs cannot reach each other, so a QEMU lab runs the node phases (prepare, runtime,
+kubepkgs) but not yet a multi-node kubeadm cluster; that needs a shared lab network (see the module's report).
+
+Accelerator. KVM only when /dev/kvm opens and answers KVM_GET_API_VERSION AND a short probe boot of the lab's own
+kernel (or disk) under KVM prints "Linux version" on the serial console: on hosts whose nested virtualization is
+broken, /dev/kvm opens fine but the guest hangs with no output (or QEMU aborts on an MSR). Then TCG, with a warning
+(it is several times slower). The verdict is cached in `.labctl/qemu/accel.json` per QEMU binary, kernel and host
+boot. `LABCTL_QEMU_ACCEL=tcg|kvm` (or provider.qemu.accel) overrides it without probing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import platform
+import secrets
+import shlex
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ..errors import ProviderError
+from ..state import write_atomic
+from .base import VM, shrink_error
+
+log = logging.getLogger("labctl")
+
+GIB = 1024**3
+LOOPBACK = "127.0.0.1"
+ENV_ACCEL = "LABCTL_QEMU_ACCEL"
+INSTALL_HINT = ("install QEMU: `sudo apt-get install qemu-system-x86 qemu-utils` (Debian/Ubuntu; qemu-system-arm on "
+                "arm64); validate/plan/schema work without it")
+DEFAULT_APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
+KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO, 0x00); the stable KVM API has answered 12 since Linux 2.6.22
+KVM_API_VERSION = 12
+
+
+try:  # labctl/model.py owns the clusters.json models; until it carries provider.qemu, the same model is here
+    from ..model import QemuSettings
+except ImportError:  # pragma: no cover - removed once labctl/model.py has it
+    from pydantic import Field, StrictInt, model_validator
+
+    from ..model import Strict
+
+    class QemuSettings(Strict):
+        accel: Literal["auto", "kvm", "tcg"] = Field(
+            default="auto",
+            description="auto: KVM when it works (probed with a short boot), else TCG; LABCTL_QEMU_ACCEL overrides it",
+        )
+        kernel: str | None = Field(
+            default=None, description="boot this kernel directly (-kernel) instead of the disk's bootloader; "
+            "relative paths are beside clusters.json")
+        initrd: str | None = Field(default=None, description="initrd for `kernel`")
+        append: str | None = Field(
+            default=None, description=f"kernel command line for `kernel` (default: {DEFAULT_APPEND!r})")
+        cloud_init: bool = Field(
+            default=True, description="attach a NoCloud seed (user, password, SSH keys, hostname) for cloud images")
+        ssh_port_base: StrictInt = Field(
+            default=10022, ge=1024, le=65000, description="first 127.0.0.1 port forwarded to a VM's SSH (one per VM)")
+
+        @model_validator(mode="after")
+        def _kernel_options(self) -> QemuSettings:
+            for field in ("initrd", "append"):
+                if getattr(self, field) is not None and self.kernel is None:
+                    raise ValueError(f"{field} only applies with kernel (a direct kernel boot); set kernel too")
+            return self
+
+
+# ---- errors and running commands --------------------------------------------------------------------------------
+
+class QemuError(ProviderError):
+    """A qemu/qemu-img command failed: carries the VM, the argv, the exit code and the tail of its output."""
+
+    TAIL_LINES = 10
+
+    def __init__(self, vm: str | None, argv: list[str], returncode: int, output: str, hint: str | None = None):
+        self.vm, self.argv, self.returncode = vm, argv, returncode
+        self.tail = "\n".join(output.strip().splitlines()[-self.TAIL_LINES:])
+        message = f"{vm or 'qemu'}: `{shlex.join(argv)}` exited {returncode}"
+        if self.tail:
+            message += "\n" + "\n".join("    " + line for line in self.tail.splitlines())
+        super().__init__(message, hint)
+
+
+def _opt(value: str | Path) -> str:
+    """A value inside a QEMU -drive/-chardev option string: commas are doubled, or they would split the option."""
+    return str(value).replace(",", ",,")
+
+
+def default_binary() -> str:
+    machine = platform.machine().lower()
+    return f"qemu-system-{ {'amd64': 'x86_64', 'arm64': 'aarch64'}.get(machine, machine) }"
+
+
+# ---- the accelerator ------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Accel:
+    name: Literal["kvm", "tcg"]
+    reason: str  # why this one, in words (doctor shows it; the console log records it)
+    warning: str | None = None  # said to the user when labctl had to fall back to TCG
+    probed: bool = True  # False: KVM opens, but there was no image yet to try a boot with (doctor says so)
+
+    def flags(self) -> list[str]:
+        # `-cpu host` is what KVM guests want; TCG emulates, and `max` is the richest CPU it can emulate.
+        return ["-accel", "kvm", "-cpu", "host"] if self.name == "kvm" else ["-accel", "tcg", "-cpu", "max"]
+
+
+def kvm_problem(device: str = "/dev/kvm") -> str | None:
+    """Why KVM cannot be used at all (None: the device opens and speaks the KVM API)."""
+    try:
+        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return f"no {device} (this host offers no hardware virtualization)"
+    except OSError as exc:
+        return f"{device}: {exc.strerror} (add the user to the `kvm` group?)"
+    try:
+        version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
+    except OSError as exc:
+        return f"{device} does not answer KVM_GET_API_VERSION ({exc.strerror})"
+    finally:
+        os.close(fd)
+    return None if version == KVM_API_VERSION else f"{device} speaks KVM API {version}, not {KVM_API_VERSION}"
+
+
+PROBE_SECONDS = {"kernel": 15.0, "disk": 40.0}  # KVM prints "Linux version" within a second or two when it works
+PROBE_MARK = b"Linux version"
+
+
+def probe_kvm(qemu: str, boot: list[str], mode: Literal["kernel", "disk"],
+              timeout: float | None = None) -> str | None:
+    """Boot `boot` (kernel or disk arguments) under KVM for a moment. None when the kernel printed on the console;
+    otherwise why not. The probe never writes to any disk (snapshot=on) and is killed as soon as it has answered."""
+    timeout = PROBE_SECONDS[mode] if timeout is None else timeout
+    with tempfile.TemporaryDirectory(prefix="labctl-kvm-probe-") as tmp:
+        console = Path(tmp) / "console.log"
+        argv = [qemu, *Accel("kvm", "").flags(), "-machine", "q35", "-m", "512", "-smp", "1", "-nodefaults",
+                "-display", "none", "-no-reboot", "-chardev", f"file,id=console,path={_opt(console)}",
+                "-serial", "chardev:console", *boot]
+        try:
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                    stderr=subprocess.PIPE, start_new_session=True)
+        except OSError as exc:
+            return f"cannot run {qemu}: {exc}"
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline:
+                if console.exists() and PROBE_MARK in console.read_bytes():
+                    return None
+                if proc.poll() is not None:
+                    err = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
+                    last = next((line for line in reversed(err) if "error" in line.lower()), err[-1] if err else "")
+                    rc = proc.returncode
+                    how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited {rc}"
+                    return f"QEMU {how} under KVM before the guest printed anything" + (
+                        f" ({last.strip()})" if last else "")
+                time.sleep(0.1)
+            return (f"a probe boot under KVM printed nothing on the console within {timeout:g} s "
+                    "(KVM is there but guests hang: typically nested virtualization that does not work)")
+        finally:
+            if proc.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            if proc.stderr:
+                proc.stderr.close()
+
+
+# ---- the NoCloud seed -------------------------------------------------------------------------------------------
+
+def seed_files(node: str, user: str, password: str | None, keys: list[str], instance_id: str) -> dict[str, bytes]:
+    """meta-data and user-data of a NoCloud seed: the login user labctl expects, its keys, and the hostname."""
+    import yaml
+
+    account: dict = {"name": user, "shell": "/bin/bash", "sudo": "ALL=(ALL) NOPASSWD:ALL",
+                     "lock_passwd": password is None}
+    if password is not None:
+        account["plain_text_passwd"] = password
+    if keys:
+        account["ssh_authorized_keys"] = keys
+    config = {"hostname": node, "preserve_hostname": False, "users": [account], "ssh_pwauth": password is not None}
+    meta = {"instance-id": instance_id, "local-hostname": node}
+    return {
+        "meta-data": yaml.safe_dump(meta, sort_keys=False).encode(),
+        "user-data": ("#cloud-config\n" + yaml.safe_dump(config, sort_keys=False)).encode(),
+    }
+
+
+def write_seed(path: Path, files: dict[str, bytes], cloud_localds: str | None = None) -> str:
+    """Write a NoCloud seed disk; returns how it was made. cloud-localds when it is installed (the reference tool),
+    else a FAT image written here: no root, no mount, no extra package."""
+    tool = cloud_localds if cloud_localds is not None else shutil.which("cloud-localds")
+    if tool:
+        with tempfile.TemporaryDirectory(prefix="labctl-seed-") as tmp:
+            for name, data in files.items():
+                (Path(tmp) / name).write_bytes(data)
+            argv = [tool, str(path), str(Path(tmp) / "user-data"), str(Path(tmp) / "meta-data")]
+            done = subprocess.run(argv, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  timeout=60)
+            if done.returncode == 0:
+                os.chmod(path, 0o600)
+                return "cloud-localds"
+            log.debug("cloud-localds failed (%s); writing the seed itself", done.stderr.strip())
+    write_atomic(path, fat_image(files, "CIDATA"), 0o600)  # the password is in it
+    return "fat"
+
+
+SECTOR = 512
+FAT_TOTAL_SECTORS = 2880  # the 1.44 MB floppy geometry: FAT12, understood by every kernel and by blkid
+FAT_SECTORS = 9
+ROOT_ENTRIES = 224
+FAT_DATE = ((2024 - 1980) << 9) | (1 << 5) | 1  # a fixed timestamp keeps the image reproducible
+
+
+def _short_name(name: str, used: set[bytes]) -> bytes:
+    allowed = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789$%'-_@~`!(){}^#&")
+    base, _, ext = name.upper().rpartition(".") if "." in name else (name.upper(), "", "")
+    base = "".join(c if c in allowed else "_" for c in base) or "_"
+    ext = "".join(c if c in allowed else "_" for c in ext)[:3]
+    for n in range(1, 1000):
+        tail = f"~{n}"
+        short = (base[: 8 - len(tail)] + tail).ljust(8).encode() + ext.ljust(3).encode()
+        if short not in used:
+            used.add(short)
+            return short
+    raise ValueError("too many similar names")
+
+
+def _lfn_entries(name: str, short: bytes) -> list[bytes]:
+    checksum = 0
+    for c in short:
+        checksum = (((checksum & 1) << 7) + (checksum >> 1) + c) & 0xFF
+    chars = [ord(c) for c in name]
+    if len(chars) % 13:
+        chars.append(0)
+    chars += [0xFFFF] * (-len(chars) % 13)
+    parts = [chars[i:i + 13] for i in range(0, len(chars), 13)]
+    entries = []
+    for seq, part in enumerate(parts, 1):
+        e = bytearray(32)
+        e[0] = seq | (0x40 if seq == len(parts) else 0)
+        e[1:11] = struct.pack("<5H", *part[0:5])
+        e[11], e[12], e[13] = 0x0F, 0, checksum
+        e[14:26] = struct.pack("<6H", *part[5:11])
+        e[28:32] = struct.pack("<2H", *part[11:13])
+        entries.append(bytes(e))
+    return entries[::-1]  # the last part first, right before the short entry
+
+
+def fat_image(files: dict[str, bytes], label: str) -> bytes:
+    """A FAT12 filesystem image holding `files` in its root directory with long (VFAT) names, labelled `label`."""
+    reserved, fats = 1, 2
+    root_sectors = ROOT_ENTRIES * 32 // SECTOR
+    data_start = reserved + fats * FAT_SECTORS + root_sectors
+    clusters = FAT_TOTAL_SECTORS - data_start
+    image = bytearray(FAT_TOTAL_SECTORS * SECTOR)
+    label11 = label.upper().encode()[:11].ljust(11)
+
+    boot = memoryview(image)[:SECTOR]
+    boot[0:3] = b"\xeb\x3c\x90"
+    boot[3:11] = b"LABCTL  "
+    struct.pack_into("<HBHBHHBHHHII", image, 11, SECTOR, 1, reserved, fats, ROOT_ENTRIES, FAT_TOTAL_SECTORS, 0xF8,
+                     FAT_SECTORS, 18, 2, 0, 0)
+    volume_id = int.from_bytes(hashlib.sha256(b"".join(files.values())).digest()[:4], "little")
+    struct.pack_into("<BBBI11s8s", image, 36, 0x80, 0, 0x29, volume_id, label11, b"FAT12   ")
+    image[510:512] = b"\x55\xaa"
+
+    fat = [0xFF8, 0xFFF]
+    entries = [label11 + bytes([0x08]) + bytes(10) + struct.pack("<HHHI", 0, FAT_DATE, 0, 0)]
+    used: set[bytes] = set()
+    next_cluster = 2
+    for name, data in files.items():
+        count = -(-len(data) // SECTOR)
+        if next_cluster - 2 + count > clusters:
+            raise ValueError("the seed's files do not fit in a FAT12 image")
+        first = next_cluster if count else 0
+        for i in range(count):
+            fat.append(next_cluster + i + 1 if i < count - 1 else 0xFFF)
+            offset = (data_start + next_cluster - 2 + i) * SECTOR
+            image[offset:offset + SECTOR] = data[i * SECTOR:(i + 1) * SECTOR].ljust(SECTOR, b"\0")
+        next_cluster += count
+        short = _short_name(name, used)
+        entries += _lfn_entries(name, short)
+        # name, attr (archive), NT flags, ctime tenths, ctime, cdate, adate, cluster high, mtime, mdate, cluster, size
+        entries.append(short + struct.pack("<BBBHHHHHHHI", 0x20, 0, 0, 0, FAT_DATE, FAT_DATE, 0, 0, FAT_DATE,
+                                           first, len(data)))
+    if len(entries) > ROOT_ENTRIES:
+        raise ValueError("too many files for the seed's root directory")
+    table = bytearray(FAT_SECTORS * SECTOR)
+    for n, value in enumerate(fat):
+        offset = n * 3 // 2
+        if n % 2 == 0:
+            table[offset] = value & 0xFF
+            table[offset + 1] = (table[offset + 1] & 0xF0) | (value >> 8)
+        else:
+            table[offset] = (table[offset] & 0x0F) | ((value & 0x0F) << 4)
+            table[offset + 1] = value >> 4
+    for i in range(fats):
+        start = (reserved + i * FAT_SECTORS) * SECTOR
+        image[start:start + len(table)] = table
+    root = (reserved + fats * FAT_SECTORS) * SECTOR
+    blob = b"".join(entries)
+    image[root:root + len(blob)] = blob
+    return bytes(image)
+
+
+# ---- QMP ------------------------------------------------------------------------------------------------------
+
+def qmp(path: str, command: str, timeout: float = 5.0) -> dict:
+    """Run one QMP command (after the capabilities handshake QMP requires) and return its "return" value."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        stream = sock.makefile("rwb")
+
+        def reply() -> dict:
+            while True:
+                line = stream.readline()
+                if not line:
+                    raise ConnectionError("QMP closed the connection")
+                message = json.loads(line)
+                if "event" in message:
+                    continue  # asynchronous events (e.g. POWERDOWN) arrive between the replies
+                if "error" in message:
+                    raise ProviderError(f"QMP {command}: {message['error'].get('desc', message['error'])}")
+                return message
+
+        greeting = reply()
+        if "QMP" not in greeting:
+            raise ConnectionError(f"not a QMP greeting: {greeting}")
+        for execute in ("qmp_capabilities", command):
+            stream.write(json.dumps({"execute": execute}).encode() + b"\n")
+            stream.flush()
+            answer = reply()
+        return answer.get("return", {})
+
+
+# ---- the provider -----------------------------------------------------------------------------------------------
+
+class QemuProvider:
+    name = "qemu"
+    hard_stops = frozenset({"quit", "kill"})  # how `stop` says it had to pull the plug
+    ip_wait_seconds = 0  # ip() knows the address as soon as QEMU runs: there is no lease to wait for
+    POLL = 0.2
+    START_TIMEOUT = 120.0  # `-daemonize` returns once QEMU is set up (not the guest: that boots on its own)
+    TIMEOUT = 120.0  # qemu-img and --version
+    QUIT_WAIT = 15.0
+
+    def __init__(self, lab, state=None, qemu: str | None = None, qemu_img: str = "qemu-img",
+                 notify: Callable[[str], None] | None = None):
+        self.lab = lab
+        self.state = state
+        self.qemu = qemu or default_binary()
+        self.qemu_img = qemu_img
+        # Until clusters.json knows provider.qemu (labctl/model.py), the defaults apply.
+        self.settings: QemuSettings = getattr(lab.provider, "qemu", None) or QemuSettings()
+        self._notify = notify or log.warning
+        self._names = {node.name for _, node in lab.nodes}
+        self._lock = threading.Lock()  # port allocation and the accelerator probe: nodes start in parallel threads
+        self._accel: Accel | None = None
+        self._scratch: Path | None = None
+
+    # -- paths -------------------------------------------------------------------------------------------------
+    def _root(self) -> Path:
+        if self.state is not None:
+            self.state.ensure()  # .labctl/ private (0700)
+            return self.state.root
+        self._scratch = self._scratch or Path(tempfile.mkdtemp(prefix="labctl-qemu-"))
+        return self._scratch
+
+    def _lab_dir(self) -> Path:
+        return self.state.root.parent if self.state is not None else Path.cwd()
+
+    def _path(self, value: str) -> Path:
+        """A path from clusters.json: relative ones are beside clusters.json."""
+        path = Path(value).expanduser()
+        return path if path.is_absolute() else (self._lab_dir() / path)
+
+    def _vms(self) -> Path:
+        return self._root() / "qemu"
+
+    def _dir(self, name: str) -> Path:
+        return self._vms() / name
+
+    def log_path(self, node) -> Path:
+        name = node if isinstance(node, str) else node.name
+        logs = self._root() / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        return logs / f"{name}.console.log"
+
+    def _pidfile(self, name: str) -> Path:
+        return self._dir(name) / "qemu.pid"
+
+    def _qmp_path(self, name: str) -> str:
+        """The QMP socket: in the VM's directory unless that path is too long for a unix socket (108 bytes), then
+        in a private directory under the temp dir named by a hash of it."""
+        path = self._dir(name) / "qmp.sock"
+        if len(os.fsencode(path)) < 100:
+            return str(path)
+        private = Path(tempfile.gettempdir()) / f"labctl-{os.getuid()}"
+        private.mkdir(mode=0o700, exist_ok=True)
+        if private.stat().st_uid != os.getuid() or private.stat().st_mode & 0o077:
+            raise ProviderError(f"{private} is not private to this user; refusing to put a QMP socket there")
+        return str(private / f"{hashlib.sha256(os.fsencode(path)).hexdigest()[:16]}.qmp")
+
+    # -- running tools -----------------------------------------------------------------------------------------
+    def _run(self, argv: list[str], vm: str | None = None, *, check: bool = True,
+             timeout: float | None = TIMEOUT) -> subprocess.CompletedProcess:
+        try:
+            done = subprocess.run(argv, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                  timeout=timeout)
+        except FileNotFoundError:
+            raise ProviderError(f"{argv[0]} not found", hint=INSTALL_HINT) from None
+        except OSError as exc:
+            raise ProviderError(f"cannot run `{argv[0]}`: {exc}", hint="check the QEMU installation") from None
+        except subprocess.TimeoutExpired:
+            raise ProviderError(f"{vm or 'qemu'}: `{shlex.join(argv)}` did not finish within {timeout:.0f} s") from None
+        if check and done.returncode != 0:
+            raise QemuError(vm, argv, done.returncode, done.stderr or done.stdout)
+        return done
+
+    def _info(self, path: Path, vm: str | None) -> dict:
+        # -U (--force-share): a running QEMU holds a write lock on its disk; reading the header is still safe.
+        done = self._run([self.qemu_img, "info", "--output=json", "-U", str(path)], vm)
+        try:
+            return json.loads(done.stdout)
+        except ValueError:
+            raise ProviderError(f"{vm or 'qemu-img'}: `qemu-img info {path}` printed no JSON: {done.stdout[:200]!r}") \
+                from None
+
+    # -- reading -------------------------------------------------------------------------------------------------
+    def available(self) -> str:
+        if shutil.which(self.qemu_img) is None:
+            raise ProviderError(f"{self.qemu_img} not found", hint=INSTALL_HINT)
+        done = self._run([self.qemu, "--version"], timeout=30)
+        return done.stdout.strip().splitlines()[0] if done.stdout.strip() else self.qemu
+
+    def _meta(self, name: str) -> dict | None:
+        try:
+            return json.loads((self._dir(name) / "vm.json").read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise ProviderError(f"{name}: {self._dir(name) / 'vm.json'} is unreadable ({exc})",
+                                hint="`labctl destroy` and install again recreates the VM") from None
+
+    def _write_meta(self, name: str, meta: dict) -> None:
+        write_atomic(self._dir(name) / "vm.json", json.dumps(meta, indent=2, sort_keys=True) + "\n", 0o600)
+
+    def _run_record(self, name: str) -> dict:
+        try:
+            return json.loads((self._dir(name) / "run.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def _vm_dirs(self) -> list[Path]:
+        vms = self._vms()
+        return sorted(p for p in vms.iterdir() if p.is_dir()) if vms.is_dir() else []  # accel.json lives there too
+
+    def list(self) -> dict[str, VM]:
+        out = {}
+        for entry in self._vm_dirs():
+            vm = self.get(entry.name)
+            if vm is not None:
+                out[entry.name] = vm
+        return out
+
+    def get(self, name: str) -> VM | None:
+        meta = self._meta(name)
+        if meta is None:
+            return None
+        disk = int(self._info(self._dir(name) / "disk.qcow2", name)["virtual-size"]) // GIB
+        pid = self._pid(name)
+        if pid is not None:
+            running = {**meta, **self._run_record(name)}  # what it runs with, not what the next start will use
+            return VM(name, "running", cpu=running["cpu"], memory=running["memory"], disk=disk)
+        return VM(name, "stopped", cpu=meta["cpu"], memory=meta["memory"], disk=disk)
+
+    def ip(self, node, wait: int = 0) -> str | None:
+        """127.0.0.1 while QEMU runs (the host end of the SSH forward), None when it does not. `wait` has nothing
+        to wait for: the forward exists as soon as QEMU does. The guest's own address is in the node's facts."""
+        name = node if isinstance(node, str) else node.name
+        return LOOPBACK if self._pid(name) is not None else None
+
+    def ssh_address(self, node) -> tuple[str, int]:
+        name = node if isinstance(node, str) else node.name
+        if self._pid(name) is None:
+            raise ProviderError(f"{name}: not running, so SSH does not answer", hint="`labctl boot` starts it")
+        port = self._run_record(name).get("ssh_port") or self._meta(name)["ssh_port"]
+        return LOOPBACK, int(port)
+
+    def image_cached(self, image: str) -> bool:
+        return self._path(image).is_file()
+
+    def pull(self, image: str) -> None:
+        raise ProviderError(
+            f"base image {self._path(image)} does not exist; the qemu provider boots local disk images only",
+            hint="set base_image to a qcow2 cloud image (Debian/Ubuntu genericcloud) or a raw root filesystem "
+            "with provider.qemu.kernel/initrd (tests/realvm/build_image.py builds a Debian one)",
+        )
+
+    # -- the accelerator ---------------------------------------------------------------------------------------------
+    def accelerator(self) -> Accel:
+        """KVM or TCG, decided once per provider (and cached per host boot): see the module docstring."""
+        with self._lock:
+            if self._accel is None:
+                self._accel = self._choose_accel()
+            return self._accel
+
+    def _choose_accel(self) -> Accel:
+        forced = os.environ.get(ENV_ACCEL, "").strip().lower()
+        if forced:
+            if forced not in ("kvm", "tcg"):
+                raise ProviderError(f"{ENV_ACCEL}={forced!r}: use kvm or tcg (or unset it to let labctl probe)")
+            return Accel(forced, f"{ENV_ACCEL}={forced}")  # type: ignore[arg-type]
+        if self.settings.accel != "auto":
+            return Accel(self.settings.accel, f"provider.qemu.accel is {self.settings.accel}")
+        problem = kvm_problem()
+        if problem is None:
+            boot, mode = self._probe_boot()
+            if boot is None:  # only doctor gets here: create and start need the image
+                return Accel("kvm", "/dev/kvm opens, but there is no image yet to probe a guest boot with",
+                             probed=False)
+            problem = self._cached_probe(boot, mode)
+            if problem is None:
+                return Accel("kvm", "/dev/kvm works and a probe boot under KVM printed on the console")
+        return Accel("tcg", problem, f"using TCG (software emulation, several times slower than KVM): {problem}; "
+                                     f"set {ENV_ACCEL}=kvm to force KVM")
+
+    def _probe_boot(self) -> tuple[list[str] | None, Literal["kernel", "disk"]]:
+        s = self.settings
+        if s.kernel:
+            kernel = self._path(s.kernel)
+            if not kernel.is_file():
+                return None, "kernel"
+            initrd = ["-initrd", str(self._path(s.initrd))] if s.initrd else []
+            return ["-kernel", str(kernel), *initrd, "-append", "console=ttyS0 panic=-1"], "kernel"
+        base = self._path(self.lab.base_image)
+        if not base.is_file():
+            return None, "disk"
+        fmt = self._info(base, None).get("format", "raw")
+        return ["-drive", f"if=virtio,file={_opt(base)},format={fmt},snapshot=on"], "disk"
+
+    def _cached_probe(self, boot: list[str], mode: Literal["kernel", "disk"]) -> str | None:
+        """The probe's verdict, remembered per QEMU binary, boot arguments and host boot (a fixed host reboots)."""
+        binary = shutil.which(self.qemu) or self.qemu
+        try:
+            boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            boot_id = ""
+        with contextlib.suppress(OSError):
+            binary += f"@{os.stat(binary).st_mtime_ns}"
+        key = hashlib.sha256(json.dumps([binary, boot, platform.release(), boot_id]).encode()).hexdigest()[:16]
+        cache = self._vms() / "accel.json"
+        try:
+            known = json.loads(cache.read_text())
+            if known.get("key") == key:
+                return known.get("problem")
+        except (OSError, ValueError):
+            pass
+        problem = probe_kvm(self.qemu, boot, mode)
+        write_atomic(cache, json.dumps({"key": key, "problem": problem}) + "\n", 0o600)
+        return problem
+
+    # -- ports -----------------------------------------------------------------------------------------------------
+    @staticmethod
+    def _port_free(port: int) -> bool:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            # like slirp's own listener: a connection in TIME_WAIT does not make the port busy
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((LOOPBACK, port))
+            except OSError:
+                return False
+        return True
+
+    def _allocate_port(self, name: str) -> int:
+        """The first port from ssh_port_base that no other VM of this lab holds and nothing listens on now."""
+        taken = set()
+        for entry in self._vm_dirs():
+            if entry.name != name and (meta := self._meta(entry.name)) is not None:
+                taken.add(meta.get("ssh_port"))
+        for port in range(self.settings.ssh_port_base, 65536):
+            if port not in taken and self._port_free(port):
+                return port
+        raise ProviderError(f"{name}: no free TCP port on {LOOPBACK} from {self.settings.ssh_port_base} up",
+                            hint="set provider.qemu.ssh_port_base to a free range")
+
+    # -- changing ------------------------------------------------------------------------------------------------
+    def own(self, name: str) -> None:
+        """Let this provider change a VM the lab used to have (`install --prune` deletes removed workers)."""
+        self._names.add(name)
+
+    def _owned(self, node) -> str:
+        name = node if isinstance(node, str) else node.name
+        if name not in self._names:
+            raise ProviderError(f"{name}: not a VM of this lab; labctl only changes the VMs named in clusters.json")
+        return name
+
+    def _require(self, name: str, action: str) -> VM:
+        vm = self.get(name)
+        if vm is None:
+            raise ProviderError(f"{name}: cannot {action}: the VM does not exist",
+                                hint="`labctl install --only vms` creates it")
+        return vm
+
+    def create(self, node) -> bool:
+        name = self._owned(node)
+        if self._meta(name) is not None:
+            return False
+        base = self._path(self.lab.base_image)
+        if not base.is_file():
+            self.pull(self.lab.base_image)  # raises: says what a base image must be
+        directory = self._dir(name)
+        if directory.exists():
+            shutil.rmtree(directory)  # an earlier create that did not finish (vm.json is written last)
+        directory.mkdir(parents=True, mode=0o700)
+        try:
+            fmt = self._info(base, name).get("format", "raw")
+            self._run([self.qemu_img, "create", "-f", "qcow2", "-b", str(base.resolve()), "-F", fmt,
+                       str(directory / "disk.qcow2")], name)
+            instance_id = f"labctl-{name}-{secrets.token_hex(4)}"
+            if self.settings.cloud_init:
+                self._write_seed(node, instance_id)
+            with self._lock:
+                port = self._allocate_port(name)
+                self._write_meta(name, {"base": str(base.resolve()), "base_format": fmt, "cpu": node.cpu,
+                                        "memory": node.memory, "ssh_port": port, "instance_id": instance_id})
+        except BaseException:
+            shutil.rmtree(directory, ignore_errors=True)
+            raise
+        return True
+
+    def _write_seed(self, node, instance_id: str) -> None:
+        keys = []
+        if self.state is not None:
+            from ..remote.credentials import lab_key
+
+            key = lab_key(self.state)
+            keys.append(f"{key.get_name()} {key.get_base64()} labctl")
+        if self.lab.ssh_key:
+            public = Path(self.lab.ssh_key).expanduser().with_suffix(".pub")
+            if public.is_file():
+                keys.append(public.read_text().strip())
+        password = self.lab.ssh_password.get_secret_value() if self.lab.ssh_password is not None else None
+        files = seed_files(node.name, self.lab.ssh_user, password, keys, instance_id)
+        write_seed(self._dir(node.name) / "seed.img", files)
+
+    def configure(self, node) -> list[str]:
+        name = self._owned(node)
+        vm = self._require(name, "configure")
+        if node.disk < vm.disk:
+            raise shrink_error(name, node.disk, vm.disk)
+        meta = self._meta(name)
+        changes = []
+        for label, have, want, unit in (("cpu", vm.cpu, node.cpu, ""), ("memory", vm.memory, node.memory, " MiB"),
+                                        ("disk", vm.disk, node.disk, " GB")):
+            if have != want:
+                changes.append(f"{label} {have} → {want}{unit}")
+        if not changes:
+            return []
+        if vm.running:  # cpu and memory are QEMU arguments, and a disk in use must not grow underneath the guest
+            raise ProviderError(f"{name}: is running; stop it before changing {', '.join(changes)}")
+        if node.disk != vm.disk:
+            # G = GiB, as `qemu-img info` reports it back; without --shrink qemu-img refuses to shrink as well
+            self._run([self.qemu_img, "resize", "-f", "qcow2", str(self._dir(name) / "disk.qcow2"), f"{node.disk}G"],
+                      name)
+        self._write_meta(name, {**meta, "cpu": node.cpu, "memory": node.memory})
+        return changes
+
+    def command(self, name: str, meta: dict, accel: Accel, port: int) -> list[str]:
+        """The full argv of one VM's QEMU (detached: -daemonize, with -pidfile)."""
+        directory = self._dir(name)
+        argv = [self.qemu, "-name", f"guest={_opt(name)}", "-machine", "q35", *accel.flags(),
+                "-smp", str(meta["cpu"]), "-m", str(meta["memory"]),
+                "-nodefaults", "-display", "none", "-daemonize", "-pidfile", str(self._pidfile(name)),
+                "-chardev", f"socket,id=qmp,path={_opt(self._qmp_path(name))},server=on,wait=off",
+                "-mon", "chardev=qmp,mode=control",
+                "-chardev", f"file,id=console,path={_opt(self.log_path(name))},append=on",
+                "-serial", "chardev:console",
+                # the root disk first: it is /dev/vda, which the kernel command line and fstab name
+                "-drive", f"if=virtio,file={_opt(directory / 'disk.qcow2')},format=qcow2,discard=unmap"]
+        seed = directory / "seed.img"
+        if self.settings.cloud_init and seed.is_file():
+            argv += ["-drive", f"if=virtio,file={_opt(seed)},format=raw,readonly=on"]
+        # user-mode networking: SSH forwarded from the host's loopback only, nothing else reaches the guest
+        argv += ["-netdev", f"user,id=net0,hostfwd=tcp:{LOOPBACK}:{port}-:22",
+                 "-device", "virtio-net-pci,netdev=net0",
+                 "-device", "virtio-rng-pci"]  # entropy for sshd's first boot: no stall waiting for the CRNG
+        s = self.settings
+        if s.kernel:
+            argv += ["-kernel", str(self._path(s.kernel))]
+            if s.initrd:
+                argv += ["-initrd", str(self._path(s.initrd))]
+            argv += ["-append", s.append or DEFAULT_APPEND]
+        return argv
+
+    def start(self, node) -> bool:
+        name = self._owned(node)
+        if self._require(name, "start").running:
+            return False
+        meta = self._meta(name)
+        for what in (self.settings.kernel, self.settings.initrd):
+            if what and not self._path(what).is_file():
+                raise ProviderError(f"{name}: {self._path(what)} does not exist (provider.qemu)",
+                                    hint="fix provider.qemu.kernel/initrd in clusters.json")
+        accel = self.accelerator()
+        with self._lock:
+            port = meta["ssh_port"]
+            if not self._port_free(port):  # another program took it since: move this VM (the key is pinned by name)
+                port = self._allocate_port(name)
+                self._notify(f"{name}: port {meta['ssh_port']} is taken by another program; SSH moves to {port}")
+                meta = {**meta, "ssh_port": port}
+                self._write_meta(name, meta)
+        argv = self.command(name, meta, accel, port)
+        console = self.log_path(name)
+        with open(console, "ab") as f:
+            f.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} labctl: {accel.name} ({accel.reason})\n"
+                    f"--- {shlex.join(argv)}\n".encode())
+        if accel.warning:
+            self._notify(f"{name}: {accel.warning}")
+        self._pidfile(name).unlink(missing_ok=True)
+        # -daemonize: the first process exits once QEMU is set up (ports bound, files open), which is when the
+        # VM runs; its errors (a taken port, a bad image) arrive on stderr before that.
+        done = self._run(argv, name, check=False, timeout=self.START_TIMEOUT)
+        if done.returncode != 0:
+            raise QemuError(name, argv, done.returncode, done.stderr or done.stdout,
+                            hint=f"QEMU did not start; the console log is {console}")
+        pid = self._pid(name)
+        if pid is None:
+            raise ProviderError(f"{name}: QEMU reported success but {self._pidfile(name)} names no running QEMU",
+                                hint=f"see {console}")
+        if done.stderr.strip():
+            with open(console, "ab") as f:
+                f.write(b"".join(f"--- qemu: {line}\n".encode() for line in done.stderr.strip().splitlines()))
+        write_atomic(self._dir(name) / "run.json", json.dumps(
+            {"pid": pid, "cpu": meta["cpu"], "memory": meta["memory"], "ssh_port": port, "accel": accel.name,
+             "qmp": self._qmp_path(name), "started": time.time()}, indent=2) + "\n", 0o600)
+        return True
+
+    def stop(self, node, timeout: float = 60, *, guest_poweroff: bool = False) -> str:
+        """Stop the VM; returns how: "guest", "powerdown" (ACPI via QMP), "quit" (QMP), "kill" (or "already stopped").
+
+        guest_poweroff=True: the caller already asked the guest to power off, so wait for that first. Then QMP
+        `system_powerdown` (the ACPI power button: a clean shutdown), then QMP `quit` (the plug), then SIGKILL.
+        """
+        name = self._owned(node)
+        self._require(name, "stop")
+        how = self._stop(name, timeout, guest_poweroff)
+        self._forget(name)
+        return how
+
+    def _stop(self, name: str, timeout: float, guest_poweroff: bool) -> str:
+        if self._pid(name) is None:
+            return "guest" if guest_poweroff else "already stopped"
+        if guest_poweroff and self._wait_stopped(name, timeout):
+            return "guest"
+        qmp_path = self._run_record(name).get("qmp") or self._qmp_path(name)
+        for command, how, wait in (("system_powerdown", "powerdown", timeout), ("quit", "quit", self.QUIT_WAIT)):
+            try:
+                qmp(qmp_path, command)
+            except (OSError, ValueError, ProviderError) as exc:
+                log.debug("%s: QMP %s failed: %s", name, command, exc)
+                if self._pid(name) is None:
+                    return how  # it went away while we asked
+                continue
+            if self._wait_stopped(name, wait):
+                return how
+        pid = self._pid(name)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            if not self._wait_stopped(name, 10):
+                raise ProviderError(f"{name}: QEMU (pid {pid}) is still running after SIGKILL")
+        return "kill"
+
+    def delete(self, node) -> bool:
+        name = self._owned(node)
+        if self._meta(name) is None:
+            directory = self._dir(name)
+            if directory.exists():
+                shutil.rmtree(directory)  # the remains of an unfinished create
+            return False
+        if self._pid(name) is not None:
+            self.stop(node)
+        qmp_path = self._qmp_path(name)
+        shutil.rmtree(self._dir(name))
+        Path(qmp_path).unlink(missing_ok=True)
+        return True
+
+    # -- the QEMU processes ----------------------------------------------------------------------------------
+    def _pid(self, name: str) -> int | None:
+        """The PID of this VM's running QEMU, or None. A pidfile left by a QEMU that died (or by a host reboot) is
+        removed; a PID that now belongs to another program is never trusted (PIDs are reused)."""
+        pidfile = self._pidfile(name)
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return None
+        if self._is_our_qemu(pid, pidfile):
+            return pid
+        pidfile.unlink(missing_ok=True)
+        return None
+
+    @staticmethod
+    def _is_our_qemu(pid: int, pidfile: Path) -> bool:
+        """Is `pid` a QEMU started with this very pidfile? That path is unique to one VM of one lab."""
+        try:
+            args = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+        except OSError:
+            if not Path("/proc/self").exists():  # macOS: ask ps
+                done = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], check=False, capture_output=True,
+                                      text=True)
+                return done.returncode == 0 and f"-pidfile {pidfile}" in done.stdout
+            return False
+        return any(a == "-pidfile" and args[i + 1:i + 2] == [str(pidfile)] for i, a in enumerate(args))
+
+    def _wait_stopped(self, name: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._pid(name) is not None:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(self.POLL)
+        return True
+
+    def _forget(self, name: str) -> None:
+        if self._pid(name) is not None:
+            return
+        # QEMU removes both itself when it exits cleanly; after a SIGKILL they are left behind
+        qmp_path = self._run_record(name).get("qmp")
+        if qmp_path:
+            Path(qmp_path).unlink(missing_ok=True)
+        (self._dir(name) / "run.json").unlink(missing_ok=True)
+        self._pidfile(name).unlink(missing_ok=True)
