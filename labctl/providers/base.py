@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from ..errors import StepError
+from ..errors import ProviderError, StepError
 
 VMState = Literal["running", "stopped", "suspended"]
 
@@ -30,6 +30,34 @@ def shrink_error(name: str, want: int, have: int) -> StepError:
         f"{name}: clusters.json asks for a {want} GB disk, but the VM already has {have} GB; disks only grow",
         hint=f"set its disk back to {have} or more, or `labctl destroy` and recreate the VM (its data is lost)",
     )
+
+
+class LabVMs:
+    """What every provider shares: it only ever changes VMs named in the lab (plus those `own` hands it)."""
+
+    def __init__(self, lab):
+        self.lab = lab
+        self._names = {node.name for _, node in lab.nodes}
+
+    def get(self, name: str) -> VM | None:  # pragma: no cover - each provider implements it
+        raise NotImplementedError
+
+    def own(self, name: str) -> None:
+        """Let this provider change a VM the lab used to have (`install --prune` deletes removed workers)."""
+        self._names.add(name)
+
+    def _owned(self, node) -> str:
+        name = node if isinstance(node, str) else node.name
+        if name not in self._names:
+            raise ProviderError(f"{name}: not a VM of this lab; labctl only changes the VMs named in clusters.json")
+        return name
+
+    def _require(self, name: str, action: str) -> VM:
+        vm = self.get(name)
+        if vm is None:
+            raise ProviderError(f"{name}: cannot {action}: the VM does not exist",
+                                hint="`labctl install --only vms` creates it")
+        return vm
 
 
 class Provider(Protocol):

@@ -59,7 +59,7 @@ from typing import Literal
 
 from ..errors import ProviderError
 from ..state import write_atomic
-from .base import VM, shrink_error
+from .base import VM, LabVMs, shrink_error
 
 log = logging.getLogger("labctl")
 
@@ -73,35 +73,7 @@ KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO, 0x00); the stable KVM API has answere
 KVM_API_VERSION = 12
 
 
-try:  # labctl/model.py owns the clusters.json models; until it carries provider.qemu, the same model is here
-    from ..model import QemuSettings
-except ImportError:  # pragma: no cover - removed once labctl/model.py has it
-    from pydantic import Field, StrictInt, model_validator
-
-    from ..model import Strict
-
-    class QemuSettings(Strict):
-        accel: Literal["auto", "kvm", "tcg"] = Field(
-            default="auto",
-            description="auto: KVM when it works (probed with a short boot), else TCG; LABCTL_QEMU_ACCEL overrides it",
-        )
-        kernel: str | None = Field(
-            default=None, description="boot this kernel directly (-kernel) instead of the disk's bootloader; "
-            "relative paths are beside clusters.json")
-        initrd: str | None = Field(default=None, description="initrd for `kernel`")
-        append: str | None = Field(
-            default=None, description=f"kernel command line for `kernel` (default: {DEFAULT_APPEND!r})")
-        cloud_init: bool = Field(
-            default=True, description="attach a NoCloud seed (user, password, SSH keys, hostname) for cloud images")
-        ssh_port_base: StrictInt = Field(
-            default=10022, ge=1024, le=65000, description="first 127.0.0.1 port forwarded to a VM's SSH (one per VM)")
-
-        @model_validator(mode="after")
-        def _kernel_options(self) -> QemuSettings:
-            for field in ("initrd", "append"):
-                if getattr(self, field) is not None and self.kernel is None:
-                    raise ValueError(f"{field} only applies with kernel (a direct kernel boot); set kernel too")
-            return self
+from ..model import QemuSettings  # noqa: F401  (re-exported: provider.qemu's model)
 
 
 # ---- errors and running commands --------------------------------------------------------------------------------
@@ -375,7 +347,7 @@ def qmp(path: str, command: str, timeout: float = 5.0) -> dict:
 
 # ---- the provider -----------------------------------------------------------------------------------------------
 
-class QemuProvider:
+class QemuProvider(LabVMs):
     name = "qemu"
     hard_stops = frozenset({"quit", "kill"})  # how `stop` says it had to pull the plug
     ip_wait_seconds = 0  # ip() knows the address as soon as QEMU runs: there is no lease to wait for
@@ -386,14 +358,12 @@ class QemuProvider:
 
     def __init__(self, lab, state=None, qemu: str | None = None, qemu_img: str = "qemu-img",
                  notify: Callable[[str], None] | None = None):
-        self.lab = lab
+        super().__init__(lab)
         self.state = state
         self.qemu = qemu or default_binary()
         self.qemu_img = qemu_img
-        # Until clusters.json knows provider.qemu (labctl/model.py), the defaults apply.
-        self.settings: QemuSettings = getattr(lab.provider, "qemu", None) or QemuSettings()
+        self.settings: QemuSettings = lab.provider.qemu
         self._notify = notify or log.warning
-        self._names = {node.name for _, node in lab.nodes}
         self._lock = threading.Lock()  # port allocation and the accelerator probe: nodes start in parallel threads
         self._accel: Accel | None = None
         self._scratch: Path | None = None
@@ -625,23 +595,6 @@ class QemuProvider:
                             hint="set provider.qemu.ssh_port_base to a free range")
 
     # -- changing ------------------------------------------------------------------------------------------------
-    def own(self, name: str) -> None:
-        """Let this provider change a VM the lab used to have (`install --prune` deletes removed workers)."""
-        self._names.add(name)
-
-    def _owned(self, node) -> str:
-        name = node if isinstance(node, str) else node.name
-        if name not in self._names:
-            raise ProviderError(f"{name}: not a VM of this lab; labctl only changes the VMs named in clusters.json")
-        return name
-
-    def _require(self, name: str, action: str) -> VM:
-        vm = self.get(name)
-        if vm is None:
-            raise ProviderError(f"{name}: cannot {action}: the VM does not exist",
-                                hint="`labctl install --only vms` creates it")
-        return vm
-
     def create(self, node) -> bool:
         name = self._owned(node)
         if self._meta(name) is not None:

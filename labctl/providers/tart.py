@@ -22,7 +22,7 @@ from pathlib import Path
 
 from ..errors import ProviderError
 from ..state import write_atomic
-from .base import VM, shrink_error
+from .base import VM, LabVMs, shrink_error
 
 NOT_FOUND = "tart not found: install it with `brew install cirruslabs/cli/tart`; validate/plan/schema work without it"
 
@@ -59,7 +59,7 @@ def _state(entry: dict) -> str:
     return "running" if entry.get("Running") else "stopped"  # tart before `State` existed
 
 
-class TartProvider:
+class TartProvider(LabVMs):
     name = "tart"
     hard_stops = frozenset({"tart stop"})
     POLL = 0.1  # seconds between `tart get` polls while waiting for a state change
@@ -67,11 +67,10 @@ class TartProvider:
     TIMEOUT = 120.0  # for commands that only read or change metadata
 
     def __init__(self, lab, state=None, tart: str = "tart"):
-        self.lab = lab
+        super().__init__(lab)
         self.state = state
         self.tart = tart
         self.settings = lab.provider.tart
-        self._names = {node.name for _, node in lab.nodes}
         self._scratch: Path | None = None
 
     # -- running tart --------------------------------------------------------------------------------------
@@ -102,23 +101,6 @@ class TartProvider:
         except ValueError:
             raise ProviderError(f"{vm or 'tart'}: `{shlex.join(done.args)}` printed something that is not JSON: "
                                 f"{done.stdout[:200]!r}") from None
-
-    def own(self, name: str) -> None:
-        """Let this provider change a VM the lab used to have (`install --prune` deletes removed workers)."""
-        self._names.add(name)
-
-    def _owned(self, node) -> str:
-        name = node if isinstance(node, str) else node.name
-        if name not in self._names:
-            raise ProviderError(f"{name}: not a VM of this lab; labctl only changes the VMs named in clusters.json")
-        return name
-
-    def _require(self, name: str, action: str) -> VM:
-        vm = self.get(name)
-        if vm is None:
-            raise ProviderError(f"{name}: cannot {action}: the VM does not exist",
-                                hint="`labctl install --only vms` creates it")
-        return vm
 
     # -- reading -------------------------------------------------------------------------------------------
     def available(self) -> str:

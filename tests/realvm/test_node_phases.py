@@ -15,13 +15,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Literal
 
 import pytest
-from pydantic import Field
 
-from labctl.errors import ConfigError
-from labctl.providers.qemu import QemuProvider, QemuSettings
+from labctl.providers.qemu import QemuProvider
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.realvm
@@ -40,38 +37,6 @@ def lab_config(image) -> dict:
         "clusters": [{"name": "realvm", "pod_cidr": "10.200.0.0/16", "service_cidr": "10.201.0.0/16",
                       "nodes": [{"name": name, **spec} for name, spec in NODES.items()]}],
     }
-
-
-@pytest.fixture
-def qemu_lab(monkeypatch):
-    """clusters.json with provider.type "qemu". Until labctl/model.py and providers.get know it (the change is in
-    the qemu provider's report), they are taught here, for this test only."""
-    from labctl import model, providers
-
-    probe = {"base_image": "x.img", "provider": {"type": "qemu", "qemu": {}},
-             "clusters": [{"name": "c", "pod_cidr": "10.200.0.0/16", "service_cidr": "10.201.0.0/16",
-                           "nodes": [{"name": "n", "role": "master", "cpu": 2, "memory": 2048}]}]}
-    try:
-        lab = model.parse(json.dumps(probe))
-    except ConfigError:
-        class ProviderSettings(model.ProviderSettings):
-            type: Literal["tart", "qemu"] = "tart"
-            qemu: QemuSettings = Field(default_factory=QemuSettings)
-
-        class Lab(model.Lab):
-            provider: ProviderSettings = Field(default_factory=ProviderSettings)
-
-        monkeypatch.setattr(model, "Lab", Lab)
-        lab = model.parse(json.dumps(probe))
-    try:
-        providers.get(lab)
-    except ValueError:
-        original = providers.get
-
-        def get(lab, **kwargs):
-            return QemuProvider(lab, **kwargs) if lab.provider.type == "qemu" else original(lab, **kwargs)
-
-        monkeypatch.setattr(providers, "get", get)
 
 
 def labctl(config: Path, *args: str) -> tuple[int, list[dict], str]:
@@ -179,7 +144,7 @@ def guests(config: Path) -> dict[str, Guest]:
     return {name: Guest(config, name) for name in NODES}
 
 
-def test_node_phases_on_a_real_vm(realvm_image, qemu_lab, tmp_path, stage):
+def test_node_phases_on_a_real_vm(realvm_image, tmp_path, stage):
     config = tmp_path / "clusters.json"
     config.write_text(json.dumps(lab_config(realvm_image), indent=2))
     only = ("install", "--only", ",".join(PHASES))
