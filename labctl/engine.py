@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
@@ -394,10 +393,3 @@ class Engine:
             pool.shutdown(wait=not interrupted, cancel_futures=True)
         return interrupted
 
-
-def describe_plan(summary: Summary) -> Iterable[dict]:
-    return (r.as_dict() for r in summary.results)
-
-
-def format_exception(exc: BaseException) -> str:
-    return "".join(traceback.format_exception(exc))
