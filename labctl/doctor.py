@@ -1,13 +1,22 @@
 """`labctl doctor`: can this machine run the lab? Each check says ok / warn / fail and, when not ok, what to do.
 
 A `fail` is a blocker for the VM commands (install, boot, shutdown, destroy); a `warn` is worth knowing but does not
-stop anything. Doctor is fast and offline: it reads the host (platform, memory, CPUs, free disk, files on PATH) and
-runs no subprocess but `tart --version` (and `sysctl` on macOS: the memory size, and whether an x86_64 Python runs
-under Rosetta on Apple silicon). It never crashes on a surprising host: a check that cannot look says so.
+stop anything. The checks follow the lab's provider:
+  tart: macOS on Apple silicon, tart and its version, softnet when asked for;
+  qemu: Linux, qemu-system-* and qemu-img, the base image (and kernel/initrd), and the accelerator: KVM only if a
+        short probe boot of the lab's own kernel prints on the console (a KVM that hangs is reported, with the TCG
+        fallback), otherwise TCG;
+and for both: memory, CPU overcommit, free disk where the VMs' disks live, clusters.json.
+
+Doctor is offline and reads the host (platform, memory, CPUs, free disk, files on PATH). Its only subprocesses are
+the providers' own tools (`tart --version`; `qemu-system-* --version`, `qemu-img info`, and the KVM probe, at most
+15 s for a kernel or 40 s for a disk image, whose verdict `install` reuses) and `sysctl` on macOS. It never
+crashes on a surprising host: a check that cannot look says so.
 """
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
@@ -23,6 +32,7 @@ from .errors import ConfigError, LabctlError
 
 if TYPE_CHECKING:
     from .model import Lab
+    from .providers.qemu import QemuProvider
 
 Status = Literal["ok", "warn", "fail"]
 
@@ -57,7 +67,9 @@ class Report:
 
 # ---- the checks ------------------------------------------------------------------------------------------------
 
-def check_platform(h: host.Host) -> Finding:
+def check_platform(h: host.Host, provider: str = "tart") -> Finding:
+    if provider == "qemu":
+        return check_platform_qemu(h)
     if h.is_apple_silicon:
         version = platform.mac_ver()[0] or "version unknown"
         return Finding("platform", "ok", f"macOS {version} on arm64 (Apple silicon)")
@@ -72,8 +84,21 @@ def check_platform(h: host.Host) -> Finding:
         "platform", "fail",
         f"this is {h.system or 'an unknown system'} on {h.machine or 'an unknown CPU'}: the lab's VMs need macOS on "
         f"Apple silicon with Tart, so install, boot, shutdown and destroy cannot run here; {ANYWHERE}",
-        "run the VM commands on an Apple-silicon Mac; use this machine for validate, plan and schema",
+        "run the VM commands on an Apple-silicon Mac, or set provider.type to qemu to run the lab here under QEMU "
+        "(Linux)",
     )
+
+
+def check_platform_qemu(h: host.Host) -> Finding:
+    where = f"{h.system or 'an unknown system'} on {h.machine or 'an unknown CPU'}"
+    if h.system == "Linux":
+        return Finding("platform", "ok", f"{where}: the qemu provider runs here")
+    if h.system == "Darwin":
+        # QEMU runs on macOS too, but labctl drives it with KVM or TCG only: no Hypervisor.framework (hvf).
+        return Finding("platform", "warn", f"{where}: the qemu provider would run its VMs under TCG only (slow)",
+                       "on Apple silicon use provider.type tart")
+    return Finding("platform", "fail", f"{where}: the qemu provider needs Linux",
+                   f"run the VM commands on Linux; {ANYWHERE}")
 
 
 def _hardware_is_arm64() -> bool:
@@ -156,19 +181,20 @@ def _existing(path: Path) -> Path:
     return path
 
 
-def check_disk(lab: Lab) -> Finding:
-    home = tart_home()
-    free = host.free_disk_gb(_existing(home))
+def check_disk(lab: Lab, where: Path, elsewhere: str) -> Finding:
+    """Free space where the VMs' disks live (`elsewhere`: how to move them to another volume)."""
+    free = host.free_disk_gb(_existing(where))
     disks = [n.disk for _, n in lab.nodes]
     total, largest = sum(disks), max(disks)
-    # APFS clones are copy-on-write: a fresh VM costs almost nothing and grows towards its disk size as it is used.
-    detail = f"{free:.0f} GB free where Tart keeps VMs ({home}); the lab's disks can grow to up to {total} GB"
+    # APFS clones and qcow2 overlays are copy-on-write: a fresh VM costs almost nothing and grows towards its disk
+    # size as it is used.
+    detail = f"{free:.0f} GB free where the VMs' disks live ({where}); the lab's disks can grow to up to {total} GB"
     if free < largest:
         return Finding("disk", "fail", f"{detail}: not even one {largest} GB disk fits",
-                       "free space on that volume, or move Tart's home elsewhere with TART_HOME")
+                       f"free space on that volume, or {elsewhere}")
     if free < total:
-        return Finding("disk", "warn", f"{detail} (clones are copy-on-write, so this only bites as the VMs fill up)",
-                       "free space on that volume, lower some nodes' `disk`, or set TART_HOME to a bigger volume")
+        return Finding("disk", "warn", f"{detail} (the disks are copy-on-write, so this only bites as the VMs fill up)",
+                       f"free space on that volume, lower some nodes' `disk`, or {elsewhere}")
     return Finding("disk", "ok", detail)
 
 
@@ -194,6 +220,73 @@ def check_softnet(which: Callable[[str], str | None] = shutil.which) -> Finding:
     return Finding("softnet", "warn",
                    f"{path} is not setuid root: tart then needs passwordless sudo for it (there is no TTY to ask)",
                    f"`sudo chown root {path} && sudo chmod u+s {path}`, or allow it in sudoers with NOPASSWD")
+
+
+# ---- qemu ------------------------------------------------------------------------------------------------------
+
+def check_qemu(provider: QemuProvider) -> Finding:
+    from .providers.qemu import INSTALL_HINT
+
+    try:
+        version = provider.available()
+    except LabctlError as exc:
+        return Finding("qemu", "fail", exc.message.splitlines()[0], exc.hint or INSTALL_HINT)
+    where = shutil.which(provider.qemu) or provider.qemu
+    return Finding("qemu", "ok", f"{version} ({where}; {shutil.which(provider.qemu_img) or provider.qemu_img})")
+
+
+def check_images(provider: QemuProvider) -> Finding:
+    """The base image (and kernel/initrd) exist, and no node's disk is smaller than the base image."""
+    settings, lab = provider.settings, provider.lab
+    missing = [f"{what} {path}" for what, value in (("base_image", lab.base_image), ("provider.qemu.kernel",
+               settings.kernel), ("provider.qemu.initrd", settings.initrd))
+               if value and not (path := provider.local_path(value)).is_file()]
+    if missing:
+        return Finding("images", "fail", f"not found: {', '.join(missing)}",
+                       "the qemu provider boots local files: a qcow2 cloud image (Debian/Ubuntu genericcloud), or a "
+                       "raw root filesystem with kernel and initrd (tests/realvm/build_image.py builds one)")
+    base = provider.local_path(lab.base_image)
+    info = provider.image_info(base, None)
+    size = int(info.get("virtual-size", 0)) / 1024**3
+    detail = f"{base}: {info.get('format', '?')}, {size:.1f} GiB" + (", direct kernel boot" if settings.kernel else "")
+    small = [f"{n.name} ({n.disk} GB)" for _, n in lab.nodes if n.disk < size]
+    if small:
+        return Finding("images", "fail", f"{detail}; smaller disks than the image: {', '.join(small)}",
+                       f"raise those nodes' `disk` to {math.ceil(size)} or more (disks only grow)")
+    return Finding("images", "ok", detail)
+
+
+def check_accelerator(provider: QemuProvider) -> Finding:
+    from .providers.qemu import ENV_ACCEL
+
+    accel = provider.accelerator()
+    if accel.name == "kvm" and accel.probed:
+        return Finding("accelerator", "ok", f"KVM ({accel.reason})")
+    if accel.name == "kvm":
+        return Finding("accelerator", "warn", f"KVM, untested: {accel.reason}; a KVM that hangs guests is only "
+                       "caught by a probe boot", "put the base image (and kernel) in place, then run doctor again")
+    if accel.warning is None:  # asked for by the user
+        return Finding("accelerator", "ok", f"TCG, software emulation ({accel.reason})")
+    return Finding("accelerator", "warn",
+                   f"KVM does not work here: {accel.reason}. The VMs run under TCG instead (software emulation, "
+                   "several times slower: a node's first boot takes about a minute)",
+                   "nothing blocks the lab; for speed run it on a host whose (nested) virtualization works. "
+                   f"{ENV_ACCEL}=kvm forces KVM")
+
+
+def qemu_findings(lab: Lab, config: Path) -> list[Finding]:
+    from .context import lab_dir
+    from .providers.qemu import QemuProvider
+    from .state import LabState
+
+    provider = QemuProvider(lab, state=LabState(lab_dir(config) / ".labctl"))
+    found = _guarded("qemu", lambda: check_qemu(provider))
+    findings = [found, _guarded("images", lambda: check_images(provider))]
+    if found.status != "fail":  # the probe needs qemu-system-*
+        findings.append(_guarded("accelerator", lambda: check_accelerator(provider)))
+    move = "move the lab (the directory of clusters.json, where .labctl/ lives) to a bigger volume"
+    findings.append(_guarded("disk", lambda: check_disk(lab, provider.vm_home(), move)))
+    return findings
 
 
 # ---- all of them -----------------------------------------------------------------------------------------------
@@ -239,18 +332,18 @@ def load_config(config: Path) -> tuple[Lab | None, Finding]:
 def diagnose(config: Path, detect: Callable[[], host.Host] | None = None) -> Report:
     lab, config_finding = load_config(config)
     h = _detect(detect or host.detect)
-    findings = [
-        _guarded("platform", lambda: check_platform(h)),
-        _guarded("tart", lambda: check_tart(lab)),
-    ]
+    kind = lab.provider.type if lab is not None else "tart"
+    findings = [_guarded("platform", lambda: check_platform(h, kind))]
+    if kind == "tart":
+        findings.append(_guarded("tart", lambda: check_tart(lab)))
     if lab is not None:
         b = host.budget(lab, h)
-        findings += [
-            _guarded("memory", lambda: check_memory(b)),
-            _guarded("cpu", lambda: check_cpu(b)),
-            _guarded("disk", lambda: check_disk(lab)),
-        ]
-        if lab.provider.tart.network == "softnet":
-            findings.append(_guarded("softnet", check_softnet))
+        findings += [_guarded("memory", lambda: check_memory(b)), _guarded("cpu", lambda: check_cpu(b))]
+        if kind == "qemu":
+            findings += qemu_findings(lab, config)
+        else:
+            findings.append(_guarded("disk", lambda: check_disk(lab, tart_home(), "set TART_HOME to a bigger volume")))
+            if lab.provider.tart.network == "softnet":
+                findings.append(_guarded("softnet", check_softnet))
     findings.append(config_finding)
     return Report(findings)

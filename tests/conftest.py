@@ -76,6 +76,22 @@ def fake_tart(tmp_path, monkeypatch):
     fake.kill_all()
 
 
+@pytest.fixture
+def fake_qemu(tmp_path, monkeypatch):
+    """The fake qemu-system-x86_64 and qemu-img (tests/sim/fake_qemu.py) on PATH, with the accelerator left to
+    labctl; every fake VM and its QMP socket is gone afterwards."""
+    from labctl.providers.qemu import ENV_ACCEL
+    from tests.sim.fake_qemu import FakeQemu
+
+    fake = FakeQemu(tmp_path)
+    for key, value in fake.env().items():
+        monkeypatch.setenv(key, value)
+    for key in ("FAKE_QEMU_KVM", "FAKE_QEMU_FAIL", ENV_ACCEL):
+        monkeypatch.delenv(key, raising=False)
+    yield fake
+    fake.kill_all(tmp_path)
+
+
 @pytest.fixture(autouse=True)
 def _isolated_debug_log(tmp_path, monkeypatch):
     # The debug log goes to the user's state dir by default; keep tests out of it.

@@ -11,7 +11,7 @@ MARK = {"ok": "✓", "warn": "!", "fail": "✗"}
 
 @app.command()
 def doctor() -> None:
-    """Check this machine: Tart and its version, macOS on Apple silicon, memory, CPU, disk, softnet, clusters.json."""
+    """Check this machine for the lab's provider (Tart on macOS; QEMU, images and KVM on Linux), memory, CPU, disk."""
     from ..doctor import diagnose
 
     report = diagnose(G.config)

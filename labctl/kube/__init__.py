@@ -54,6 +54,9 @@ def node_address(ctx, node: Node) -> str:
     """The node's current IPv4 address as the provider sees it (the one the host and the other nodes reach)."""
     from ..engine import CannotCheck
 
+    if problem := ctx.provider.network_problem():
+        raise CannotCheck(f"{node.name}: {problem}",
+                          hint="the node phases run on it: `labctl install --only vms,prepare,runtime,kubepkgs`")
     address = ctx.address(node)
     if not address:
         raise CannotCheck(

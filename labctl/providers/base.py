@@ -52,6 +52,9 @@ class LabVMs:
             raise ProviderError(f"{name}: not a VM of this lab; labctl only changes the VMs named in clusters.json")
         return name
 
+    def network_problem(self) -> str | None:
+        return None
+
     def _require(self, name: str, action: str) -> VM:
         vm = self.get(name)
         if vm is None:
@@ -106,3 +109,6 @@ class Provider(Protocol):
 
     def ssh_address(self, node) -> tuple[str, int]:
         """Where SSH for this node answers (host, port)."""
+
+    def network_problem(self) -> str | None:
+        """Why the VMs share no network that ip() addresses are on (so no cluster can be formed); None: they do."""

@@ -379,16 +379,16 @@ class QemuProvider(LabVMs):
     def _lab_dir(self) -> Path:
         return self.state.root.parent if self.state is not None else Path.cwd()
 
-    def _path(self, value: str) -> Path:
+    def local_path(self, value: str) -> Path:
         """A path from clusters.json: relative ones are beside clusters.json."""
         path = Path(value).expanduser()
         return path if path.is_absolute() else (self._lab_dir() / path)
 
-    def _vms(self) -> Path:
+    def vm_home(self) -> Path:
         return self._root() / "qemu"
 
     def _dir(self, name: str) -> Path:
-        return self._vms() / name
+        return self.vm_home() / name
 
     def log_path(self, node) -> Path:
         name = node if isinstance(node, str) else node.name
@@ -427,7 +427,7 @@ class QemuProvider(LabVMs):
             raise QemuError(vm, argv, done.returncode, done.stderr or done.stdout)
         return done
 
-    def _info(self, path: Path, vm: str | None) -> dict:
+    def image_info(self, path: Path, vm: str | None) -> dict:
         # -U (--force-share): a running QEMU holds a write lock on its disk; reading the header is still safe.
         done = self._run([self.qemu_img, "info", "--output=json", "-U", str(path)], vm)
         try:
@@ -462,7 +462,7 @@ class QemuProvider(LabVMs):
             return {}
 
     def _vm_dirs(self) -> list[Path]:
-        vms = self._vms()
+        vms = self.vm_home()
         return sorted(p for p in vms.iterdir() if p.is_dir()) if vms.is_dir() else []  # accel.json lives there too
 
     def list(self) -> dict[str, VM]:
@@ -477,7 +477,7 @@ class QemuProvider(LabVMs):
         meta = self._meta(name)
         if meta is None:
             return None
-        disk = int(self._info(self._dir(name) / "disk.qcow2", name)["virtual-size"]) // GIB
+        disk = int(self.image_info(self._dir(name) / "disk.qcow2", name)["virtual-size"]) // GIB
         pid = self._pid(name)
         if pid is not None:
             running = {**meta, **self._run_record(name)}  # what it runs with, not what the next start will use
@@ -497,12 +497,17 @@ class QemuProvider(LabVMs):
         port = self._run_record(name).get("ssh_port") or self._meta(name)["ssh_port"]
         return LOOPBACK, int(port)
 
+    def network_problem(self) -> str | None:
+        return ("the qemu provider's VMs are on user-mode networking: each is alone behind its own NAT (as 10.0.2.15) "
+                "and reachable from the host only through its forwarded SSH port, so there is no address a Kubernetes "
+                "control plane could advertise to the other nodes")
+
     def image_cached(self, image: str) -> bool:
-        return self._path(image).is_file()
+        return self.local_path(image).is_file()
 
     def pull(self, image: str) -> None:
         raise ProviderError(
-            f"base image {self._path(image)} does not exist; the qemu provider boots local disk images only",
+            f"base image {self.local_path(image)} does not exist; the qemu provider boots local disk images only",
             hint="set base_image to a qcow2 cloud image (Debian/Ubuntu genericcloud) or a raw root filesystem "
             "with provider.qemu.kernel/initrd (tests/realvm/build_image.py builds a Debian one)",
         )
@@ -538,15 +543,15 @@ class QemuProvider(LabVMs):
     def _probe_boot(self) -> tuple[list[str] | None, Literal["kernel", "disk"]]:
         s = self.settings
         if s.kernel:
-            kernel = self._path(s.kernel)
+            kernel = self.local_path(s.kernel)
             if not kernel.is_file():
                 return None, "kernel"
-            initrd = ["-initrd", str(self._path(s.initrd))] if s.initrd else []
+            initrd = ["-initrd", str(self.local_path(s.initrd))] if s.initrd else []
             return ["-kernel", str(kernel), *initrd, "-append", "console=ttyS0 panic=-1"], "kernel"
-        base = self._path(self.lab.base_image)
+        base = self.local_path(self.lab.base_image)
         if not base.is_file():
             return None, "disk"
-        fmt = self._info(base, None).get("format", "raw")
+        fmt = self.image_info(base, None).get("format", "raw")
         return ["-drive", f"if=virtio,file={_opt(base)},format={fmt},snapshot=on"], "disk"
 
     def _cached_probe(self, boot: list[str], mode: Literal["kernel", "disk"]) -> str | None:
@@ -559,7 +564,7 @@ class QemuProvider(LabVMs):
         with contextlib.suppress(OSError):
             binary += f"@{os.stat(binary).st_mtime_ns}"
         key = hashlib.sha256(json.dumps([binary, boot, platform.release(), boot_id]).encode()).hexdigest()[:16]
-        cache = self._vms() / "accel.json"
+        cache = self.vm_home() / "accel.json"
         try:
             known = json.loads(cache.read_text())
             if known.get("key") == key:
@@ -599,7 +604,7 @@ class QemuProvider(LabVMs):
         name = self._owned(node)
         if self._meta(name) is not None:
             return False
-        base = self._path(self.lab.base_image)
+        base = self.local_path(self.lab.base_image)
         if not base.is_file():
             self.pull(self.lab.base_image)  # raises: says what a base image must be
         directory = self._dir(name)
@@ -607,7 +612,7 @@ class QemuProvider(LabVMs):
             shutil.rmtree(directory)  # an earlier create that did not finish (vm.json is written last)
         directory.mkdir(parents=True, mode=0o700)
         try:
-            fmt = self._info(base, name).get("format", "raw")
+            fmt = self.image_info(base, name).get("format", "raw")
             self._run([self.qemu_img, "create", "-f", "qcow2", "-b", str(base.resolve()), "-F", fmt,
                        str(directory / "disk.qcow2")], name)
             instance_id = f"labctl-{name}-{secrets.token_hex(4)}"
@@ -680,9 +685,9 @@ class QemuProvider(LabVMs):
                  "-device", "virtio-rng-pci"]  # entropy for sshd's first boot: no stall waiting for the CRNG
         s = self.settings
         if s.kernel:
-            argv += ["-kernel", str(self._path(s.kernel))]
+            argv += ["-kernel", str(self.local_path(s.kernel))]
             if s.initrd:
-                argv += ["-initrd", str(self._path(s.initrd))]
+                argv += ["-initrd", str(self.local_path(s.initrd))]
             argv += ["-append", s.append or DEFAULT_APPEND]
         return argv
 
@@ -692,8 +697,8 @@ class QemuProvider(LabVMs):
             return False
         meta = self._meta(name)
         for what in (self.settings.kernel, self.settings.initrd):
-            if what and not self._path(what).is_file():
-                raise ProviderError(f"{name}: {self._path(what)} does not exist (provider.qemu)",
+            if what and not self.local_path(what).is_file():
+                raise ProviderError(f"{name}: {self.local_path(what)} does not exist (provider.qemu)",
                                     hint="fix provider.qemu.kernel/initrd in clusters.json")
         accel = self.accelerator()
         with self._lock:

@@ -133,6 +133,32 @@ def assert_node_matches_reality(guest: Guest) -> None:
     assert any(a.startswith("10.0.2.15/") for i in facts.interfaces for a in i.ipv4), facts.interfaces
 
 
+def doctor_accelerator(doctor) -> str:
+    """What `labctl doctor` says of the accelerator, checked against the host: "kvm" or "tcg (REASON)".
+
+    Where /dev/kvm opens but guests cannot run under it (these CI machines: nested virtualization is broken), doctor
+    must say so from a probe boot, and the TCG fallback; where there is no usable /dev/kvm, that it is TCG."""
+    from labctl.providers.qemu import kvm_problem
+
+    doc = json.loads(doctor.out)
+    checks = {c["name"]: c for c in doc["checks"]}
+    assert doctor.code == 0 and doc["ok"], (doctor.err, doc)  # a slow accelerator is a warning, not a blocker
+    found, device = checks["accelerator"], kvm_problem()
+    print(f"realvm: doctor: {found['status']}: {found['detail']}")
+    if found["status"] == "ok":
+        assert device is None and found["detail"].startswith("KVM (/dev/kvm works and a probe boot"), found
+        return "kvm"
+    prefix = "KVM does not work here: "
+    assert found["status"] == "warn" and found["detail"].startswith(prefix), found
+    assert "The VMs run under TCG instead" in found["detail"], found
+    reason = found["detail"][len(prefix):].split(". The VMs run under TCG")[0]
+    if device is None:  # the device is fine, so only a probe boot can have found the problem
+        assert "under KVM" in reason, found
+    else:
+        assert reason == device, found
+    return f"tcg ({reason})"
+
+
 def provider_of(config: Path) -> QemuProvider:
     from labctl import model
     from labctl.state import LabState
@@ -151,6 +177,9 @@ def test_node_phases_on_a_real_vm(realvm_image, tmp_path, stage):
     logs = tmp_path / ".labctl" / "logs"
     n = len(NODES)
     open_guests: dict[str, Guest] = {}
+    with stage("doctor (the KVM probe: a short boot of the image's kernel under KVM)"):
+        doctor = run_cli("--config", str(config), "--json", "doctor")
+    accel = doctor_accelerator(doctor)
     try:
         with stage(f"install --only vms,prepare,runtime, {n} VM(s) (boot, SSH bootstrap, swap/modules/sysctl/"
                    "hostname, apt-get install containerd, config)"):
@@ -164,7 +193,9 @@ def test_node_phases_on_a_real_vm(realvm_image, tmp_path, stage):
             assert {"swapoff", "swap-fstab", "modules", "sysctl", "hostname"} <= \
                 set(done["prepare", name]["detail"].split(", ")), done["prepare", name]
             assert "install" in done["runtime", name]["detail"] and "config" in done["runtime", name]["detail"]
-            assert "Linux version" in (logs / f"{name}.console.log").read_text(errors="replace")
+            console = (logs / f"{name}.console.log").read_text(errors="replace")
+            assert "Linux version" in console
+            assert f"labctl: {accel}" in console  # the VMs run on the accelerator doctor reported
 
         with stage("install again: nothing to change"):
             code, events, err = labctl(config, *only)

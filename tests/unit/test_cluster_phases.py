@@ -21,7 +21,7 @@ import pytest
 import yaml
 
 from labctl import model
-from labctl.engine import Engine, Target, build_steps
+from labctl.engine import CannotCheck, Engine, Target, build_steps
 from labctl.errors import StepError
 from labctl.kube import AddressProbe, Repair, hosts_address, kubeconfig, plan_repair
 from labctl.kube.client import (
@@ -269,6 +269,10 @@ class FakeTransport:
 class FakeProvider:
     def __init__(self, world: World):
         self.world = world
+        self.no_network: str | None = None
+
+    def network_problem(self):
+        return self.no_network
 
     def ip(self, node, wait=0):
         return self.world.addresses.get(node.name)
@@ -352,6 +356,16 @@ def test_init_on_a_fresh_node_runs_kubeadm_init_with_the_rendered_config(world, 
     assert local["current-context"] == "labctl-dev"
     assert stat.S_IMODE(kubeconfig.cluster_path(ctx.state, "dev").stat().st_mode) == 0o600
     assert init.phase.check(ctx, target).done
+
+
+def test_without_a_shared_network_no_cluster_is_attempted(world, tmp_path):
+    ctx = Ctx(world, tmp_path)
+    ctx.provider.no_network = "the VMs are on user-mode networking"  # the qemu provider's, for one
+    with pytest.raises(CannotCheck) as err:  # a plan shows it as unknown; a run fails the step, before any change
+        init.phase.check(ctx, Target("dev"))  # join, cni and the rest wait for init: blocked behind it
+    assert err.value.message == "dev-master: the VMs are on user-mode networking"
+    assert "--only vms,prepare,runtime,kubepkgs" in err.value.hint
+    assert world.runs == [] and world.puts == {}
 
 
 def test_init_never_reinitialises_and_reports_half_made_control_planes(world, tmp_path):

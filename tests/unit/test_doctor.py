@@ -59,6 +59,7 @@ def test_linux_without_tart_explains_what_works_here(lab_file, linux):
     assert platform_check["status"] == "fail"
     assert "Linux" in platform_check["detail"] and "macOS on Apple silicon with Tart" in platform_check["detail"]
     assert "validate, plan and schema work on any machine" in platform_check["detail"]
+    assert "set provider.type to qemu" in platform_check["fix"]
     assert checks["tart"]["status"] == "fail" and "tart not found" in checks["tart"]["detail"]
     assert "brew install cirruslabs/cli/tart" in checks["tart"]["fix"]
     assert checks["clusters.json"]["status"] == "ok" and "4 clusters, 10 nodes" in checks["clusters.json"]["detail"]
@@ -179,3 +180,132 @@ def test_without_a_clusters_json_the_shipped_lab_is_judged(tmp_path, mac, fake_t
     assert "labctl init" in checks["clusters.json"]["fix"]
     assert "68.0 GiB" in checks["memory"]["detail"]
     assert not (tmp_path / "clusters.json").exists()  # judged, not written
+
+
+# ---- the qemu provider (Linux) ----------------------------------------------------------------------------------
+
+@pytest.fixture
+def qemu_lab(tmp_path, linux, fake_qemu, monkeypatch):
+    """A qemu lab (direct kernel boot of a 3 GiB raw image) on a Linux host whose /dev/kvm opens, with the fake
+    QEMU; the KVM probe gives up after 1.5 s instead of 15."""
+    from labctl.providers import qemu
+
+    images = tmp_path / "images"
+    images.mkdir()
+    (images / "rootfs.img").write_text(json.dumps({"format": "raw", "virtual-size": 3 * 1024**3}))
+    for name in ("vmlinuz", "initrd.img"):
+        (images / name).write_text(name)
+    path = tmp_path / "clusters.json"
+    path.write_text(json.dumps({
+        "base_image": "images/rootfs.img",
+        "provider": {"type": "qemu", "qemu": {"kernel": "images/vmlinuz", "initrd": "images/initrd.img"}},
+        "clusters": [{"name": "q", "pod_cidr": "10.200.0.0/16", "service_cidr": "10.201.0.0/16", "nodes": [
+            {"name": "q-m1", "role": "master", "cpu": 2, "memory": 2048, "disk": 20},
+            {"name": "q-w1", "role": "worker", "cpu": 2, "memory": 2048, "disk": 20}]}],
+    }))
+    monkeypatch.setattr(qemu, "kvm_problem", lambda: None)
+    monkeypatch.setitem(qemu.PROBE_SECONDS, "kernel", 1.5)
+    return path
+
+
+def probes(fake_qemu) -> list[list[str]]:
+    return [argv for argv in fake_qemu.argvs(tool="qemu-system-x86_64") if "-no-reboot" in argv]
+
+
+def test_a_kvm_that_hangs_is_reported_with_the_tcg_fallback(qemu_lab, fake_qemu):
+    result, doc, checks = doctor(qemu_lab, {**ROOMY, "FAKE_QEMU_KVM": "hang"})
+    assert result.code == 0 and doc["ok"] is True  # TCG is slow, not broken: a warning
+    assert [c["name"] for c in doc["checks"]] == \
+        ["platform", "memory", "cpu", "qemu", "images", "accelerator", "disk", "clusters.json"]  # no tart checks
+    assert checks["platform"] == {"name": "platform", "status": "ok", "fix": "",
+                                  "detail": "Linux on x86_64: the qemu provider runs here"}
+    assert checks["qemu"]["detail"].startswith(f"QEMU emulator version 7.2.22 (fake) ({fake_qemu.bin}/qemu-system")
+    assert checks["images"]["detail"] == f"{qemu_lab.parent}/images/rootfs.img: raw, 3.0 GiB, direct kernel boot"
+    accel = checks["accelerator"]
+    assert accel["status"] == "warn"
+    assert accel["detail"].startswith("KVM does not work here: a probe boot under KVM printed nothing on the console "
+                                      "within 1.5 s (KVM is there but guests hang")
+    assert "The VMs run under TCG instead" in accel["detail"] and "LABCTL_QEMU_ACCEL=kvm" in accel["fix"]
+    [probe] = probes(fake_qemu)  # the lab's own kernel, under KVM
+    assert probe[1:5] == ["-accel", "kvm", "-cpu", "host"] and str(qemu_lab.parent / "images/vmlinuz") in probe
+    assert f"({qemu_lab.parent / '.labctl' / 'qemu'})" in checks["disk"]["detail"]
+
+    # the verdict is remembered for install (and the next doctor): no second probe
+    text = run_cli("-c", str(qemu_lab), "doctor", env={**ROOMY, "FAKE_QEMU_KVM": "hang"})
+    assert text.code == 0 and len(probes(fake_qemu)) == 1
+    assert "! accelerator    KVM does not work here" in text.out
+    assert text.out.splitlines()[-1] == "doctor: ready, with 1 warning"
+
+
+def test_a_kvm_that_aborts_names_qemus_error(qemu_lab, fake_qemu):
+    _, _, checks = doctor(qemu_lab, {**ROOMY, "FAKE_QEMU_KVM": "abort"})
+    assert checks["accelerator"]["status"] == "warn"
+    assert "QEMU exited 134 under KVM before the guest printed anything (qemu-system-x86_64: error: failed to set " \
+           "MSR 0x10a to 0x69)" in checks["accelerator"]["detail"]
+
+
+def test_a_working_kvm_is_ok(qemu_lab, fake_qemu):
+    result, doc, checks = doctor(qemu_lab, ROOMY)
+    assert result.code == 0 and {c["status"] for c in doc["checks"]} == {"ok"}
+    assert checks["accelerator"]["detail"] == \
+        "KVM (/dev/kvm works and a probe boot under KVM printed on the console)"
+
+
+@pytest.mark.parametrize(("env", "want"), [
+    ({"LABCTL_QEMU_ACCEL": "tcg"}, "TCG, software emulation (LABCTL_QEMU_ACCEL=tcg)"),
+    ({}, None),
+])
+def test_without_dev_kvm_tcg_is_a_warning_unless_chosen(qemu_lab, fake_qemu, monkeypatch, env, want):
+    from labctl.providers import qemu
+
+    monkeypatch.setattr(qemu, "kvm_problem", lambda: "no /dev/kvm (this host offers no hardware virtualization)")
+    _, _, checks = doctor(qemu_lab, {**ROOMY, **env})
+    if want:
+        assert checks["accelerator"] == {"name": "accelerator", "status": "ok", "detail": want, "fix": ""}
+    else:
+        assert checks["accelerator"]["status"] == "warn"
+        assert checks["accelerator"]["detail"].startswith("KVM does not work here: no /dev/kvm")
+    assert probes(fake_qemu) == []
+
+
+def test_missing_qemu_is_a_blocker_and_nothing_is_probed(qemu_lab, fake_qemu, tmp_path):
+    (tmp_path / "empty").mkdir()
+    result, doc, checks = doctor(qemu_lab, {**ROOMY, "PATH": str(tmp_path / "empty")})  # this host may have QEMU
+    assert result.code == 1 and doc["ok"] is False
+    assert checks["qemu"]["status"] == "fail" and checks["qemu"]["detail"] == "qemu-img not found"
+    assert "apt-get install qemu-system-x86 qemu-utils" in checks["qemu"]["fix"]
+    assert "accelerator" not in checks and fake_qemu.argvs() == []
+
+
+def test_missing_images_are_named_and_kvm_is_not_vouched_for(qemu_lab, fake_qemu):
+    (qemu_lab.parent / "images" / "rootfs.img").unlink()
+    (qemu_lab.parent / "images" / "initrd.img").unlink()
+    result, _, checks = doctor(qemu_lab, ROOMY)
+    assert result.code == 1
+    assert checks["images"]["status"] == "fail"
+    assert checks["images"]["detail"] == (f"not found: base_image {qemu_lab.parent}/images/rootfs.img, "
+                                          f"provider.qemu.initrd {qemu_lab.parent}/images/initrd.img")
+    assert "tests/realvm/build_image.py" in checks["images"]["fix"]
+    # the kernel is there, so it is probed; without one, KVM is untested, which doctor says
+    (qemu_lab.parent / "images" / "vmlinuz").unlink()
+    _, _, checks = doctor(qemu_lab, ROOMY)
+    assert checks["accelerator"]["status"] == "warn" and checks["accelerator"]["detail"].startswith("KVM, untested")
+
+
+def test_a_node_disk_smaller_than_the_image_is_a_blocker(qemu_lab, fake_qemu):
+    raw = json.loads(qemu_lab.read_text())
+    raw["clusters"][0]["nodes"][0]["disk"] = 40
+    qemu_lab.write_text(json.dumps(raw))
+    image = {"format": "qcow2", "virtual-size": 32 * 1024**3}
+    (qemu_lab.parent / "images" / "rootfs.img").write_text(json.dumps(image))
+    result, _, checks = doctor(qemu_lab, ROOMY)
+    assert result.code == 1 and checks["images"]["status"] == "fail"
+    assert checks["images"]["detail"].endswith(": qcow2, 32.0 GiB, direct kernel boot; smaller disks than the image: "
+                                               "q-w1 (20 GB)")
+    assert checks["images"]["fix"].startswith("raise those nodes' `disk` to 32 or more")
+
+
+def test_the_qemu_provider_on_a_mac_is_a_warning(qemu_lab, fake_qemu, mac):
+    _, _, checks = doctor(qemu_lab, ROOMY)
+    assert checks["platform"]["status"] == "warn" and "TCG only" in checks["platform"]["detail"]
+    assert "provider.type tart" in checks["platform"]["fix"]
