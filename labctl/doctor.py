@@ -274,6 +274,55 @@ def check_accelerator(provider: QemuProvider) -> Finding:
                    f"{ENV_ACCEL}=kvm forces KVM")
 
 
+SYS_NET = Path("/sys/class/net")
+BRIDGE_CONF = Path("/etc/qemu/bridge.conf")
+BRIDGE_HELPER = Path("/usr/lib/qemu/qemu-bridge-helper")
+
+
+def bridge_allowed(bridge: str, conf: Path | None = None, depth: int = 0) -> bool:
+    """Would qemu-bridge-helper attach a tap to `bridge`? Its ACL: `allow NAME|all`, `deny NAME|all` (deny wins),
+    `include FILE`."""
+    import glob
+
+    try:
+        lines = (conf or BRIDGE_CONF).read_text().splitlines()
+    except OSError:
+        return False
+    allowed = False
+    for line in lines:
+        words = line.split("#", 1)[0].split()
+        if len(words) != 2:
+            continue
+        verb, arg = words
+        if verb == "deny" and arg in (bridge, "all"):
+            return False
+        if verb == "allow" and arg in (bridge, "all"):
+            allowed = True
+        elif verb == "include" and depth < 4:
+            allowed = any(bridge_allowed(bridge, Path(f), depth + 1) for f in sorted(glob.glob(arg))) or allowed
+    return allowed
+
+
+def check_bridge(provider: QemuProvider) -> Finding:
+    """network bridge: the bridge exists, QEMU may attach to it, and its DHCP leases are where labctl reads them."""
+    bridge = provider.settings.bridge
+    if not (SYS_NET / bridge / "bridge").is_dir():
+        return Finding("bridge", "fail", f"provider.qemu.network is bridge, but this host has no bridge {bridge}",
+                       "libvirt's default network (virbr0, with DHCP): `sudo virsh net-start default && sudo virsh "
+                       "net-autostart default`; or name your own bridge, with a DHCP server, in provider.qemu.bridge")
+    if not bridge_allowed(bridge):  # the helper checks its ACL for root too
+        return Finding("bridge", "fail", f"qemu-bridge-helper will refuse {bridge}: {BRIDGE_CONF} does not allow it",
+                       f"`echo 'allow {bridge}' | sudo tee -a {BRIDGE_CONF}`")
+    if os.geteuid() != 0 and BRIDGE_HELPER.exists() and not _setuid_root(BRIDGE_HELPER):
+        return Finding("bridge", "warn", f"{BRIDGE_HELPER} is not setuid root: as a user, QEMU cannot attach to "
+                       f"{bridge} unless it has cap_net_admin", f"`sudo chmod u+s {BRIDGE_HELPER}`")
+    leases = provider.leases_path()
+    if not leases.is_file():
+        return Finding("bridge", "warn", f"{bridge} is a bridge, but there is no DHCP leases file {leases} (yet)",
+                       "set provider.qemu.leases to the file its DHCP server writes (dnsmasq: --dhcp-leasefile)")
+    return Finding("bridge", "ok", f"{bridge} is a bridge; addresses from {leases}")
+
+
 def qemu_findings(lab: Lab, config: Path) -> list[Finding]:
     from .context import lab_dir
     from .providers.qemu import QemuProvider
@@ -284,6 +333,8 @@ def qemu_findings(lab: Lab, config: Path) -> list[Finding]:
     findings = [found, _guarded("images", lambda: check_images(provider))]
     if found.status != "fail":  # the probe needs qemu-system-*
         findings.append(_guarded("accelerator", lambda: check_accelerator(provider)))
+    if provider.settings.network == "bridge":
+        findings.append(_guarded("bridge", lambda: check_bridge(provider)))
     move = "move the lab (the directory of clusters.json, where .labctl/ lives) to a bigger volume"
     findings.append(_guarded("disk", lambda: check_disk(lab, provider.vm_home(), move)))
     return findings

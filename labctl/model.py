@@ -195,12 +195,28 @@ class QemuSettings(Strict):
         default=True, description="attach a NoCloud seed (user, password, SSH keys, hostname) for cloud images")
     ssh_port_base: StrictInt = Field(
         default=10022, ge=1024, le=65000, description="first 127.0.0.1 port forwarded to a VM's SSH (one per VM)")
+    network: Literal["user", "bridge"] = Field(
+        default="user",
+        description="user: every VM alone behind QEMU's NAT, reached through its forwarded SSH port (the node phases "
+        "run, but no cluster forms); bridge: also a NIC on `bridge`, where the VMs reach each other and get their "
+        "addresses from its DHCP server (fixed when the VM is created)")
+    bridge: str = Field(
+        default="virbr0", pattern=r"^[A-Za-z0-9_.-]{1,15}$",
+        description="host bridge for network bridge, attached through qemu-bridge-helper (/etc/qemu/bridge.conf "
+        "must allow it); libvirt's default network is virbr0")
+    leases: str | None = Field(
+        default=None, description="the bridge's DHCP leases, where labctl finds each VM's address by its MAC: "
+        "libvirt's <bridge>.status or a dnsmasq leases file (default: /var/lib/libvirt/dnsmasq/<bridge>.status)")
+    ip_wait_seconds: StrictInt = Field(
+        default=180, ge=0, description="network bridge: how long to wait for a started VM's DHCP lease")
 
     @model_validator(mode="after")
     def _kernel_options(self) -> QemuSettings:
         for field in ("initrd", "append"):
             if getattr(self, field) is not None and self.kernel is None:
                 raise ValueError(f"{field} only applies with kernel (a direct kernel boot); set kernel too")
+        if self.leases is not None and self.network != "bridge":
+            raise ValueError("leases only applies with network bridge")
         return self
 
 

@@ -86,7 +86,7 @@ def fake_qemu(tmp_path, monkeypatch):
     fake = FakeQemu(tmp_path)
     for key, value in fake.env().items():
         monkeypatch.setenv(key, value)
-    for key in ("FAKE_QEMU_KVM", "FAKE_QEMU_FAIL", ENV_ACCEL):
+    for key in ("FAKE_QEMU_KVM", "FAKE_QEMU_FAIL", "FAKE_QEMU_LEASES", ENV_ACCEL):
         monkeypatch.delenv(key, raising=False)
     yield fake
     fake.kill_all(tmp_path)

@@ -176,10 +176,37 @@ def probe_kvm(qemu: str, boot: list[str], mode: Literal["kernel", "disk"],
                 proc.stderr.close()
 
 
+# ---- network bridge: MACs and DHCP leases -------------------------------------------------------------------------
+
+def new_mac() -> str:
+    """A random, locally administered MAC in QEMU's own 52:54:00 range."""
+    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+
+
+def lease_address(text: str, mac: str, now: float) -> str | None:
+    """The IPv4 address a DHCP server leased to `mac`, from libvirt's <bridge>.status (a JSON list) or a dnsmasq
+    leases file ("expiry mac ip hostname client-id" lines). Expired leases are ignored; the longest-lived wins."""
+    mac, found = mac.lower(), []
+    if text.lstrip().startswith("["):
+        for entry in json.loads(text):
+            if str(entry.get("mac-address", "")).lower() == mac:
+                found.append((int(entry.get("expiry-time", 0)), str(entry.get("ip-address", ""))))
+    else:
+        for fields in (line.split() for line in text.splitlines()):
+            if len(fields) >= 3 and fields[1].lower() == mac and fields[0].isdigit():
+                found.append((int(fields[0]), fields[2]))
+    # dnsmasq writes expiry 0 for an infinite lease; an IPv6 lease has no dots
+    live = [(expiry or float("inf"), ip) for expiry, ip in found if (expiry == 0 or expiry > now) and "." in ip]
+    return max(live)[1] if live else None
+
+
 # ---- the NoCloud seed -------------------------------------------------------------------------------------------
 
-def seed_files(node: str, user: str, password: str | None, keys: list[str], instance_id: str) -> dict[str, bytes]:
-    """meta-data and user-data of a NoCloud seed: the login user labctl expects, its keys, and the hostname."""
+def seed_files(node: str, user: str, password: str | None, keys: list[str], instance_id: str,
+               macs: dict[str, str] | None = None) -> dict[str, bytes]:
+    """meta-data and user-data of a NoCloud seed: the login user labctl expects, its keys, and the hostname. With
+    `macs` ({"mgmt": MAC, "lab": MAC}: network bridge) also a network-config: DHCP on both NICs, found by MAC (their
+    names differ between images), the lab NIC's default route preferred."""
     import yaml
 
     account: dict = {"name": user, "shell": "/bin/bash", "sudo": "ALL=(ALL) NOPASSWD:ALL",
@@ -190,10 +217,17 @@ def seed_files(node: str, user: str, password: str | None, keys: list[str], inst
         account["ssh_authorized_keys"] = keys
     config = {"hostname": node, "preserve_hostname": False, "users": [account], "ssh_pwauth": password is not None}
     meta = {"instance-id": instance_id, "local-hostname": node}
-    return {
+    files = {
         "meta-data": yaml.safe_dump(meta, sort_keys=False).encode(),
         "user-data": ("#cloud-config\n" + yaml.safe_dump(config, sort_keys=False)).encode(),
     }
+    if macs:
+        network = {"version": 2, "ethernets": {
+            "mgmt": {"match": {"macaddress": macs["mgmt"]}, "dhcp4": True, "dhcp4-overrides": {"route-metric": 500}},
+            "lab": {"match": {"macaddress": macs["lab"]}, "dhcp4": True, "dhcp4-overrides": {"route-metric": 100}},
+        }}
+        files["network-config"] = yaml.safe_dump(network, sort_keys=False).encode()
+    return files
 
 
 def write_seed(path: Path, files: dict[str, bytes], cloud_localds: str | None = None) -> str:
@@ -204,7 +238,8 @@ def write_seed(path: Path, files: dict[str, bytes], cloud_localds: str | None = 
         with tempfile.TemporaryDirectory(prefix="labctl-seed-") as tmp:
             for name, data in files.items():
                 (Path(tmp) / name).write_bytes(data)
-            argv = [tool, str(path), str(Path(tmp) / "user-data"), str(Path(tmp) / "meta-data")]
+            argv = [tool, *([f"--network-config={Path(tmp) / 'network-config'}"] if "network-config" in files else []),
+                    str(path), str(Path(tmp) / "user-data"), str(Path(tmp) / "meta-data")]
             done = subprocess.run(argv, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                                   timeout=60)
             if done.returncode == 0:
@@ -350,7 +385,6 @@ def qmp(path: str, command: str, timeout: float = 5.0) -> dict:
 class QemuProvider(LabVMs):
     name = "qemu"
     hard_stops = frozenset({"quit", "kill"})  # how `stop` says it had to pull the plug
-    ip_wait_seconds = 0  # ip() knows the address as soon as QEMU runs: there is no lease to wait for
     POLL = 0.2
     START_TIMEOUT = 120.0  # `-daemonize` returns once QEMU is set up (not the guest: that boots on its own)
     TIMEOUT = 120.0  # qemu-img and --version
@@ -484,11 +518,36 @@ class QemuProvider(LabVMs):
             return VM(name, "running", cpu=running["cpu"], memory=running["memory"], disk=disk)
         return VM(name, "stopped", cpu=meta["cpu"], memory=meta["memory"], disk=disk)
 
+    @property
+    def ip_wait_seconds(self) -> int:
+        return self.settings.ip_wait_seconds if self.settings.network == "bridge" else 0
+
+    def leases_path(self) -> Path:
+        s = self.settings
+        return self.local_path(s.leases) if s.leases else Path(f"/var/lib/libvirt/dnsmasq/{s.bridge}.status")
+
     def ip(self, node, wait: int = 0) -> str | None:
-        """127.0.0.1 while QEMU runs (the host end of the SSH forward), None when it does not. `wait` has nothing
-        to wait for: the forward exists as soon as QEMU does. The guest's own address is in the node's facts."""
+        """None when QEMU does not run. network user: 127.0.0.1, the host end of the SSH forward, which exists as
+        soon as QEMU does. network bridge: the address the bridge's DHCP server leased to the VM's lab NIC, waiting
+        up to `wait` seconds for it (the guest asks once it has booted)."""
         name = node if isinstance(node, str) else node.name
-        return LOOPBACK if self._pid(name) is not None else None
+        if self._pid(name) is None:
+            return None
+        lab_mac = (self._meta(name) or {}).get("lab_mac")
+        if lab_mac is None:
+            return LOOPBACK
+        deadline = time.monotonic() + wait
+        while True:
+            try:
+                address = lease_address(self.leases_path().read_text(), lab_mac, time.time())
+            except FileNotFoundError:
+                address = None
+            except (OSError, ValueError) as exc:
+                raise ProviderError(f"{name}: cannot read the DHCP leases {self.leases_path()}: {exc}",
+                                    hint="set provider.qemu.leases to the bridge's leases file") from None
+            if address or time.monotonic() >= deadline or self._pid(name) is None:
+                return address
+            time.sleep(min(2.0, max(self.POLL, deadline - time.monotonic())))
 
     def ssh_address(self, node) -> tuple[str, int]:
         name = node if isinstance(node, str) else node.name
@@ -498,9 +557,11 @@ class QemuProvider(LabVMs):
         return LOOPBACK, int(port)
 
     def network_problem(self) -> str | None:
-        return ("the qemu provider's VMs are on user-mode networking: each is alone behind its own NAT (as 10.0.2.15) "
-                "and reachable from the host only through its forwarded SSH port, so there is no address a Kubernetes "
-                "control plane could advertise to the other nodes")
+        if self.settings.network == "bridge":
+            return None
+        return ("provider.qemu.network is user: each VM is alone behind its own NAT (as 10.0.2.15) and reachable from "
+                "the host only through its forwarded SSH port, so there is no address a Kubernetes control plane could "
+                "advertise to the other nodes; a cluster needs network bridge")
 
     def image_cached(self, image: str) -> bool:
         return self.local_path(image).is_file()
@@ -616,18 +677,21 @@ class QemuProvider(LabVMs):
             self._run([self.qemu_img, "create", "-f", "qcow2", "-b", str(base.resolve()), "-F", fmt,
                        str(directory / "disk.qcow2")], name)
             instance_id = f"labctl-{name}-{secrets.token_hex(4)}"
+            # The NICs' MACs are fixed for the VM's life: the guest's network config and DHCP leases follow them.
+            macs = {"mgmt": new_mac(), "lab": new_mac()} if self.settings.network == "bridge" else {}
             if self.settings.cloud_init:
-                self._write_seed(node, instance_id)
+                self._write_seed(node, instance_id, macs)
             with self._lock:
                 port = self._allocate_port(name)
                 self._write_meta(name, {"base": str(base.resolve()), "base_format": fmt, "cpu": node.cpu,
-                                        "memory": node.memory, "ssh_port": port, "instance_id": instance_id})
+                                        "memory": node.memory, "ssh_port": port, "instance_id": instance_id,
+                                        **{f"{nic}_mac": mac for nic, mac in macs.items()}})
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
         return True
 
-    def _write_seed(self, node, instance_id: str) -> None:
+    def _write_seed(self, node, instance_id: str, macs: dict[str, str]) -> None:
         keys = []
         if self.state is not None:
             from ..remote.credentials import lab_key
@@ -639,7 +703,7 @@ class QemuProvider(LabVMs):
             if public.is_file():
                 keys.append(public.read_text().strip())
         password = self.lab.ssh_password.get_secret_value() if self.lab.ssh_password is not None else None
-        files = seed_files(node.name, self.lab.ssh_user, password, keys, instance_id)
+        files = seed_files(node.name, self.lab.ssh_user, password, keys, instance_id, macs)
         write_seed(self._dir(node.name) / "seed.img", files)
 
     def configure(self, node) -> list[str]:
@@ -648,6 +712,7 @@ class QemuProvider(LabVMs):
         if node.disk < vm.disk:
             raise shrink_error(name, node.disk, vm.disk)
         meta = self._meta(name)
+        self._require_network(name, meta)
         changes = []
         for label, have, want, unit in (("cpu", vm.cpu, node.cpu, ""), ("memory", vm.memory, node.memory, " MiB"),
                                         ("disk", vm.disk, node.disk, " GB")):
@@ -663,6 +728,15 @@ class QemuProvider(LabVMs):
                       name)
         self._write_meta(name, {**meta, "cpu": node.cpu, "memory": node.memory})
         return changes
+
+    def _require_network(self, name: str, meta: dict) -> None:
+        """The network a VM was created with is part of its disk (the guest's network config): it cannot change."""
+        have = "bridge" if "lab_mac" in meta else "user"
+        if have != self.settings.network:
+            raise ProviderError(f"{name}: was created with provider.qemu.network {have}, clusters.json now says "
+                                f"{self.settings.network}; the network is fixed when a VM is created",
+                                hint=f"set it back to {have}, or `labctl destroy` and install again (the VMs' data "
+                                "is lost)")
 
     def command(self, name: str, meta: dict, accel: Accel, port: int) -> list[str]:
         """The full argv of one VM's QEMU (detached: -daemonize, with -pidfile)."""
@@ -680,9 +754,13 @@ class QemuProvider(LabVMs):
         if self.settings.cloud_init and seed.is_file():
             argv += ["-drive", f"if=virtio,file={_opt(seed)},format=raw,readonly=on"]
         # user-mode networking: SSH forwarded from the host's loopback only, nothing else reaches the guest
+        mgmt_mac = f",mac={meta['mgmt_mac']}" if "mgmt_mac" in meta else ""
         argv += ["-netdev", f"user,id=net0,hostfwd=tcp:{LOOPBACK}:{port}-:22",
-                 "-device", "virtio-net-pci,netdev=net0",
-                 "-device", "virtio-rng-pci"]  # entropy for sshd's first boot: no stall waiting for the CRNG
+                 "-device", f"virtio-net-pci,netdev=net0{mgmt_mac}"]
+        if "lab_mac" in meta:  # network bridge: the lab network, through qemu-bridge-helper (a tap on the bridge)
+            argv += ["-netdev", f"bridge,id=lab,br={self.settings.bridge}",
+                     "-device", f"virtio-net-pci,netdev=lab,mac={meta['lab_mac']}"]
+        argv += ["-device", "virtio-rng-pci"]  # entropy for sshd's first boot: no stall waiting for the CRNG
         s = self.settings
         if s.kernel:
             argv += ["-kernel", str(self.local_path(s.kernel))]
@@ -696,6 +774,7 @@ class QemuProvider(LabVMs):
         if self._require(name, "start").running:
             return False
         meta = self._meta(name)
+        self._require_network(name, meta)
         for what in (self.settings.kernel, self.settings.initrd):
             if what and not self.local_path(what).is_file():
                 raise ProviderError(f"{name}: {self.local_path(what)} does not exist (provider.qemu)",

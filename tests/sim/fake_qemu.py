@@ -4,7 +4,8 @@ call as JSON lines.
 They follow the real tools where labctl relies on them: `qemu-img info --output=json`, `create -b -F`, `resize`
 refusing to shrink; `qemu-system-* -daemonize` returning once the VM runs, writing -pidfile, binding the forwarded
 port like slirp, answering QMP on the socket and removing its pidfile when it exits; without -daemonize (the KVM
-probe) printing "Linux version" on the console, unless FAKE_QEMU_KVM=hang (nothing) or abort (exit 134 on an MSR).
+probe) printing "Linux version" on the console, unless FAKE_QEMU_KVM=hang (nothing) or abort (exit 134 on an MSR);
+with a NIC on a bridge, a DHCP lease for its MAC appended to FAKE_QEMU_LEASES (dnsmasq's format) 0.3 s after start.
 Images are small JSON files ({"format", "virtual-size"}), not disk images.
 """
 
@@ -145,8 +146,17 @@ def shutdown(how):
     os.unlink(qmp_path)
     os._exit(0)
 
+# network bridge: the DHCP server leases the lab NIC an address a moment after boot (FAKE_QEMU_LEASES: its file)
+lab_mac = next((a.rsplit("mac=", 1)[1] for a in args if a.startswith("virtio-net-pci,netdev=lab,")), None)
+lease_at = time.monotonic() + 0.3 if lab_mac and os.environ.get("FAKE_QEMU_LEASES") else None
+
 powering_down = None
 while True:
+    if lease_at and time.monotonic() > lease_at:
+        with open(os.environ["FAKE_QEMU_LEASES"], "a") as f:
+            address = f"10.213.0.{int(lab_mac[-2:], 16)}"
+            f.write(f"{int(time.time()) + 3600} {lab_mac} {address} {os.path.basename(vmdir)} *\n")
+        lease_at = None
     if os.path.exists(os.path.join(vmdir, "fake-guest-poweroff")):
         shutdown("guest")
     if powering_down and time.monotonic() > powering_down:

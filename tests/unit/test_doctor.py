@@ -309,3 +309,70 @@ def test_the_qemu_provider_on_a_mac_is_a_warning(qemu_lab, fake_qemu, mac):
     _, _, checks = doctor(qemu_lab, ROOMY)
     assert checks["platform"]["status"] == "warn" and "TCG only" in checks["platform"]["detail"]
     assert "provider.type tart" in checks["platform"]["fix"]
+
+
+@pytest.fixture
+def bridge_lab(qemu_lab, tmp_path, monkeypatch):
+    """The qemu lab on network bridge labbr0, with a fake /sys/class/net and /etc/qemu/bridge.conf."""
+    from labctl import doctor as doctor_module
+
+    raw = json.loads(qemu_lab.read_text())
+    raw["provider"]["qemu"].update({"network": "bridge", "bridge": "labbr0", "leases": "leases"})
+    qemu_lab.write_text(json.dumps(raw))
+    sys_net, conf = tmp_path / "sys-class-net", tmp_path / "bridge.conf"
+    (sys_net / "labbr0" / "bridge").mkdir(parents=True)
+    (sys_net / "eth0").mkdir()
+    conf.write_text("# qemu-bridge-helper's ACL\nallow labbr0\n")
+    (tmp_path / "leases").write_text("")
+    monkeypatch.setattr(doctor_module, "SYS_NET", sys_net)
+    monkeypatch.setattr(doctor_module, "BRIDGE_CONF", conf)
+    monkeypatch.setattr(doctor_module, "BRIDGE_HELPER", tmp_path / "no-helper")
+    return qemu_lab
+
+
+def test_a_bridge_that_is_ready(bridge_lab, fake_qemu, tmp_path):
+    result, _, checks = doctor(bridge_lab, ROOMY)
+    assert result.code == 0
+    assert checks["bridge"] == {"name": "bridge", "status": "ok", "fix": "",
+                                "detail": f"labbr0 is a bridge; addresses from {tmp_path}/leases"}
+
+
+@pytest.mark.parametrize(("breakage", "status", "detail", "fix"), [
+    ("no-bridge", "fail", "provider.qemu.network is bridge, but this host has no bridge labbr0", "virsh net-start"),
+    ("not-a-bridge", "fail", "provider.qemu.network is bridge, but this host has no bridge labbr0", "virsh net-start"),
+    ("acl", "fail", "qemu-bridge-helper will refuse labbr0: ", "echo 'allow labbr0' | sudo tee -a"),
+    ("leases", "warn", "labbr0 is a bridge, but there is no DHCP leases file", "provider.qemu.leases"),
+])
+def test_bridge_problems(bridge_lab, fake_qemu, tmp_path, breakage, status, detail, fix):
+    import shutil
+
+    if breakage == "no-bridge":
+        shutil.rmtree(tmp_path / "sys-class-net" / "labbr0")
+    elif breakage == "not-a-bridge":
+        (tmp_path / "sys-class-net" / "labbr0" / "bridge").rmdir()  # an interface, not a bridge
+    elif breakage == "acl":
+        (tmp_path / "bridge.conf").write_text("allow virbr0\n")
+    else:
+        (tmp_path / "leases").unlink()
+    result, _, checks = doctor(bridge_lab, ROOMY)
+    assert result.code == (1 if status == "fail" else 0)
+    assert checks["bridge"]["status"] == status and checks["bridge"]["detail"].startswith(detail)
+    assert fix in checks["bridge"]["fix"]
+
+
+@pytest.mark.parametrize(("acl", "allowed"), [
+    ("allow labbr0\n", True),
+    ("allow all\n", True),
+    ("allow virbr0\n# allow labbr0\n", False),
+    ("allow all\ndeny labbr0\n", False),  # deny wins
+    ("include {extra}\n", True),
+    ("", False),
+])
+def test_bridge_acl(tmp_path, acl, allowed):
+    from labctl.doctor import bridge_allowed
+
+    (tmp_path / "extra.conf").write_text("allow labbr0\n")
+    conf = tmp_path / "bridge.conf"
+    conf.write_text(acl.format(extra=tmp_path / "extra.conf"))
+    assert bridge_allowed("labbr0", conf) is allowed
+    assert bridge_allowed("labbr0", tmp_path / "missing.conf") is False

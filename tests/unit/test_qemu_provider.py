@@ -728,3 +728,98 @@ def test_cloud_localds_is_used_when_installed(tmp_path):
 def test_settings_are_strict_like_the_rest_of_clusters_json():
     with pytest.raises(ValueError, match="valid integer"):
         QemuSettings.model_validate({"kernel": "k", "initrd": "i", "ssh_port_base": "10022"})
+
+
+# ---- network bridge ----------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def bridged(tmp_path, fake, monkeypatch):
+    """A provider on network bridge (labbr0), whose DHCP server writes dnsmasq leases to tmp_path/leases."""
+    monkeypatch.setenv(qemu_mod.ENV_ACCEL, "tcg")
+    monkeypatch.setenv("FAKE_QEMU_LEASES", str(tmp_path / "leases"))
+    spec, settings = make_lab(tmp_path, qemu={"network": "bridge", "bridge": "labbr0", "leases": "leases",
+                                              "ssh_port_base": _free_port_range()})
+    return make_provider(tmp_path, settings, spec), spec
+
+
+def test_on_a_bridge_a_vm_gets_a_lab_nic_its_seed_configures_and_its_address_from_the_leases(bridged, fake, tmp_path):
+    import yaml
+
+    provider, spec = bridged
+    n = node(spec, "m1")
+    provider.create(n)
+    meta = json.loads((vm_dir(tmp_path) / "vm.json").read_text())
+    macs = {"mgmt": meta["mgmt_mac"], "lab": meta["lab_mac"]}
+    assert all(mac.startswith("52:54:00:") and len(mac) == 17 for mac in macs.values()) and len(set(macs.values())) == 2
+    # the guest's network config (cloud-init): DHCP on both NICs, by MAC, the lab network's route preferred
+    _, files = read_fat((vm_dir(tmp_path) / "seed.img").read_bytes())
+    assert yaml.safe_load(files["network-config"]) == {"version": 2, "ethernets": {
+        "mgmt": {"match": {"macaddress": macs["mgmt"]}, "dhcp4": True, "dhcp4-overrides": {"route-metric": 500}},
+        "lab": {"match": {"macaddress": macs["lab"]}, "dhcp4": True, "dhcp4-overrides": {"route-metric": 100}}}}
+
+    assert provider.network_problem() is None and provider.ip_wait_seconds == 180
+    provider.start(n)
+    [argv] = [a for a in fake.argvs(tool="qemu-system-x86_64") if "-daemonize" in a]
+    port = provider.settings.ssh_port_base
+    i = argv.index("-netdev")
+    assert argv[i:i + 9] == [
+        "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{port}-:22",
+        "-device", f"virtio-net-pci,netdev=net0,mac={macs['mgmt']}",
+        "-netdev", "bridge,id=lab,br=labbr0", "-device", f"virtio-net-pci,netdev=lab,mac={macs['lab']}", "-device"]
+    assert provider.ip(n, wait=0) is None  # no lease yet: the guest is still booting
+    address = provider.ip(n, wait=10)  # waits for the lease
+    assert address == f"10.213.0.{int(macs['lab'][-2:], 16)}"
+    assert provider.ssh_address(n) == ("127.0.0.1", port)  # SSH stays on the forwarded port
+    provider.stop(n, timeout=10)
+    assert provider.ip(n, wait=5) is None  # never the lease of a stopped VM
+
+
+def test_the_network_is_fixed_when_the_vm_is_created(provider, lab, fake, tmp_path):
+    n = node(lab, "m1")
+    provider.create(n)
+    provider.settings = provider.settings.model_copy(update={"network": "bridge"})
+    for action in (provider.configure, provider.start):
+        with pytest.raises(ProviderError) as err:
+            action(n)
+        assert err.value.message == ("m1: was created with provider.qemu.network user, clusters.json now says bridge; "
+                                     "the network is fixed when a VM is created")
+        assert "`labctl destroy`" in err.value.hint
+    assert fake.argvs(tool="qemu-system-x86_64") == []
+
+
+def test_user_mode_networking_says_why_no_cluster_forms(provider):
+    assert "no address a Kubernetes control plane could advertise" in provider.network_problem()
+    assert "network bridge" in provider.network_problem()
+
+
+def test_an_unreadable_leases_file_is_a_clear_error(bridged, fake, tmp_path):
+    provider, spec = bridged
+    (tmp_path / "leases").mkdir()  # a directory: reading it fails
+    started(provider, spec)
+    with pytest.raises(ProviderError, match=f"m1: cannot read the DHCP leases {tmp_path}/leases"):
+        provider.ip(node(spec, "m1"))
+
+
+def test_default_leases_are_libvirts_for_the_bridge(tmp_path):
+    spec, settings = make_lab(tmp_path, qemu={"network": "bridge"})
+    assert make_provider(tmp_path, settings, spec).leases_path() == Path("/var/lib/libvirt/dnsmasq/virbr0.status")
+
+
+MAC = "52:54:00:ab:cd:ef"
+
+
+@pytest.mark.parametrize(("text", "want"), [
+    # libvirt's <bridge>.status: a JSON list
+    (json.dumps([{"ip-address": "192.168.122.7", "mac-address": "52:54:00:AB:CD:EF", "expiry-time": 2000},
+                 {"ip-address": "192.168.122.9", "mac-address": "52:54:00:00:00:01", "expiry-time": 2000}]),
+     "192.168.122.7"),
+    ("[]", None),
+    # dnsmasq: "expiry mac ip hostname client-id"; the longest-lived lease wins, expired ones do not count
+    (f"1500 {MAC} 10.0.0.5 m1 *\n2500 {MAC} 10.0.0.6 m1 *\n900 {MAC} 10.0.0.4 m1 *\n", "10.0.0.6"),
+    (f"900 {MAC} 10.0.0.4 m1 *\n", None),
+    (f"0 {MAC} 10.0.0.8 m1 *\n2500 {MAC} 10.0.0.6 m1 *\n", "10.0.0.8"),  # 0: an infinite lease
+    (f"2500 {MAC} fd00::5 m1 *\nduid 00:01\n", None),  # IPv6 leases and the duid line are not ours
+    ("", None),
+])
+def test_lease_address(text, want):
+    assert qemu_mod.lease_address(text, MAC, now=1000) == want
