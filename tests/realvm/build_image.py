@@ -12,6 +12,7 @@ What the image holds, and why:
   - user `admin`, password `admin`, in group sudo (sudo asks for the password): labctl's defaults, so the first
     contact goes through the real password → key bootstrap and sudo through the real `sudo -S` path;
   - hostname `labctl-base` and a 64 MiB swap file in /etc/fstab: the prepare phase has real work to do;
+  - DHCP on eth0 (user-mode networking) and on eth1 when present (the lab NIC of network bridge);
   - no SSH host keys and an empty machine-id: every VM made from the image generates its own at first boot;
   - a boot unit that generates the SSH host key (ed25519 only: RSA takes ~10 s under TCG) and grows the root
     filesystem to the disk (the provider grows the disk to the node's size; with no partition table
@@ -110,8 +111,9 @@ def _configure(root: Path) -> None:
     (root / "etc/hostname").write_text(BASE_HOSTNAME + "\n")
     (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
     (root / "etc/fstab").write_text("/dev/vda\t/\text4\tdefaults\t0 1\n/swapfile\tnone\tswap\tsw\t0 0\n")
+    # eth0: user-mode networking (net.ifnames=0); eth1: the lab NIC of provider.qemu.network bridge, when there is one
     (root / "etc/network/interfaces").write_text(
-        "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n")  # eth0: net.ifnames=0
+        "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n\nallow-hotplug eth1\niface eth1 inet dhcp\n")
     swap = root / "swapfile"
     with open(swap, "wb") as f:
         # A swap file must have no holes, and `mkfs.ext4 -d` turns blocks of zeros into holes: not zeros, then.

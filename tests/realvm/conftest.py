@@ -1,9 +1,9 @@
 """The real-VM tier (`pytest -m realvm`): a real Debian VM under QEMU, driven by labctl's own commands.
 
-Needs root (debootstrap, chroot), x86_64, and `qemu-system-x86 qemu-utils debootstrap e2fsprogs` from apt. Missing
-any of them, the tier is skipped with the reason — except under CI (CI=true), where it must run: there not being root
-or a missing tool is a failure that names the packages scripts/test.sh has to install. (Another CPU is a skip even
-under CI: nothing to install changes it.)
+Needs root (debootstrap, chroot, a bridge), x86_64, and `qemu-system-x86 qemu-utils debootstrap e2fsprogs
+dnsmasq-base` from apt. Missing any of them, the tier is skipped with the reason — except under CI (CI=true), where
+it must run: there not being root or a missing tool is a failure that names the packages scripts/test.sh has to
+install. (Another CPU is a skip even under CI: nothing to install changes it.)
 
 Timings of every stage are recorded by the `stage` fixture in the test's report (user_properties) and printed at
 the end of the run (tests/conftest.py), because the tier has a budget: ~12 minutes on a fresh machine.
@@ -21,9 +21,10 @@ import pytest
 
 from . import build_image
 
-APT_PACKAGES = "qemu-system-x86 qemu-utils debootstrap e2fsprogs"
+APT_PACKAGES = "qemu-system-x86 qemu-utils debootstrap e2fsprogs dnsmasq-base"
 TOOLS = {"qemu-system-x86_64": "qemu-system-x86", "qemu-img": "qemu-utils", "debootstrap": "debootstrap",
-         "mkfs.ext4": "e2fsprogs", "mkswap": "util-linux", "chroot": "coreutils"}
+         "mkfs.ext4": "e2fsprogs", "mkswap": "util-linux", "chroot": "coreutils", "dnsmasq": "dnsmasq-base",
+         "ip": "iproute2"}
 
 TIMING = "realvm-timing"  # user_properties key: reports carry them to the controller under pytest-xdist
 _PENDING: list[tuple[str, float]] = []  # session-scoped timings, handed to the first test that uses `stage`
