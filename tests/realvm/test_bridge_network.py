@@ -22,7 +22,7 @@ from tests.conftest import run_cli
 
 from .test_node_phases import Guest, lab_config, labctl, provider_of, summary
 
-pytestmark = [pytest.mark.realvm, pytest.mark.xdist_group("realvm")]  # one VM test at a time: 2 CPUs
+pytestmark = pytest.mark.realvm
 
 NODES = {"rb-m1": {"role": "master", "cpu": 2, "memory": 2048}, "rb-w1": {"role": "worker", "cpu": 1, "memory": 1024}}
 BRIDGE_CONF = Path("/etc/qemu/bridge.conf")

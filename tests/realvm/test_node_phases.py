@@ -21,7 +21,7 @@ import pytest
 from labctl.providers.qemu import QemuProvider
 from tests.conftest import run_cli
 
-pytestmark = [pytest.mark.realvm, pytest.mark.xdist_group("realvm")]  # one VM test at a time: 2 CPUs
+pytestmark = pytest.mark.realvm
 
 NODES = {"rv-m1": {"role": "master", "cpu": 2, "memory": 2048}, "rv-w1": {"role": "worker", "cpu": 1, "memory": 1024}}
 NODES = dict(list(NODES.items())[: int(os.environ.get("LABCTL_REALVM_VMS", "1"))])
