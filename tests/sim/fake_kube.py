@@ -169,6 +169,19 @@ class FakeKube:
         return ca_pem
 
 
+def subject_alt_names(sans: list[str]) -> list:
+    """x509 SAN entries: an IPAddress for what parses as an IP, a DNSName for the rest."""
+    from cryptography import x509
+
+    alt = []
+    for san in sans:
+        try:
+            alt.append(x509.IPAddress(ipaddress.ip_address(san)))
+        except ValueError:
+            alt.append(x509.DNSName(san))
+    return alt
+
+
 def make_certificates(sans: list[str]) -> tuple[bytes, bytes, bytes]:
     """A throwaway CA and a server certificate for `sans` (IPs or DNS names), PEM encoded."""
     from cryptography import x509
@@ -185,16 +198,10 @@ def make_certificates(sans: list[str]) -> tuple[bytes, bytes, bytes]:
           .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
           .sign(ca_key, hashes.SHA256()))
     key = ec.generate_private_key(ec.SECP256R1())
-    alt = []
-    for san in sans:
-        try:
-            alt.append(x509.IPAddress(ipaddress.ip_address(san)))
-        except ValueError:
-            alt.append(x509.DNSName(san))
     cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "kube-apiserver")]))
             .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-            .add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            .add_extension(x509.SubjectAlternativeName(subject_alt_names(sans)), critical=False)
             .sign(ca_key, hashes.SHA256()))
     pem = serialization.Encoding.PEM
     key_pem = key.private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL, serialization.NoEncryption())

@@ -36,6 +36,7 @@ import signal
 import struct
 import sys
 import time
+from collections.abc import Iterable
 from pathlib import Path
 
 # hashlib, random, shutil and subprocess are imported where they are used: every tart call starts a new
@@ -661,3 +662,20 @@ def wait_for(condition, timeout: float = 10.0, what: str = "condition"):
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+def vm_of(argv: list[str]) -> str | None:
+    """The VM a tart call is about (None for list/pull/--version)."""
+    if argv[0] == "clone":
+        return argv[2]
+    return argv[1] if argv[0] in ("get", "set", "run", "stop", "delete", "ip") else None
+
+
+def max_overlap(intervals: Iterable[tuple[float, float]]) -> int:
+    """The most intervals (start, end) open at one moment: how many calls really ran at once."""
+    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
+    best = now = 0
+    for _, step in edges:
+        now += step
+        best = max(best, now)
+    return best

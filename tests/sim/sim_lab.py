@@ -43,7 +43,6 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,8 +60,8 @@ from labctl.providers.tart import TartProvider
 from labctl.remote import facts as F
 from labctl.remote.base import Result, Script
 from labctl.state import LabState
-from tests.sim.fake_kube import PATH, FakeKube, Store, _Handler
-from tests.sim.fake_tart import FakeTart, read_json
+from tests.sim.fake_kube import PATH, FakeKube, Store, _Handler, subject_alt_names
+from tests.sim.fake_tart import FakeTart, read_json, wait_for
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "facts"
 FRESH = json.loads((FIXTURES / "ubuntu-24.04-fresh.json").read_text())
@@ -126,13 +125,7 @@ class ClusterCA:
                    .not_valid_before(now - datetime.timedelta(minutes=5))
                    .not_valid_after(now + datetime.timedelta(days=1)))
         if sans:
-            alt = []
-            for san in sans:
-                try:
-                    alt.append(x509.IPAddress(ipaddress.ip_address(san)))
-                except ValueError:
-                    alt.append(x509.DNSName(san))
-            builder = builder.add_extension(x509.SubjectAlternativeName(alt), critical=False)
+            builder = builder.add_extension(x509.SubjectAlternativeName(subject_alt_names(sans)), critical=False)
         cert = builder.sign(self.key, hashes.SHA256())
         pem = serialization.Encoding.PEM
         return cert.public_bytes(pem), key.private_bytes(pem, serialization.PrivateFormat.TraditionalOpenSSL,
@@ -1120,7 +1113,7 @@ class SimLab:
         self._tart_server = subprocess.Popen([sys.executable, "-S", "-c", _TART_SERVER, sock, here],
                                              stdin=subprocess.DEVNULL, start_new_session=True)
         self.fake.exe.write_text(_TART_CLIENT.format(python=sys.executable, sock=sock, here=here))
-        wait_until(lambda: Path(sock).exists() or self._tart_server.poll() is not None, 10, "the tart fork server")
+        wait_for(lambda: Path(sock).exists() or self._tart_server.poll() is not None, 10, "the tart fork server")
 
     def _stop_tart_server(self) -> None:
         import shutil
@@ -1430,15 +1423,3 @@ while True:
     conn.sendall(int(rc or 0).to_bytes(4, "big", signed=True))
     os._exit(0)
 """
-
-
-def wait_until(condition: Callable[[], Any], timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll `condition` until truthy (the sim's state changes in other threads and processes)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = condition()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)

@@ -36,7 +36,8 @@ from labctl.remote.facts import HOSTS, gather, probe_params
 from labctl.render import script
 from labctl.state import LabState
 from tests.conftest import SHIPPED, run_cli
-from tests.sim.sim_lab import SimLab, lease_prefix, wait_until
+from tests.sim.fake_tart import wait_for
+from tests.sim.sim_lab import SimLab, lease_prefix
 
 pytestmark = pytest.mark.sim
 
@@ -172,7 +173,7 @@ def start_foreign_vm(fake) -> subprocess.Popen:
     assert fake.tart("clone", IMAGE, FOREIGN).returncode == 0
     proc = subprocess.Popen([str(fake.exe), "run", FOREIGN, "--no-graphics"], start_new_session=True,
                             stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    wait_until(lambda: fake.running_pid(FOREIGN), 10, "the foreign VM to run")
+    wait_for(lambda: fake.running_pid(FOREIGN), 10, "the foreign VM to run")
     return proc
 
 
@@ -195,7 +196,7 @@ def test_a_node_whose_vm_is_off_is_an_unreachable_host(sim, fake_tart):
     assert facts.hostname == "ubuntu" and not facts.containerd.installed and not facts.kubeadm_ran
     assert facts.ipv4 == {"enp0s1": [sim.address(node.name)]}
     fake_tart.poweroff(node.name)
-    wait_until(lambda: not fake_tart.running_pid(node.name), 10, "the guest to power off")
+    wait_for(lambda: not fake_tart.running_pid(node.name), 10, "the guest to power off")
     with pytest.raises(TransportError, match="lost the connection"):
         transport.run(facts_script())
     ctx.close()

@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,7 +24,7 @@ from labctl import lab as lab_module
 from labctl.errors import TransportError
 from labctl.remote.base import Result
 from tests.conftest import SHIPPED, run_cli
-from tests.sim.fake_tart import wait_for
+from tests.sim.fake_tart import max_overlap, vm_of, wait_for
 
 IMAGE = "ghcr.io/cirruslabs/ubuntu:latest"
 MUTATING = {"clone", "set", "run", "stop", "delete", "pull", "rename", "prune"}
@@ -42,22 +41,6 @@ def _clusters() -> dict[str, dict[str, list[str]]]:
 
 CLUSTERS = _clusters()
 NAMES = sorted(n for roles in CLUSTERS.values() for names in roles.values() for n in names)
-
-
-def vm_of(argv: list[str]) -> str | None:
-    """The VM a tart call is about (None for list/pull/--version)."""
-    if argv[0] == "clone":
-        return argv[2]
-    return argv[1] if argv[0] in ("get", "set", "run", "stop", "delete", "ip") else None
-
-
-def max_overlap(intervals: Iterable[tuple[float, float]]) -> int:
-    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    best = now = 0
-    for _, step in edges:
-        now += step
-        best = max(best, now)
-    return best
 
 
 def ending_times(fake, name: str) -> list[float]:

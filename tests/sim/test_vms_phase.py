@@ -19,6 +19,7 @@ from labctl.engine import Engine, build_steps
 from labctl.model import parse
 from labctl.state import LabState
 from phases.vms import phase
+from tests.sim.fake_tart import max_overlap, vm_of
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "predecessor-clusters.json"
 IMAGE = "ghcr.io/cirruslabs/ubuntu:latest"
@@ -41,22 +42,6 @@ def run(lab, tmp_path):
     ctx.provider.POLL = 0.02
     summary = Engine(ctx, parallel=10).run(build_steps(lab, [phase]))
     return {r.step.target.node: r for r in summary.results}, summary, notes
-
-
-def vm_of(argv):
-    """The VM a tart call is about (None for list/pull/--version)."""
-    if argv[0] == "clone":
-        return argv[2]
-    return argv[1] if argv[0] in ("get", "set", "run", "stop", "delete", "ip") else None
-
-
-def max_overlap(intervals) -> int:
-    edges = sorted([(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals])
-    best = now = 0
-    for _, step in edges:
-        now += step
-        best = max(best, now)
-    return best
 
 
 @pytest.fixture

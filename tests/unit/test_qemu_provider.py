@@ -61,7 +61,7 @@ def make_lab(tmp_path: Path, qemu: dict | None = None, base_size: int = 3 * GIB,
 
 def make_provider(tmp_path, settings, lab, notes=None) -> QemuProvider:
     p = QemuProvider(lab, state=LabState(tmp_path / ".labctl"), notify=(notes.append if notes is not None else None))
-    p.settings = settings  # until labctl/model.py carries provider.qemu
+    p.settings = settings  # each test varies provider.qemu without rebuilding the lab
     p.POLL = 0.02
     return p
 
