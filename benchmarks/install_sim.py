@@ -56,6 +56,7 @@ MODEL = {
     "join.kubeadm": 45.0,
     "cni.helm-binary": 5.0,
     "cni.helm-install": 120.0,  # helm upgrade --install --wait: agent, envoy, operator, Hubble images
+    "stacks.helm-install": 90.0,  # per release: chart download, image pulls, helm's --wait
 }
 
 # The modelled work of each step of a fresh install, in order. Facts: one look per node phase (its check), plus
@@ -69,11 +70,18 @@ STEP_WORK = {
     "join": ["endpoint.hosts", "join.token", "join.kubeadm"],
     "cni": ["cni.helm-binary", "cni.helm-install"],
     "nodeconfig": [],
+    "stacks": ["cni.helm-binary"],  # then one helm install per release of the stack (weight())
 }
 
 
 def weight(step: Step, scale: float) -> float:
-    return sum(MODEL[key] for key in STEP_WORK[step.phase.name]) / scale
+    work = sum(MODEL[key] for key in STEP_WORK[step.phase.name])
+    if step.phase.name == "stacks":
+        from labctl import stacks
+
+        descriptor = stacks.catalogue().get(step.target.item)
+        work += MODEL["stacks.helm-install"] * (len(descriptor.releases) if descriptor else 1)
+    return work / scale
 
 
 def critical_path(steps: list[Step], scale: float) -> tuple[float, list[Step]]:

@@ -1,11 +1,10 @@
-"""What labctl knows by name: pinned default versions and the stack catalogue.
+"""What labctl knows by name: pinned default versions and limits.
 
 One place for every version pin (style lesson 12): phases read them from the model, never from here directly.
+The stacks' chart versions are pinned in their descriptors (templates/stacks/<name>/stack.yaml, labctl/stacks.py).
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 # Kubernetes 1.31 went end-of-life on 2025-10-28 and 1.34 on 2026-10-27; 1.35 is supported until 2027-02-28
 # and is the last minor that supports containerd 1.7 (Ubuntu 24.04's package), so it is the default.
@@ -43,32 +42,3 @@ CONTROL_PLANE_MIN_MEMORY_MB = 1700
 # The kube-apiserver refuses service CIDRs larger than this (more than 2^20 addresses).
 SERVICE_CIDR_MIN_PREFIX = 12
 
-
-@dataclass(frozen=True)
-class Stack:
-    name: str
-    summary: str
-    requires: tuple[str, ...] = ()
-
-
-# Stacks a cluster may declare in clusters.json (`stacks`). Cilium + Hubble are not stacks: every cluster gets
-# them from the `cni` phase. The stack phases themselves arrive with their own issues.
-STACKS = {
-    s.name: s
-    for s in [
-        Stack("rbac", "namespaced roles and a read-only viewer for lab users"),
-        Stack("monitoring", "kube-prometheus-stack (Prometheus, Grafana) and Loki"),
-        Stack("alerting", "Alertmanager routes and lab alert rules", requires=("monitoring",)),
-        Stack("argocd", "Argo CD (GitOps)"),
-        Stack("jenkins", "Jenkins controller (CI)"),
-        Stack("sealed-secrets", "Bitnami sealed-secrets controller"),
-        Stack("backup", "Velero and etcd snapshots"),
-        Stack("harbor", "Harbor image registry"),
-        Stack("network-policies", "CiliumNetworkPolicy default-deny with explicit allows"),
-        Stack("metrics-server", "metrics-server (kubelet-insecure-tls on kubeadm labs)"),
-        Stack("hpa-demo", "a demo app with HPA and PDB", requires=("metrics-server",)),
-        Stack("istio", "Istio base, istiod and an ingress gateway"),
-        Stack("gatekeeper", "OPA Gatekeeper with baseline constraints"),
-        Stack("quotas", "ResourceQuota and LimitRange per namespace"),
-    ]
-}

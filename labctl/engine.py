@@ -35,8 +35,11 @@ Status = Literal["unchanged", "changed", "failed", "blocked", "cancelled", "woul
 class Target:
     cluster: str | None = None
     node: str | None = None
+    item: str | None = None  # one of a cluster phase's items (`Phase.items`), e.g. a stack
 
     def __str__(self) -> str:
+        if self.item:
+            return f"{self.cluster}/{self.item}"
         return self.node or self.cluster or "lab"
 
 
@@ -65,6 +68,19 @@ class Phase:
         """Does this phase run on this cluster at all? (e.g. istio only where the cluster declares it)"""
         return True
 
+    def items(self, lab: Lab, cluster: Cluster) -> list[str] | None:
+        """Cluster phases: None for one step per cluster, or the names of one step each (e.g. its stacks)."""
+        return None
+
+    def item_requires(self, lab: Lab, cluster: Cluster, item: str) -> list[str]:
+        """The items of the same phase and cluster that `item` waits for (e.g. the stacks it requires)."""
+        return []
+
+    def cross_cluster(self, lab: Lab, cluster: Cluster, item: str | None) -> list[tuple[str, str]]:
+        """(phase, cluster) pairs in OTHER clusters this step waits for when they are selected (e.g. Argo CD on one
+        cluster registering the others needs their API servers)."""
+        return []
+
     def waves(self, cluster: Cluster) -> list[list[Node]]:
         """Node phases: groups of nodes run one group after another; nodes inside a group run in parallel."""
         return [list(cluster.nodes)]
@@ -85,7 +101,7 @@ class Step:
 
     @property
     def id(self) -> str:
-        where = "/".join(p for p in (self.target.cluster, self.target.node) if p) or "lab"
+        where = "/".join(p for p in (self.target.cluster, self.target.node, self.target.item) if p) or "lab"
         return f"{self.phase.name}:{where}"
 
     def __repr__(self) -> str:
@@ -200,7 +216,14 @@ def build_steps(lab: Lab, phases: list[Phase], sel: Selection | None = None) -> 
             if not phase.applies(lab, cluster):
                 continue
             if phase.scope == "cluster":
-                per_cluster[cluster.name] = [Step(phase, Target(cluster.name))]
+                items = phase.items(lab, cluster)
+                if items is None:
+                    per_cluster[cluster.name] = [Step(phase, Target(cluster.name))]
+                    continue
+                by_item = {item: Step(phase, Target(cluster.name, item=item)) for item in items}
+                for item, step in by_item.items():
+                    step.deps.update(by_item[r] for r in phase.item_requires(lab, cluster, item) if r in by_item)
+                per_cluster[cluster.name] = list(by_item.values())
                 continue
             previous_wave: list[Step] = []
             group: list[Step] = []
@@ -226,6 +249,10 @@ def build_steps(lab: Lab, phases: list[Phase], sel: Selection | None = None) -> 
                         step.deps.update(s for s in dep_steps.get(cname, []) if s.target.node == step.target.node)
                     else:
                         step.deps.update(dep_steps.get(cname, []))
+                if phase.scope == "cluster":
+                    for dep_name, other in phase.cross_cluster(lab, lab.cluster(cname), step.target.item):
+                        if other != cname and dep_name in steps:
+                            step.deps.update(steps[dep_name].get(other, []))
                 ordered.append(step)
     return ordered
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import host, model
+from . import credentials, host, model
 from .context import Context, lab_dir
 from .engine import Engine, Selection, Step, StepResult, Summary, build_steps
 from .errors import LabctlError
@@ -65,7 +65,7 @@ def spec_hashes(lab: model.Lab) -> dict[str, str]:
 def spec_changes(lab: LabSession) -> list[str]:
     """What changed in clusters.json since the last successful run, as lines for the plan."""
     recorded = lab.state.read()["specs"]
-    if not recorded:
+    if not recorded and not removed_stacks(lab):
         return []
     now = spec_hashes(lab.model)
     lines = []
@@ -76,6 +76,9 @@ def spec_changes(lab: LabSession) -> list[str]:
             lines.append(f"+ {kind} {name} is new in clusters.json")
         elif recorded[key] != value:
             lines.append(f"~ {kind} {name} changed in clusters.json since the last install")
+    for cluster_name, name in removed_stacks(lab):
+        lines.append(f"- stack {name} on {cluster_name} is no longer in clusters.json: `labctl install --prune` "
+                     "uninstalls it")
     for key in recorded:
         if key not in now:
             kind = "node" if "/" in key else "cluster"
@@ -152,7 +155,16 @@ def install(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=
     check_budget(lab.model, sorted({s.phase.name for s in steps}))
     require_provider(lab)
     removed = removed_nodes(lab)
+    dropped = [s for s in removed_stacks(lab) if not opts.selection.clusters or s[0] in opts.selection.clusters]
     summary = run(lab, steps, opts, "install", emit=emit, notify=notify, on_start=on_start)
+    if prune and dropped and summary.ok:
+        with lab.state.locked("install --prune"):
+            ctx = lab.context(notify=notify)
+            try:
+                for cluster_name, name in dropped:
+                    _prune_stack(ctx, cluster_name, name)
+            finally:
+                ctx.close()
     if prune and removed and summary.ok:
         # after the install, so new workers have joined before the removed ones are drained onto them
         with lab.state.locked("install --prune"):
@@ -171,6 +183,43 @@ def removed_nodes(lab: LabSession) -> list[tuple[str, str]]:
     clusters = {c.name for c in lab.model.clusters}
     return [tuple(key.split("/", 1)) for key in lab.state.read()["specs"]
             if "/" in key and key not in current and key.split("/", 1)[0] in clusters]
+
+
+def removed_stacks(lab: LabSession) -> list[tuple[str, str]]:
+    """(cluster, stack) that labctl installed but clusters.json no longer declares, in clusters that still exist."""
+    from .stacks import installable
+
+    clusters = {c.name: c for c in lab.model.clusters}
+    recorded = lab.state.read().get("stacks", {})
+    return [(c, name) for c, table in recorded.items() if c in clusters
+            for name in table if name not in installable(clusters[c])]
+
+
+def _prune_stack(ctx: Context, cluster_name: str, name: str) -> None:
+    """Uninstall a stack labctl recorded: its releases (Helm on the control plane), objects, Secrets, namespaces."""
+    from .render import script
+
+    record = ctx.state.read()["stacks"][cluster_name][name]
+    cluster = ctx.lab.cluster(cluster_name)
+    kube = ctx.kube(cluster)
+    ctx.note(f"{cluster_name}: removing stack {name} (no longer in clusters.json)")
+    for namespace, release in reversed(record["releases"]):
+        if kube.helm_release(namespace, release) is not None:
+            ctx.transport(cluster.masters[0].name).run(script(
+                "stacks.helm-uninstall", "cluster/stack-helm-uninstall.sh.j2", cluster=cluster_name, stack=name,
+                release=release, namespace=namespace, timeout="10m", helm_version=f"v{ctx.lab.versions.helm}",
+            ), sudo=True, timeout=15 * 60)
+    for api_version, kind, namespace, obj_name in reversed(record["objects"]):
+        kube.delete(api_version, kind, namespace, obj_name)
+    for namespace, secret in record["secrets"]:
+        kube.delete("v1", "Secret", namespace, secret)
+    for namespace in record["namespaces"]:
+        live = kube.get("v1", "Namespace", "", namespace)
+        # only a namespace labctl created for this very stack; another stack's or the user's stays
+        if live is not None and (live["metadata"].get("labels") or {}).get("labctl.internal/stack") == name:
+            kube.delete("v1", "Namespace", "", namespace)
+    ctx.state.update(lambda data: data["stacks"][cluster_name].pop(name, None))
+    ctx.note(f"{cluster_name}: stack {name} removed")
 
 
 def _prune(ctx: Context, cluster_name: str, node_name: str) -> None:
@@ -271,6 +320,7 @@ def _forget_clusters(lab: LabSession, clusters: list[str], everything: bool) -> 
                              lab.state.logs / f"{node.name}.console.log"):
                     path.unlink(missing_ok=True)
         lab.state.forget(clusters)
+        credentials.forget(lab.state, clusters)
         if everything:
             for child in lab.state.root.iterdir():
                 if child.name != "lock":

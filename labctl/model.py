@@ -19,7 +19,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictInt, ValidationError, field_validator, model_validator
 
 from . import catalog
-from .errors import ConfigError, Problem
+from .errors import ConfigError, LabctlError, Problem
 
 DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
@@ -96,35 +96,55 @@ class CiliumSettings(Strict):
     )
 
 
+class StackSpec(Strict):
+    """One entry of a cluster's `stacks` written as an object (a plain string is the same with only `name`)."""
+
+    name: str = Field(description="a catalogue stack, or the name of your own stack (a DNS-1123 label)")
+    values: dict[str, Any] = Field(
+        default_factory=dict, description="Helm values deep-merged over labctl's (catalogue stacks) or given to the "
+        "chart (user chart stacks); for a catalogue stack with several releases, key them by release name")
+    chart: str | None = Field(default=None, description="user chart stack: the chart's name in `repo`")
+    repo: str | None = Field(default=None, description="user chart stack: https:// Helm repository or oci:// registry")
+    version: str | None = Field(default=None, description="user chart stack: the exact chart version (required)")
+    release: str | None = Field(default=None, description="user chart stack: the release name (default: name)")
+    namespace: str | None = Field(default=None, description="user stacks: the namespace (default: name)")
+    manifests: str | None = Field(
+        default=None, description="user manifests stack: a folder of YAML files, relative to clusters.json, applied "
+        "server-side")
+    requires: list[str] = Field(default_factory=list, description="stacks of this cluster to install first")
+
+    _name = field_validator("name")(lambda v: _dns_label(v, 53))
+
+
 class Cluster(Strict):
     name: str = Field(description="DNS-1123 label, ≤32 characters (Cilium's cluster.name limit)")
     pod_cidr: str = Field(description="pod network; must not overlap any other cluster's pod or service CIDR")
     service_cidr: str = Field(description="service network; /12 or smaller (kube-apiserver limit)")
     nodes: list[Node] = Field(min_length=1)
-    stacks: list[str] = Field(
-        default_factory=list, description="stacks from the catalogue to install on this cluster (see docs)"
+    stacks: list[str | StackSpec] = Field(
+        default_factory=list,
+        description="stacks to install on this cluster: a catalogue name, or an object (a catalogue stack with "
+        "`values`, a user chart, or a user manifests folder); see docs/stacks.md",
     )
     cilium: CiliumSettings = Field(default_factory=CiliumSettings)
 
     _name = field_validator("name")(lambda v: _dns_label(v, 32))
     _cidrs = field_validator("pod_cidr", "service_cidr")(_ipv4_cidr)
 
-    @field_validator("stacks")
-    @classmethod
-    def _stacks(cls, stacks: list[str]) -> list[str]:
-        for name in stacks:
-            if name not in catalog.STACKS:
-                near = difflib.get_close_matches(name, catalog.STACKS, n=1)
-                tip = f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(catalog.STACKS)}"
-                raise ValueError(f"unknown stack {name!r}{tip}")
-        dupes = sorted({s for s in stacks if stacks.count(s) > 1})
-        if dupes:
-            raise ValueError(f"listed more than once: {', '.join(dupes)}")
-        for name in stacks:
-            missing = [r for r in catalog.STACKS[name].requires if r not in stacks]
-            if missing:
-                raise ValueError(f"stack {name!r} needs {', '.join(repr(m) for m in missing)} in the same list")
-        return stacks
+    @property
+    def stack_specs(self) -> list[StackSpec]:
+        """Every declared stack as a StackSpec (a plain name is a catalogue stack without overrides)."""
+        return [StackSpec(name=s) if isinstance(s, str) else s for s in self.stacks]
+
+    @property
+    def stack_names(self) -> list[str]:
+        return [s.name for s in self.stack_specs]
+
+    def stack(self, name: str) -> StackSpec:
+        for spec in self.stack_specs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
 
     @property
     def masters(self) -> list[Node]:
@@ -273,7 +293,7 @@ def _cidr_or_none(value: Any) -> ipaddress.IPv4Network | None:
     return net if net.version == 4 else None
 
 
-def _lab_problems(raw: dict) -> list[Problem]:
+def _lab_problems(raw: dict, base_dir: Path | None = None) -> list[Problem]:
     """Checks that span fields. Runs on the raw data so it still reports when some fields failed to parse."""
     problems: list[Problem] = []
     clusters = raw.get("clusters") if isinstance(raw.get("clusters"), list) else []
@@ -320,6 +340,7 @@ def _lab_problems(raw: dict) -> list[Problem]:
                     problems.append(Problem(f"{npath}.memory", f"a master needs at least "
                                             f"{catalog.CONTROL_PLANE_MIN_MEMORY_MB} MB (kubeadm preflight); "
                                             f"{nname!r} has {mem}"))
+        problems += _stack_problems(cluster, cpath, base_dir)
         for field, kind in (("pod_cidr", "pod"), ("service_cidr", "service")):
             net = _cidr_or_none(cluster.get(field))
             if net is not None:
@@ -341,6 +362,223 @@ def _lab_problems(raw: dict) -> list[Problem]:
     return problems
 
 
+# System pods on every node (Cilium agent and Envoy, kubelet, containerd, the OS itself) before any stack: a rough
+# reserve, so the fit check errs on the side of warning early rather than leaving pods Pending.
+NODE_RESERVE_CPU_M = 300
+NODE_RESERVE_MEMORY_MIB = 768
+
+
+def _schedulable(nodes: list) -> list[dict]:
+    """The nodes that take a stack's pods: the workers, or every node of a cluster without workers."""
+    nodes = [n for n in nodes if isinstance(n, dict)]
+    workers = [n for n in nodes if n.get("role") == "worker"]
+    return workers or nodes
+
+
+def _stack_problems(cluster: dict, cpath: str, base_dir: Path | None) -> list[Problem]:
+    """Each entry of a cluster's `stacks`, and the list as a whole: known names, user stacks complete, requirements
+    present and acyclic, NodePorts unique in the cluster, and the declared requests fitting the nodes."""
+    from . import stacks as S
+
+    entries = cluster.get("stacks")
+    if not isinstance(entries, list):
+        return []
+    catalogue = S.catalogue()
+    problems: list[Problem] = []
+    names: dict[str, str] = {}
+    requires: dict[str, list[tuple[str, str | None]]] = {}  # stack → (needed stack, path of a user `requires` entry)
+    ports: dict[int, str] = {}
+    cilium = cluster.get("cilium") if isinstance(cluster.get("cilium"), dict) else {}
+    if cilium.get("hubble", True):
+        ports[cilium.get("hubble_ui_node_port", 31235)] = "the Hubble UI (cilium.hubble_ui_node_port)"
+    cpu_m = memory = 0
+    for si, entry in enumerate(entries):
+        spath = f"{cpath}.stacks[{si}]"
+        spec = {"name": entry} if isinstance(entry, str) else entry
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            continue  # reported by field validation
+        name = spec["name"]
+        if name in names:
+            problems.append(Problem(f"{spath}.name" if isinstance(entry, dict) else spath,
+                                    f"stack {name!r} is already listed at {names[name]}; list each stack once"))
+            continue
+        names[name] = spath
+        own = spec.get("requires")
+        own_requires = [(r, f"{spath}.requires[{i}]") for i, r in enumerate(own if isinstance(own, list) else [])
+                        if isinstance(r, str)]
+        user_fields = [f for f in ("chart", "repo", "version", "release", "namespace", "manifests") if f in spec]
+        if name in catalogue or name in S.PLANNED:
+            if user_fields:
+                problems.append(Problem(f"{spath}.{user_fields[0]}", f"{name!r} is a catalogue stack: only `values` "
+                                        f"and `requires` can be set on it, not `{user_fields[0]}`; for your own chart "
+                                        "or manifests give the stack another name"))
+            descriptor = catalogue.get(name)
+            requires[name] = [*((r, None) for r in (descriptor.requires if descriptor else [])), *own_requires]
+            if descriptor is not None:
+                for port_name, port in descriptor.node_ports.items():
+                    problems += _claim(ports, port, f"stack {name!r} ({port_name})", spath)
+                cpu_m += S.cpu_millis(descriptor.requests.get("cpu", "0"))
+                memory += S.memory_bytes(descriptor.requests.get("memory", "0"))
+            continue
+        requires[name] = own_requires
+        if "chart" in spec and "manifests" in spec:
+            problems.append(Problem(spath, f"stack {name!r} sets both `chart` and `manifests`: a user stack is either "
+                                    "a Helm chart or a folder of manifests; make them two stacks"))
+        elif "chart" in spec:
+            problems += _chart_problems(spec, spath)
+        elif "manifests" in spec:
+            for field in ("repo", "version", "release", "values"):
+                if field in spec:
+                    problems.append(Problem(f"{spath}.{field}", f"`{field}` only applies to a chart; stack {name!r} "
+                                            "is a manifests folder, applied as it is"))
+            found, more = _manifest_problems(spec.get("manifests"), spath, base_dir)
+            problems += found
+            for port, what in more:
+                problems += _claim(ports, port, f"stack {name!r} ({what})", spath)
+        elif chart_fields := [f for f in ("repo", "version", "release") if f in spec]:
+            problems.append(Problem(f"{spath}.chart", f"stack {name!r} sets {', '.join(f'`{f}`' for f in chart_fields)}"
+                                    " but no `chart`: a user chart stack needs `chart`, `repo` and `version`"))
+        else:
+            known = S.known_names()
+            near = difflib.get_close_matches(name.lower(), known, n=1)
+            tip = f"did you mean {near[0]!r}?" if near else f"the catalogue has {', '.join(known)}."
+            problems.append(Problem(f"{spath}.name" if isinstance(entry, dict) else spath,
+                                    f"unknown stack {name!r}: {tip} Your own stack needs `chart`, `repo` and "
+                                    "`version`, or `manifests`"))
+        for field, limit in (("namespace", 63), ("release", 53)):
+            value = spec.get(field)
+            if isinstance(value, str):
+                try:
+                    _dns_label(value, limit)
+                except ValueError as exc:
+                    problems.append(Problem(f"{spath}.{field}", str(exc)))
+    for name, needs in requires.items():
+        for need, path in needs:
+            if need == name and path:
+                problems.append(Problem(path, f"stack {name!r} cannot require itself"))
+            elif need in names:
+                continue
+            elif path is None:
+                problems.append(Problem(names[name], f"stack {name!r} needs {need!r}: add {need!r} to this cluster's "
+                                        "stacks"))
+            else:
+                near = difflib.get_close_matches(need, [n for n in names if n != name], n=1)
+                tip = f"did you mean {near[0]!r}? " if near else ""
+                problems.append(Problem(path, f"stack {name!r} requires {need!r}, which this cluster does not list: "
+                                        f"{tip}add {need!r} to its stacks or drop it from `requires`"))
+    cycle = _cycle({name: [need for need, _ in needs if need != name] for name, needs in requires.items()})
+    if cycle:
+        problems.append(Problem(f"{cpath}.stacks", f"stacks require each other in a circle: {' → '.join(cycle)}; "
+                                "drop one of these requirements"))
+    problems += _fit_problems(cluster, cpath, cpu_m, memory)
+    return problems
+
+
+def _claim(ports: dict[int, str], port: Any, what: str, path: str) -> list[Problem]:
+    if not isinstance(port, int):
+        return []
+    if port in ports:
+        return [Problem(path, f"NodePort {port} of {what} is already taken by {ports[port]} in this cluster; "
+                        "change one of the two ports or drop a stack")]
+    ports[port] = what
+    return []
+
+
+def _chart_problems(spec: dict, spath: str) -> list[Problem]:
+    from . import stacks as S
+
+    problems = []
+    repo, version = spec.get("repo"), spec.get("version")
+    if repo is None:
+        problems.append(Problem(f"{spath}.repo", "a chart stack needs `repo`: the Helm repository URL (https://…) or "
+                                "the OCI registry path (oci://…) the chart is in"))
+    elif isinstance(repo, str) and not re.match(r"^(https?|oci)://[^/\s]+", repo):
+        problems.append(Problem(f"{spath}.repo", f"{repo!r} is not a Helm repository URL (https://…) nor an OCI "
+                                "registry path (oci://…)"))
+    if version is None:
+        problems.append(Problem(f"{spath}.version", "a chart stack needs `version`, the exact chart version: labctl "
+                                "never installs an unpinned chart (`helm search repo <chart> --versions` lists them)"))
+    elif isinstance(version, str) and not S.EXACT_VERSION.match(version):
+        problems.append(Problem(f"{spath}.version", f"{version!r} is not an exact chart version (like 1.2.3): ranges, "
+                                "wildcards and tags are not allowed, so every install gets the same chart"))
+    return problems
+
+
+def _manifest_problems(folder: Any, spath: str, base_dir: Path | None) -> tuple[list[Problem], list[tuple[int, str]]]:
+    """Problems of a user manifests folder, and the NodePorts its Services claim."""
+    from .stacks import read_manifests
+
+    if not isinstance(folder, str):
+        return [], []
+    path = Path(folder) if base_dir is None else base_dir / folder
+    try:
+        objects = read_manifests(path)
+    except LabctlError as exc:
+        return [Problem(f"{spath}.manifests", exc.message)], []
+    problems, ports = [], []
+    for obj in objects:
+        if obj.get("kind") == "Service":
+            for p in (obj.get("spec") or {}).get("ports") or []:
+                if isinstance(p, dict) and isinstance(p.get("nodePort"), int):
+                    what = f"Service {obj['metadata']['name']}"
+                    low, high = 30000, 32767  # the API server's default --service-node-port-range (kubeadm's)
+                    if not low <= p["nodePort"] <= high:
+                        problems.append(Problem(f"{spath}.manifests", f"{what}: nodePort {p['nodePort']} is outside "
+                                                f"the cluster's NodePort range {low}-{high}"))
+                    else:
+                        ports.append((p["nodePort"], what))
+    return problems, ports
+
+
+def _cycle(requires: dict[str, list[str]]) -> list[str]:
+    """One requirement cycle as a path (a → b → a), or [] when there is none."""
+    state: dict[str, int] = {}
+
+    def visit(name: str, path: list[str]) -> list[str]:
+        state[name] = 1
+        for need in requires.get(name, []):
+            if state.get(need) == 1:
+                return [*path[path.index(need):], need]
+            if need in requires and need not in state:
+                found = visit(need, [*path, need])
+                if found:
+                    return found
+        state[name] = 2
+        return []
+
+    for name in requires:
+        if name not in state:
+            found = visit(name, [name])
+            if found:
+                return found
+    return []
+
+
+def _fit_problems(cluster: dict, cpath: str, cpu_m: int, memory: int) -> list[Problem]:
+    def _size(mib: float) -> str:
+        return f"{mib / 1024:.1f} GiB" if mib >= 1024 else f"{mib:.0f} MiB"
+
+    nodes = _schedulable(cluster.get("nodes") if isinstance(cluster.get("nodes"), list) else [])
+    if not nodes or not (cpu_m or memory):
+        return []
+    have_cpu = sum(max(0, n["cpu"] * 1000 - NODE_RESERVE_CPU_M) for n in nodes if isinstance(n.get("cpu"), int))
+    have_mem = sum(max(0, n["memory"] - NODE_RESERVE_MEMORY_MIB) for n in nodes if isinstance(n.get("memory"), int))
+    need_mem = memory / 2**20
+    who = "workers" if any(n.get("role") == "worker" for n in nodes) else "nodes"
+    short = []
+    if cpu_m > have_cpu:
+        short.append(f"{cpu_m - have_cpu}m CPU (the stacks request {cpu_m}m, the {who} offer {have_cpu}m)")
+    if need_mem > have_mem:
+        short.append(f"{_size(need_mem - have_mem)} of memory (the stacks request {_size(need_mem)}, the {who} "
+                     f"offer {_size(have_mem)})")
+    if not short:
+        return []
+    return [Problem(f"{cpath}.stacks", f"the declared stacks do not fit the cluster's {who}: short of "
+                    f"{' and '.join(short)}, counting {NODE_RESERVE_CPU_M}m CPU and "
+                    f"{NODE_RESERVE_MEMORY_MIB} MiB per node for the system; add a worker, give the {who} more "
+                    "CPU/memory, or drop a stack")]
+
+
 # ---- loading ---------------------------------------------------------------------------------------------------
 
 def _path(loc: tuple) -> str:
@@ -360,7 +598,9 @@ def _model_at(loc: tuple) -> type[BaseModel]:
         if field is None:
             break
         ann = field.annotation
-        inner = getattr(ann, "__args__", (ann,))
+        inner = list(getattr(ann, "__args__", (ann,)))
+        for t in list(inner):  # one level deeper: list[str | StackSpec]
+            inner += getattr(t, "__args__", ())
         nxt = next((t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)), None)
         if nxt is None:
             break
@@ -372,6 +612,20 @@ def _problems(exc: ValidationError) -> list[Problem]:
     problems = []
     for err in exc.errors():
         loc = tuple(err["loc"])
+        # A `stacks` entry is `str | StackSpec`: pydantic tries both members and tags each error with the one it tried.
+        # Say what is wrong with the object (or that the entry is neither), at the entry's own path.
+        for i in range(len(loc) - 2):
+            if loc[i] == "stacks" and isinstance(loc[i + 1], int) and loc[i + 2] in ("str", "StackSpec"):
+                if loc[i + 2] == "str":
+                    loc = ()
+                elif len(loc) == i + 3:
+                    loc, err = loc[: i + 2], {**err, "type": "stack", "msg": "a stack is a name (a string) or an "
+                                              "object with `name`"}
+                else:
+                    loc = loc[: i + 2] + loc[i + 3:]
+                break
+        if not loc:
+            continue
         if err["type"] == "extra_forbidden":
             field = str(loc[-1])
             known = list(_model_at(loc[:-1]).model_fields)
@@ -394,7 +648,9 @@ def _reject_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict:
     return out
 
 
-def parse(text: str, source: str = "clusters.json") -> Lab:
+def parse(text: str, source: str = "clusters.json", base_dir: Path | None = None) -> Lab:
+    """clusters.json text → Lab. `base_dir`: where relative paths in it (user manifests) are; default: the current
+    directory. Raises ConfigError with every problem found."""
     try:
         raw = json.loads(text, object_pairs_hook=_reject_duplicate_keys)
     except json.JSONDecodeError as exc:
@@ -409,7 +665,7 @@ def parse(text: str, source: str = "clusters.json") -> Lab:
         lab = Lab.model_validate(raw)
     except ValidationError as exc:
         problems += _problems(exc)
-    problems += _lab_problems(raw)
+    problems += _lab_problems(raw, base_dir)
     if problems:
         raise ConfigError(source, problems)
     assert lab is not None
@@ -423,7 +679,7 @@ def load(path: Path) -> Lab:
         raise ConfigError(str(path), [Problem("", "file not found; create one with `labctl init` or pass --config")]) from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(str(path), [Problem("", f"cannot read it: {exc}")]) from None
-    lab = parse(text, str(path))
+    lab = parse(text, str(path), path.resolve().parent)
     if lab.ssh_key and not Path(lab.ssh_key).expanduser().is_absolute():
         # a relative key path means "beside clusters.json", not "wherever labctl happens to be started"
         lab = lab.model_copy(update={"ssh_key": str(path.resolve().parent / lab.ssh_key)})

@@ -118,6 +118,8 @@ class LabState:
                     where = key.split(":", 1)[-1]
                     if any(where == p or where.startswith(p + "/") for p in prefixes):
                         del data[table][key]
+            for cluster in prefixes:  # the stacks installed on a destroyed cluster went with it
+                data.get("stacks", {}).pop(cluster, None)
 
         if self.path.exists():
             self.update(change)

@@ -90,7 +90,35 @@ def _guard(fn, *args) -> Probe:
         return Probe(False, exc.message.splitlines()[0])
 
 
-def _cluster(ctx, cluster: Cluster, vms: dict, installable: set[str], timeout: float, pool) -> ClusterStatus:
+def _stacks(ctx, cluster: Cluster, kube, have_kubeconfig: bool) -> tuple[dict[str, Probe], dict[str, str]]:
+    """Each declared stack's health, and the URLs (with `{address}`) of the installable ones."""
+    from . import stacks as S
+
+    probes: dict[str, Probe] = {}
+    urls: dict[str, str] = {}
+    installable = S.installable(cluster)
+    for name in cluster.stack_names:
+        if name not in installable:
+            probes[name] = Probe(False, "arrives with a later labctl version (Stacks, part 2)", skipped=True)
+            continue
+        try:
+            stack = S.resolve(ctx.lab, cluster, name, ctx.state.root.parent)
+        except LabctlError as exc:
+            probes[name] = Probe(False, exc.message.splitlines()[0])
+            continue
+        urls.update(stack.urls)
+        if not have_kubeconfig:
+            probes[name] = Probe(False, "not installed", skipped=True)
+            continue
+        try:
+            ok, detail = S.health(kube, stack)
+        except LabctlError as exc:
+            ok, detail = False, exc.message.splitlines()[0]
+        probes[name] = Probe(ok, detail)
+    return probes, urls
+
+
+def _cluster(ctx, cluster: Cluster, vms: dict, timeout: float, pool) -> ClusterStatus:
     from .kube import kubeconfig
 
     provider = ctx.provider
@@ -136,6 +164,7 @@ def _cluster(ctx, cluster: Cluster, vms: dict, installable: set[str], timeout: f
         "api": pool.submit(api_nodes),
         "cilium": pool.submit(_guard, workloads, *cilium_checks),
         "dns": pool.submit(_guard, workloads, ("deployment_ready", "kube-system", "coredns")),
+        "stacks": pool.submit(_stacks, ctx, cluster, kube, have_kubeconfig),
     }
     api, infos = futures["api"].result()
     nodes = []
@@ -150,16 +179,17 @@ def _cluster(ctx, cluster: Cluster, vms: dict, installable: set[str], timeout: f
             ready = Probe(False, api.detail, skipped=api.skipped)
         nodes.append(NodeStatus(node.name, node.role, state, address, ssh, ready,
                                 info.kubelet_version if info else ""))
-    stacks = {
-        name: Probe(False, "this labctl version cannot install it yet", skipped=True)
-        for name in cluster.stacks if name not in installable
-    }
+    stacks, stack_urls = futures["stacks"].result()
     urls = {}
     running = next((n.address for n in nodes if n.address), None)
     if running and cluster.cilium.hubble:
         urls["hubble-ui"] = f"http://{running}:{cluster.cilium.hubble_ui_node_port}"
     if running:
         urls["api"] = f"https://{running}:6443"
+    # NodePorts answer on every node; a worker's address is the one users are told (the predecessor's habit too)
+    worker = next((n.address for n in nodes if n.address and n.role == "worker"), running)
+    if worker:
+        urls.update({name: url.format(address=worker) for name, url in stack_urls.items()})
     return ClusterStatus(
         cluster.name, nodes, api, futures["cilium"].result(), futures["dns"].result(), stacks, urls,
         str(kubeconfig.cluster_path(ctx.state, cluster.name)) if have_kubeconfig else "",
@@ -168,20 +198,18 @@ def _cluster(ctx, cluster: Cluster, vms: dict, installable: set[str], timeout: f
 
 def collect(lab: LabSession, clusters: list[str] | None = None, timeout: float = TIMEOUT) -> list[ClusterStatus]:
     from .lab import chosen_clusters
-    from .resources import phases_package
 
     names = chosen_clusters(lab, clusters or [])
-    installable = set(phases_package().ORDER["install"])
     ctx = lab.context(request_timeout=timeout, connect_timeout=timeout, kube_retries=0)
     try:
         vms = ctx.provider.list()
         chosen = [lab.model.cluster(name) for name in names]
         # workers: per cluster, one per node probe plus the API questions, so nothing waits behind a dead node
-        width = sum(len(c.nodes) + 4 for c in chosen)
+        width = sum(len(c.nodes) + 5 for c in chosen)
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix="status") as pool:
             outer = ThreadPoolExecutor(max_workers=len(chosen) or 1, thread_name_prefix="status-cluster")
             with outer:
-                return list(outer.map(lambda c: _cluster(ctx, c, vms, installable, timeout, pool), chosen))
+                return list(outer.map(lambda c: _cluster(ctx, c, vms, timeout, pool), chosen))
     finally:
         ctx.close()
 

@@ -18,6 +18,7 @@ ORDER = {
         "join",  # control planes one at a time, workers in parallel
         "cni",  # Cilium (kube-proxy free) + Hubble via Helm
         "nodeconfig",  # node labels and taints from clusters.json
+        "stacks",  # each cluster's stacks (Helm charts and manifests), in `requires` order
     ],
     "boot": [
         "boot",  # start stopped VMs (control planes first) and wait for their addresses

@@ -36,7 +36,7 @@ def values_params(lab, cluster) -> dict:
         "operator_replicas": 1 if len(cluster.nodes) < 3 else 2,
         "hubble": cluster.cilium.hubble,
         "hubble_ui_node_port": cluster.cilium.hubble_ui_node_port,
-        "istio": "istio" in cluster.stacks,
+        "istio": "istio" in cluster.stack_names,
     }
 
 

@@ -105,7 +105,7 @@ def install(
     parallel: int = typer.Option(0, "--parallel", "-p", min=0, metavar="N", help="Steps at once (0 = one per node)."),
     fail_fast: bool = typer.Option(False, "--fail-fast", help="Stop every cluster at the first failure."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only plan (same as `labctl plan`)."),
-    prune: bool = typer.Option(False, "--prune", help="Drain and delete workers removed from clusters.json."),
+    prune: bool = typer.Option(False, "--prune", help="Drain and delete workers, and uninstall stacks, that clusters.json no longer declares."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (install never asks today; for scripts)."),
 ) -> None:
     """Create or converge the lab: run every phase whose check is not satisfied, clusters in parallel."""

@@ -136,3 +136,45 @@ def kubeconfig_cmd(
     else:
         for f in files:
             typer.echo(f.read_text(), nl=False)
+
+
+@app.command()
+def credentials(
+    stack: str = typer.Argument(None, metavar="[STACK]", help="Only this stack's logins (e.g. monitoring)."),
+    cluster: list[str] = typer.Option(None, "--cluster", metavar="CLUSTER", help=CLUSTER_HELP),
+) -> None:
+    """The admin logins labctl generated for the stacks (Grafana, Argo CD, Jenkins, ...); `status` shows the URLs.
+
+    They are kept 0600 in .labctl/credentials.json and shown only here, on request."""
+    from .. import credentials as C
+    from .. import stacks as S
+    from ..errors import UsageError
+    from ..lab import chosen_clusters
+
+    lab = open_lab()
+    chosen = [lab.model.cluster(n) for n in chosen_clusters(lab, names(cluster))]
+    stored = C.read_all(lab.state)
+    rows = []
+    for c in chosen:
+        for name in S.installable(c):
+            if stack and name != stack:
+                continue
+            descriptor = S.catalogue().get(name)
+            for cred in descriptor.credentials if descriptor else []:
+                entry = stored.get(c.name, {}).get(cred.name)
+                rows.append({"cluster": c.name, "stack": name, "name": cred.name, "user": cred.user,
+                             "password": entry["password"] if entry else None,
+                             "secret": f"{cred.namespace}/{cred.secret}"})
+    if stack and not any(stack in c.stack_names for c in chosen):
+        raise UsageError(f"no cluster here declares stack {stack!r}",
+                         hint="`labctl status` lists each cluster's stacks")
+    if G.json:
+        emit_json({"credentials": rows})
+        return
+    if not rows:
+        typer.echo("no stack here has a generated login")
+    for row in rows:
+        password = row["password"] or "(not generated yet: `labctl install` creates it)"
+        typer.echo(f"{row['cluster']}/{row['stack']} {row['name']}: user {row['user']}  password {password}"
+                   f"  (Secret {row['secret']})")
+

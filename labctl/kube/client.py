@@ -26,8 +26,8 @@ from ..errors import LabctlError, StepError
 from . import kubeconfig
 
 MERGE_PATCH = "application/merge-patch+json"
-CONTROL_PLANE_ROLE = "node-role.kubernetes.io/control-plane"
-
+APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply; a JSON body is valid YAML
+FIELD_MANAGER = "labctl"
 
 class KubeError(LabctlError):
     """The cluster's API could not be asked (unreachable, refused, answered with an error)."""
@@ -142,6 +142,19 @@ def statefulset_readiness(obj: dict | None, what: str) -> Readiness:
     return Readiness(True, f"{what}: {ready}/{want} ready")
 
 
+def condition_readiness(obj: dict | None, what: str, condition: str) -> Readiness:
+    """Ready when the object's status condition `condition` is True (APIService Available, CRD Established)."""
+    if obj is None:
+        return Readiness(False, f"{what} not found", found=False)
+    for c in (obj.get("status") or {}).get("conditions") or []:
+        if c.get("type") == condition:
+            if c.get("status") == "True":
+                return Readiness(True, f"{what}: {condition}")
+            reason = " ".join(filter(None, (c.get("reason"), c.get("message"))))
+            return Readiness(False, f"{what}: not {condition} ({reason})" if reason else f"{what}: not {condition}")
+    return Readiness(False, f"{what}: not {condition} yet")
+
+
 # Set by `shutdown --drain` on the nodes it cordons, so that `boot` uncordons exactly those.
 DRAINED = "labctl.internal/drained"
 
@@ -171,6 +184,7 @@ class Kube:
         self._lock = threading.Lock()
         self._api = None
         self._stamp: tuple[int, int] | None = None
+        self._resources: dict[tuple[str, str], tuple[str, bool]] = {}  # discovery hits (misses are asked again)
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _client(self):
@@ -303,6 +317,125 @@ class Kube:
         body = self._call("list ciliumnodes", "CustomObjectsApi", "list_cluster_custom_object",
                           "cilium.io", "v2", "ciliumnodes") or {}
         return sorted(item["metadata"]["name"] for item in body.get("items", []))
+
+    # -- any object: discovery, server-side apply, readiness ------------------------------------------------------
+    def _raw(self, what: str, method: str, path: str, query: list[tuple[str, str]] | None = None,
+             body: dict | None = None, content_type: str | None = None) -> dict | None:
+        """One request by path (for kinds the generated API classes do not know) → JSON body, or None for 404."""
+        api_client = self._client()
+        headers = {"Accept": "application/json"}
+        if content_type:
+            headers["Content-Type"] = content_type
+        method_, url, headers, _, _ = api_client.param_serialize(
+            method=method, resource_path=path, query_params=query or [], header_params=headers,
+            body=json.dumps(body) if body is not None else None, auth_settings=["BearerToken"])
+        from kubernetes import client
+
+        try:
+            response = api_client.call_api(method_, url, header_params=headers,
+                                           body=json.dumps(body) if body is not None else None,
+                                           _request_timeout=self.request_timeout)
+            data = response.read()
+        except client.ApiException as exc:  # pragma: no cover - call_api does not raise for HTTP errors in 37.x
+            raise KubeError(f"{self.cluster}: {what}: the API answered {exc.status}", status=exc.status) from None
+        except Exception as exc:  # noqa: BLE001 - urllib3 connection, TLS and timeout errors have no common base
+            raise KubeError(
+                f"{self.cluster}: {what}: the API server at {api_client.configuration.host} did not answer ({exc})",
+                hint="is the control plane VM running and at that address? `labctl status` shows both",
+            ) from None
+        if response.status == 404:
+            return None
+        if response.status >= 400:
+            text = (data or b"").decode(errors="replace")
+            try:
+                text = json.loads(text).get("message", text)
+            except ValueError:
+                pass
+            raise KubeError(f"{self.cluster}: {what}: the API answered {response.status}: {text[:300]}",
+                            status=response.status)
+        return json.loads(data or b"{}")
+
+    def resource(self, api_version: str, kind: str) -> tuple[str, bool] | None:
+        """(plural, namespaced) of a kind as the API server serves it now, from discovery; None when it does not
+        (e.g. a custom resource whose CRD is not there yet). Not cached across calls that miss: a CRD may arrive."""
+        with self._lock:
+            if (api_version, kind) in self._resources:
+                return self._resources[(api_version, kind)]
+        path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        body = self._raw(f"discover {api_version}", "GET", path) or {}
+        found = None
+        for res in body.get("resources", []):
+            if res.get("kind") == kind and "/" not in res.get("name", ""):
+                found = (res["name"], bool(res.get("namespaced")))
+        if found:
+            with self._lock:
+                self._resources[(api_version, kind)] = found
+        return found
+
+    def _path(self, api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+        res = self.resource(api_version, kind)
+        if res is None:
+            raise KubeError(f"{self.cluster}: the API does not serve {kind} ({api_version}) yet",
+                            hint="its CustomResourceDefinition is missing or not Established; the stack that "
+                            "provides it must be installed first", status=404)
+        plural, namespaced = res
+        base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+        where = f"/namespaces/{namespace or 'default'}" if namespaced else ""
+        return f"{base}{where}/{plural}" + (f"/{name}" if name else "")
+
+    def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
+        """One object as JSON, or None when it (or its kind) does not exist."""
+        if self.resource(api_version, kind) is None:
+            return None
+        return self._raw(f"read {kind} {namespace}/{name}", "GET", self._path(api_version, kind, namespace, name))
+
+    def list(self, api_version: str, kind: str, namespace: str = "", label_selector: str = "") -> list[dict]:
+        if self.resource(api_version, kind) is None:
+            return []
+        query = [("labelSelector", label_selector)] if label_selector else []
+        body = self._raw(f"list {kind}", "GET", self._path(api_version, kind, namespace), query) or {}
+        return body.get("items", [])
+
+    def apply(self, obj: dict, namespace: str = "") -> dict:
+        """Server-side apply of one object with labctl as the field manager (force: labctl owns what it declares).
+
+        `namespace` is used when the object names none and its kind is namespaced. Raises KubeError (404 with a
+        hint when the kind is not served, e.g. its CRD is missing)."""
+        meta = obj["metadata"]
+        ns = meta.get("namespace") or namespace
+        path = self._path(obj["apiVersion"], obj["kind"], ns, meta["name"])
+        if "/namespaces/" in path and not meta.get("namespace"):
+            obj = {**obj, "metadata": {**meta, "namespace": ns or "default"}}
+        out = self._raw(f"apply {obj['kind']} {ns + '/' if ns else ''}{meta['name']}", "PATCH", path,
+                        [("fieldManager", FIELD_MANAGER), ("force", "true")], obj, APPLY_PATCH)
+        return out or {}
+
+    def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
+        """Delete one object (background propagation); False when it was not there."""
+        if self.resource(api_version, kind) is None:
+            return False
+        path = self._path(api_version, kind, namespace, name)
+        return self._raw(f"delete {kind} {namespace}/{name}", "DELETE", path,
+                         [("propagationPolicy", "Background")]) is not None
+
+    def crd_established(self, name: str) -> Readiness:
+        obj = self.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", name)
+        return condition_readiness(obj, f"CRD {name}", "Established")
+
+    def ready(self, kind: str, namespace: str, name: str) -> Readiness:
+        """Readiness of one object by kind: rollouts for workloads, conditions for APIServices and CRDs."""
+        if kind == "Deployment":
+            return self.deployment_ready(namespace, name)
+        if kind == "StatefulSet":
+            return self.statefulset_ready(namespace, name)
+        if kind == "DaemonSet":
+            return self.daemonset_ready(namespace, name)
+        if kind == "APIService":
+            obj = self.get("apiregistration.k8s.io/v1", "APIService", "", name)
+            return condition_readiness(obj, f"APIService {name}", "Available")
+        if kind == "CustomResourceDefinition":
+            return self.crd_established(name)
+        raise KubeError(f"{self.cluster}: labctl cannot tell whether a {kind} is ready")
 
     # -- configuration ----------------------------------------------------------------------------------------
     def secret(self, namespace: str, name: str) -> dict[str, bytes] | None:

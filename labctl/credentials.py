@@ -1,0 +1,103 @@
+"""The admin passwords of the lab's stacks (Grafana, Argo CD, Jenkins, ...): generated once per lab, kept 0600.
+
+`.labctl/credentials.json` holds `{cluster: {name: {"user", "password", "created"}}}`. A password is made the first
+time a stack needs it and never changes afterwards, so re-running install does not rotate anyone's login. It is
+handed to the cluster only inside a Secret (server-side apply through the API), never on a command line, in a
+Helm values file, a log or an event; `labctl credentials` prints it on request.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import secrets
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from .state import write_atomic
+
+if TYPE_CHECKING:
+    from .stacks import Credential
+    from .state import LabState
+
+FILE = "credentials.json"
+_lock = threading.Lock()  # stacks of several clusters are installed in parallel threads
+
+
+def _read(state: LabState) -> dict:
+    try:
+        return json.loads((state.root / FILE).read_text())
+    except FileNotFoundError:
+        return {}
+
+
+def read_all(state: LabState) -> dict[str, dict[str, dict[str, str]]]:
+    """Every credential generated so far: {cluster: {name: {"user", "password", "created"}}}."""
+    with _lock:
+        return _read(state)
+
+
+def ensure(state: LabState, cluster: str, cred: Credential) -> dict[str, str]:
+    """The credential `cred.name` of `cluster`, generated (24 URL-safe characters, ~144 bits) on first use.
+
+    Returns {"user", "password", "created"}; `created` is an RFC 3339 UTC time (Argo CD's passwordMtime)."""
+    with _lock:
+        data = _read(state)
+        entry = data.setdefault(cluster, {}).get(cred.name)
+        if entry is None:
+            entry = {"user": cred.user, "password": secrets.token_urlsafe(18),
+                     "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            data[cluster][cred.name] = entry
+            state.ensure()
+            write_atomic(state.root / FILE, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o600)
+        return entry
+
+
+def forget(state: LabState, clusters: list[str]) -> None:
+    with _lock:
+        data = _read(state)
+        if any(c in data for c in clusters):
+            write_atomic(state.root / FILE, json.dumps({k: v for k, v in data.items() if k not in clusters},
+                                                       indent=2, sort_keys=True) + "\n", 0o600)
+
+
+def secret_object(cred: Credential, entry: dict[str, str], stack: str) -> dict:
+    """The Secret that carries one credential into the cluster (the chart reads it by name)."""
+    password = entry["password"]
+    if cred.hash == "bcrypt":
+        import bcrypt
+
+        password = bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
+    data = {cred.password_key: password, **cred.extra}
+    if cred.user_key:
+        data[cred.user_key] = entry["user"]
+    if "admin.passwordMtime" in data:  # Argo CD: when the password was set
+        data["admin.passwordMtime"] = entry["created"]
+    return {
+        "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+        "metadata": {"name": cred.secret, "namespace": cred.namespace,
+                     "labels": {**cred.labels, "labctl.internal/stack": stack}},
+        "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
+    }
+
+
+def secret_matches(cred: Credential, entry: dict[str, str], live: dict | None) -> bool:
+    """Does the live Secret hold this credential (for bcrypt: a hash of the password)?"""
+    if live is None:
+        return False
+    data = {k: base64.b64decode(v).decode(errors="replace") for k, v in (live.get("data") or {}).items()}
+    stored = data.get(cred.password_key)
+    if stored is None:
+        return False
+    if cred.hash == "bcrypt":
+        import bcrypt
+
+        try:
+            ok = bcrypt.checkpw(entry["password"].encode(), stored.encode())
+        except ValueError:
+            ok = False
+    else:
+        ok = stored == entry["password"]
+    return ok and (cred.user_key is None or data.get(cred.user_key) == entry["user"]) and all(
+        data.get(k) == v for k, v in cred.extra.items() if k != "admin.passwordMtime")

@@ -1,0 +1,347 @@
+"""Stacks as data: the catalogue under templates/stacks/<name>/, user stacks from clusters.json, and what each one
+renders to (Helm values, manifests) for one cluster.
+
+A catalogue stack is a folder holding `stack.yaml` (the descriptor, `Descriptor` below), Helm values templates and
+manifest templates. Adding a stack is adding a folder; `phases/stacks.py` installs any of them. Every pinned chart
+version lives in its descriptor, nowhere else. User stacks (a pinned chart, or a folder of manifests) come from
+clusters.json and resolve to the same `StackDef`, so one code path installs, checks and prunes both.
+
+Templates get these parameters (StrictUndefined: a typo is an error):
+  lab, cluster      the models; `cluster.name`, `cluster.nodes`, `lab.versions`, ...
+  stacks            the names of every stack declared on this cluster (a values template may adapt, e.g. to istio)
+  namespace         the stack's namespace
+  node_ports        the descriptor's NodePorts by name
+  schedulable       how many nodes take ordinary pods (the workers; every node of a cluster without workers)
+  credentials       by name: the Secret (namespace, name, user_key, password_key) holding that login
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .errors import LabctlError
+from .resources import TEMPLATES
+
+if TYPE_CHECKING:
+    from .model import Cluster, Lab
+
+STACKS_DIR = TEMPLATES / "stacks"
+READY_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "APIService", "CustomResourceDefinition")
+READY = re.compile(r"^(?P<kind>[A-Za-z]+) (?:(?P<namespace>[a-z0-9-]+)/)?(?P<name>[a-z0-9.-]+)$")
+EXACT_VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
+FIELD_MANAGER = "labctl"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ProvidedCrd(_Strict):
+    """A CRD a chart installs: its name (`<plural>.<group>`), kind and served version."""
+
+    name: str
+    kind: str
+    version: str
+
+
+class Release(_Strict):
+    """One Helm release of a stack."""
+
+    release: str
+    chart: str = Field(description="the chart's name in its repository")
+    repo: str = Field(description="Helm repository URL (https://…) or an OCI registry path (oci://…)")
+    version: str = Field(description="the pinned chart version")
+    namespace: str | None = Field(default=None, description="default: the stack's namespace")
+    values: str | None = Field(default=None, description="values template, relative to the stack folder")
+    crds: str | None = Field(
+        default=None, description="folder inside the chart whose CRDs `helm upgrade` never upgrades; labctl applies "
+        "them server-side before every install or upgrade")
+    provides_crds: list[ProvidedCrd] = Field(default_factory=list)
+    ready: list[str] = Field(
+        default_factory=list, description="'Kind namespace/name' of what this release creates that means ready; each "
+        "must be in the chart's `helm template` output (reference/charts/<chart>/workloads.txt)")
+
+
+class Credential(_Strict):
+    """A login labctl generates for the lab and keeps in a Secret the chart is pointed at."""
+
+    name: str = Field(description="what `labctl credentials` calls it, e.g. grafana")
+    user: str = "admin"
+    namespace: str
+    secret: str
+    user_key: str | None = None
+    password_key: str
+    hash: Literal["plain", "bcrypt"] = "plain"
+    extra: dict[str, str] = Field(default_factory=dict, description="more keys of the Secret (fixed values)")
+    labels: dict[str, str] = Field(default_factory=dict)
+
+
+class Descriptor(_Strict):
+    """templates/stacks/<name>/stack.yaml."""
+
+    summary: str
+    namespace: str
+    requires: list[str] = Field(default_factory=list)
+    releases: list[Release] = Field(default_factory=list)
+    manifests: list[str] = Field(default_factory=list, description="manifest templates, applied in this order")
+    ready: list[str] = Field(
+        default_factory=list, description="more 'Kind namespace/name' objects that mean ready, beyond the releases' "
+        "own and the workloads in the manifests (e.g. what an operator creates)")
+    node_ports: dict[str, int] = Field(default_factory=dict)
+    urls: dict[str, str] = Field(default_factory=dict, description="name → URL with {address} for a node address")
+    requests: dict[Literal["cpu", "memory"], str] = Field(default_factory=dict,
+                                                          description="rough sum of the stack's requests")
+    credentials: list[Credential] = Field(default_factory=list)
+    hooks: list[str] = Field(default_factory=list, description="named hooks in labctl/stack_hooks.py")
+    arm64: str = Field(default="", description="evidence that every image runs on linux/arm64")
+    docs: str = ""
+
+
+# Stacks the shipped clusters.json declares that arrive with "Stacks, part 2": accepted, shown, not yet installed.
+PLANNED = {
+    "rbac": "namespaced roles and a read-only viewer for lab users",
+    "sealed-secrets": "Bitnami sealed-secrets controller",
+    "backup": "Velero and etcd snapshots",
+    "harbor": "Harbor image registry",
+    "network-policies": "CiliumNetworkPolicy default-deny with explicit allows",
+    "istio": "Istio base, istiod and an ingress gateway",
+    "gatekeeper": "OPA Gatekeeper with baseline constraints",
+    "quotas": "ResourceQuota and LimitRange per namespace",
+}
+
+
+@lru_cache(maxsize=1)
+def catalogue() -> dict[str, Descriptor]:
+    """Every catalogue stack by name, read from templates/stacks/*/stack.yaml.
+
+    Raises LabctlError naming the file when a descriptor is not valid (a broken installation, not user input)."""
+    import yaml
+
+    out: dict[str, Descriptor] = {}
+    for path in sorted(STACKS_DIR.glob("*/stack.yaml")):
+        try:
+            out[path.parent.name] = Descriptor.model_validate(yaml.safe_load(path.read_text()))
+        except (ValidationError, yaml.YAMLError) as exc:
+            raise LabctlError(f"{path}: not a valid stack descriptor: {exc}") from None
+    return out
+
+
+def known_names() -> list[str]:
+    return sorted({*catalogue(), *PLANNED})
+
+
+def parse_ready(entry: str, default_namespace: str) -> tuple[str, str, str]:
+    """'Deployment monitoring/grafana' → (kind, namespace, name); cluster-scoped kinds have namespace ''."""
+    m = READY.match(entry)
+    if not m:
+        raise ValueError(f"{entry!r} is not 'Kind namespace/name'")
+    namespaced = m["kind"] not in ("APIService", "CustomResourceDefinition")
+    return m["kind"], (m["namespace"] or default_namespace) if namespaced else "", m["name"]
+
+
+def cpu_millis(text: str) -> int:
+    """'1500m' → 1500, '2' → 2000 (Kubernetes quantity, CPU)."""
+    text = str(text)
+    return int(text[:-1]) if text.endswith("m") else int(float(text) * 1000)
+
+
+_MEMORY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "K": 10**3, "M": 10**6, "G": 10**9, "T": 10**12}
+
+
+def memory_bytes(text: str) -> int:
+    """'512Mi' → 536870912 (Kubernetes quantity, memory)."""
+    text = str(text)
+    for suffix in sorted(_MEMORY, key=len, reverse=True):
+        if text.endswith(suffix):
+            return int(float(text[: -len(suffix)]) * _MEMORY[suffix])
+    return int(text)
+
+
+def deep_merge(base: Any, override: Any) -> Any:
+    """Helm's rule for -f files: maps merge key by key, anything else (lists too) is replaced; None removes."""
+    if not isinstance(base, dict) or not isinstance(override, dict):
+        return copy.deepcopy(override)
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = deep_merge(out.get(key), value)
+    return out
+
+
+def read_manifests(folder: Path) -> list[dict]:
+    """Every object in the *.yaml / *.yml files of `folder` (sorted by file name, then document order).
+
+    Raises LabctlError when the folder is missing, holds no YAML file or no object, a file does not parse, or a
+    document is not a Kubernetes object (apiVersion, kind, metadata.name)."""
+    import yaml
+
+    if not folder.is_dir():
+        raise LabctlError(f"{folder} is not a folder (relative paths are beside clusters.json)")
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file())
+    if not files:
+        raise LabctlError(f"{folder} holds no .yaml or .yml file")
+    objects = []
+    for path in files:
+        try:
+            docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+        except (yaml.YAMLError, UnicodeDecodeError) as exc:
+            raise LabctlError(f"{path.name} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        for i, doc in enumerate(docs):
+            if doc is None:
+                continue
+            if not (isinstance(doc, dict) and doc.get("apiVersion") and doc.get("kind")
+                    and isinstance(doc.get("metadata"), dict) and doc["metadata"].get("name")):
+                raise LabctlError(f"{path.name}, document {i + 1}: not a Kubernetes object (apiVersion, kind and "
+                                  "metadata.name are required)")
+            objects.append(doc)
+    if not objects:
+        raise LabctlError(f"{folder} holds no Kubernetes object")
+    return objects
+
+
+# ---- a stack resolved for one cluster ---------------------------------------------------------------------------
+
+class ReleaseDef(_Strict):
+    """A Helm release as it will be installed: everything the helm script and the check need."""
+
+    release: str
+    chart: str
+    repo: str
+    version: str
+    namespace: str
+    values: dict[str, Any]
+    crds: str | None = None
+
+    @property
+    def chart_ref(self) -> str:
+        """What `helm upgrade --install` gets: `<repo name>/<chart>` for a Helm repository, the full OCI path else."""
+        return f"{self.repo.rstrip('/')}/{self.chart}" if self.repo.startswith("oci://") else f"{self.repo_name}/{self.chart}"
+
+    @property
+    def repo_name(self) -> str:
+        """A local name for the repository: stable per URL, so two stacks sharing a repository share the entry."""
+        import hashlib
+
+        return "labctl-" + hashlib.sha256(self.repo.encode()).hexdigest()[:10]
+
+
+class StackDef(_Strict):
+    """One declared stack on one cluster, rendered: what to install, in which order, and what means ready."""
+
+    name: str
+    source: Literal["catalogue", "chart", "manifests"]
+    namespace: str
+    requires: list[str]
+    releases: list[ReleaseDef]
+    objects: list[dict[str, Any]]
+    ready: list[tuple[str, str, str]]
+    node_ports: dict[str, int]
+    urls: dict[str, str]
+    credentials: list[Credential]
+    hooks: list[str]
+
+
+def _template_params(lab: Lab, cluster: Cluster, name: str, descriptor: Descriptor) -> dict[str, Any]:
+    workers = [n for n in cluster.nodes if n.role == "worker"]
+    return {
+        "lab": lab,
+        "cluster": cluster,
+        "stacks": cluster.stack_names,
+        "namespace": descriptor.namespace,
+        "node_ports": descriptor.node_ports,
+        "schedulable": len(workers) or len(cluster.nodes),
+        "credentials": {c.name: c for c in descriptor.credentials},
+    }
+
+
+def _render_yaml(template: str, params: dict[str, Any]) -> list[dict]:
+    import yaml
+
+    from .render import render
+
+    return [d for d in yaml.safe_load_all(render(template, **params)) if d is not None]
+
+
+def _workload_ready(objects: list[dict], namespace: str) -> list[tuple[str, str, str]]:
+    """User manifests: their workloads are what 'ready' means."""
+    out = []
+    for obj in objects:
+        if obj.get("kind") in READY_KINDS:
+            meta = obj["metadata"]
+            cluster_scoped = obj["kind"] in ("APIService", "CustomResourceDefinition")
+            out.append((obj["kind"], "" if cluster_scoped else meta.get("namespace") or namespace, meta["name"]))
+    return out
+
+
+def resolve(lab: Lab, cluster: Cluster, name: str, lab_dir: Path) -> StackDef:
+    """The stack `name` of `cluster` rendered for it. `lab_dir`: the folder of clusters.json (user manifests).
+
+    Raises KeyError for a stack the cluster does not declare, LabctlError when a template or a manifest fails."""
+    spec = cluster.stack(name)
+    descriptor = catalogue().get(name)
+    if descriptor is not None:
+        params = _template_params(lab, cluster, name, descriptor)
+        folder = f"stacks/{name}"
+        releases = []
+        for r in descriptor.releases:
+            values = _render_yaml(f"{folder}/{r.values}", params)[0] if r.values else {}
+            # overrides: keyed by release name for a stack of several releases, plain values for a one-release stack
+            override = spec.values.get(r.release, {}) if len(descriptor.releases) > 1 else spec.values
+            releases.append(ReleaseDef(release=r.release, chart=r.chart, repo=r.repo, version=r.version,
+                                       namespace=r.namespace or descriptor.namespace,
+                                       values=deep_merge(values, override or {}), crds=r.crds))
+        objects = [o for m in descriptor.manifests for o in _render_yaml(f"{folder}/{m}", params)]
+        return StackDef(
+            name=name, source="catalogue", namespace=descriptor.namespace,
+            requires=[*descriptor.requires, *spec.requires], releases=releases, objects=objects,
+            ready=[*(parse_ready(e, rel.namespace) for r, rel in zip(descriptor.releases, releases, strict=True)
+                     for e in r.ready),
+                   *_workload_ready(objects, descriptor.namespace),
+                   *(parse_ready(e, descriptor.namespace) for e in descriptor.ready)],
+            node_ports=descriptor.node_ports, urls=descriptor.urls, credentials=descriptor.credentials,
+            hooks=descriptor.hooks,
+        )
+    namespace = spec.namespace or name
+    if spec.chart:
+        release = ReleaseDef(release=spec.release or name, chart=spec.chart, repo=spec.repo or "",
+                             version=spec.version or "", namespace=namespace, values=dict(spec.values))
+        return StackDef(name=name, source="chart", namespace=namespace, requires=spec.requires, releases=[release],
+                        objects=[], ready=[], node_ports={}, urls={}, credentials=[], hooks=[])
+    if spec.manifests:
+        objects = read_manifests(lab_dir / spec.manifests)
+        return StackDef(name=name, source="manifests", namespace=namespace, requires=spec.requires, releases=[],
+                        objects=objects, ready=_workload_ready(objects, namespace), node_ports={}, urls={},
+                        credentials=[], hooks=[])
+    raise LabctlError(f"{cluster.name}: stack {name!r} is not installable by this labctl version")
+
+
+def installable(cluster: Cluster) -> list[str]:
+    """The declared stacks this labctl can install (catalogue folders and user stacks), in declaration order."""
+    return [s.name for s in cluster.stack_specs if s.name in catalogue() or s.chart or s.manifests]
+
+
+def health(kube, stack: StackDef) -> tuple[bool, str]:
+    """How a stack is doing, for `status` and `smoke`: its releases deployed at the pinned versions and its
+    ready-objects ready. (ok, detail); raises the facade's KubeError when the API cannot be asked."""
+    versions = []
+    for r in stack.releases:
+        live = kube.helm_release(r.namespace, r.release)
+        if live is None:
+            return False, f"release {r.release} not installed"
+        if live.status != "deployed" or live.chart_version != r.version:
+            return False, f"release {r.release}: {live.status}, chart {live.chart_version} (want {r.version})"
+        versions.append(f"{r.chart} {live.chart_version}")
+    for kind, namespace, name in stack.ready:
+        readiness = kube.ready(kind, namespace, name)
+        if not readiness:
+            return False, readiness.detail
+    what = f"{len(stack.ready)} objects ready" if stack.ready else "applied"
+    return True, "; ".join([*versions, what])

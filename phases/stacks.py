@@ -1,0 +1,247 @@
+"""stacks: every stack a cluster declares (templates/stacks/<name>/, or the user's own chart or manifests), one step
+each, in `requires` order; independent stacks of a cluster run in parallel. A stack is data: this one phase installs
+any of them (labctl/stacks.py renders them).
+
+check (from the host, through the cluster's API): the stack's credential Secrets hold the lab's passwords; each Helm
+       release is deployed at the pinned chart version with exactly the values labctl renders (read from Helm's
+       release Secret); every manifest object exists with every field labctl sets; the stack's hooks are satisfied;
+       its ready-objects are ready.
+apply: only what the check found wrong, in this order: namespace and credential Secrets (server-side apply) → each
+       release that differs, with Helm on the first control plane (values in a 0600 file there; CRDs a chart never
+       upgrades applied first) → each manifest object that differs, server-side, a custom resource only once its
+       CRD is served → hooks → wait for the ready-objects. What was installed is recorded, so `install --prune`
+       can remove a stack that clusters.json no longer declares.
+"""
+
+from __future__ import annotations
+
+import base64
+
+from labctl import credentials
+from labctl import stacks as S
+from labctl.engine import Check, Phase, Target
+from labctl.stack_hooks import HOOKS
+from labctl.render import script
+
+from .cni import HELM_TIMEOUT, rollback_flag
+
+VALUES_DIR = "/etc/labctl/stacks"
+READY_WAIT = 900  # Jenkins fetches its plugins and Prometheus pulls several images on a first start
+CRD_WAIT = 120  # a CRD is Established within seconds of its creation
+STACK_LABEL = "labctl.internal/stack"
+
+
+def _requires(lab, cluster, name: str) -> list[str]:
+    descriptor = S.catalogue().get(name)
+    return [*(descriptor.requires if descriptor else []), *cluster.stack(name).requires]
+
+
+def contains(live, want) -> bool:
+    """Does the live object carry every field labctl sets? Maps compare key by key, lists item by item."""
+    if isinstance(want, dict):
+        return isinstance(live, dict) and all(contains(live.get(k), v) for k, v in want.items())
+    if isinstance(want, list):
+        return isinstance(live, list) and len(live) == len(want) and all(map(contains, live, want))
+    return live == want
+
+
+def normalised(obj: dict, namespace: str) -> dict:
+    """A manifest as the API will hold it: namespaced kinds get the stack's namespace, a Secret's stringData becomes
+    data (the API server stores only data)."""
+    obj = {**obj, "metadata": dict(obj["metadata"])}
+    if obj["kind"] == "Secret" and "stringData" in obj:
+        data = dict(obj.get("data") or {})
+        data.update({k: base64.b64encode(str(v).encode()).decode() for k, v in obj["stringData"].items()})
+        obj = {k: v for k, v in obj.items() if k != "stringData"}
+        obj["data"] = data
+    return obj
+
+
+def _ns(kube, obj: dict, default: str) -> str:
+    res = kube.resource(obj["apiVersion"], obj["kind"])
+    if res is not None and not res[1]:
+        return ""
+    return obj["metadata"].get("namespace") or default
+
+
+def _namespaces(stack: S.StackDef) -> list[str]:
+    wanted = [stack.namespace, *(r.namespace for r in stack.releases), *(c.namespace for c in stack.credentials)]
+    return [ns for ns in dict.fromkeys(wanted) if ns not in ("default", "kube-system")]
+
+
+def _namespace(name: str, stack: str) -> dict:
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {STACK_LABEL: stack}}}
+
+
+class StackState:
+    """What one stack looks like on the live cluster: the parts that differ from what labctl renders."""
+
+    def __init__(self, ctx, cluster, stack: S.StackDef):
+        self.ctx, self.cluster, self.stack = ctx, cluster, stack
+        self.kube = ctx.kube(cluster)
+
+    def missing_namespaces(self) -> list[str]:
+        return [ns for ns in _namespaces(self.stack) if self.kube.get("v1", "Namespace", "", ns) is None]
+
+    def stale_credentials(self) -> list:
+        out = []
+        for cred in self.stack.credentials:
+            entry = credentials.ensure(self.ctx.state, self.cluster.name, cred)
+            if not credentials.secret_matches(cred, entry, self.kube.get("v1", "Secret", cred.namespace, cred.secret)):
+                out.append(cred)
+        return out
+
+    def release_problem(self, release: S.ReleaseDef) -> str | None:
+        live = self.kube.helm_release(release.namespace, release.release)
+        if live is None:
+            return f"release {release.release} not installed"
+        if live.status != "deployed":
+            return f"release {release.release} is {live.status}"
+        if live.chart_version != release.version:
+            return f"release {release.release} is chart {live.chart_version}, want {release.version}"
+        if live.values != release.values:
+            return f"release {release.release}: values differ from clusters.json"
+        return None
+
+    def stale_objects(self) -> list[dict]:
+        out = []
+        for obj in self.stack.objects:
+            want = normalised(obj, self.stack.namespace)
+            if self.kube.resource(want["apiVersion"], want["kind"]) is None:
+                out.append(want)  # its CRD is not there yet: certainly not applied
+                continue
+            live = self.kube.get(want["apiVersion"], want["kind"], _ns(self.kube, want, self.stack.namespace),
+                                 want["metadata"]["name"])
+            if live is None or not contains(live, want):
+                out.append(want)
+        return out
+
+    def hook_problems(self) -> list[str]:
+        return [p for name in self.stack.hooks for p in HOOKS[name].problems(self.ctx, self.cluster, self.stack)]
+
+    def not_ready(self) -> list[str]:
+        return [r.detail for kind, ns, name in self.stack.ready if not (r := self.kube.ready(kind, ns, name))]
+
+    def problems(self) -> list[str]:
+        found = [f"namespace {ns} missing" for ns in self.missing_namespaces()]
+        found += [f"{c.name} credentials not in Secret {c.namespace}/{c.secret}" for c in self.stale_credentials()]
+        found += [p for r in self.stack.releases if (p := self.release_problem(r))]
+        stale = self.stale_objects()
+        if stale:
+            names = ", ".join(f"{o['kind']} {o['metadata']['name']}" for o in stale[:3])
+            found.append(f"{len(stale)} object(s) not applied or changed: {names}{', …' if len(stale) > 3 else ''}")
+        return found + self.hook_problems() + self.not_ready()
+
+
+class Stacks(Phase):
+    name = "stacks"
+    scope = "cluster"
+    after = ("cni", "nodeconfig")
+    description = "the stacks each cluster declares (catalogue, user charts, user manifests)"
+
+    def applies(self, lab, cluster) -> bool:
+        return bool(S.installable(cluster))
+
+    def items(self, lab, cluster) -> list[str]:
+        return S.installable(cluster)
+
+    def item_requires(self, lab, cluster, item: str) -> list[str]:
+        return _requires(lab, cluster, item)
+
+    def cross_cluster(self, lab, cluster, item):
+        descriptor = S.catalogue().get(item or "")
+        if descriptor and any(HOOKS[h].cross_cluster for h in descriptor.hooks):
+            return [("cni", other.name) for other in lab.clusters if other.name != cluster.name]
+        return []
+
+    def _stack(self, ctx, target: Target):
+        cluster = ctx.lab.cluster(target.cluster)
+        return cluster, S.resolve(ctx.lab, cluster, target.item, ctx.state.root.parent)
+
+    def check(self, ctx, target: Target) -> Check:
+        cluster, stack = self._stack(ctx, target)
+        found = StackState(ctx, cluster, stack).problems()
+        if found:
+            return Check(False, "; ".join(found))
+        versions = ", ".join(f"{r.chart} {r.version}" for r in stack.releases)
+        return Check(True, f"{stack.name} ready" + (f" ({versions})" if versions else ""))
+
+    def apply(self, ctx, target: Target) -> str:
+        cluster, stack = self._stack(ctx, target)
+        live = StackState(ctx, cluster, stack)
+        kube = live.kube
+        for ns in live.missing_namespaces():
+            kube.apply(_namespace(ns, stack.name))
+        for cred in live.stale_credentials():
+            kube.apply(credentials.secret_object(cred, credentials.ensure(ctx.state, cluster.name, cred), stack.name))
+        changed = [r for r in stack.releases if live.release_problem(r)]
+        if changed:
+            self._helm(ctx, cluster, stack, changed)
+        stale = live.stale_objects()
+        for obj in stale:
+            self._wait_served(kube, obj)
+            kube.apply(obj, stack.namespace)
+        for name in stack.hooks:
+            hook = HOOKS[name]
+            if hook.problems(ctx, cluster, stack):
+                hook.apply(ctx, cluster, stack)
+        self._record(ctx, cluster, stack)
+
+        def settled() -> tuple[bool, str]:
+            for name in stack.hooks:  # e.g. kubelets file new CSRs while metrics-server waits for them
+                hook = HOOKS[name]
+                if hook.problems(ctx, cluster, stack):
+                    hook.apply(ctx, cluster, stack)
+            waiting = live.not_ready()
+            return not waiting, "; ".join(waiting)
+
+        kube.wait_for(f"stack {stack.name} to be ready", settled, timeout=READY_WAIT)
+        parts = [f"{r.release} {r.version}" for r in changed]
+        if stale:
+            parts.append(f"{len(stale)} object(s) applied")
+        return f"{stack.name}: " + (", ".join(parts) if parts else "ready")
+
+    def _helm(self, ctx, cluster, stack: S.StackDef, releases: list[S.ReleaseDef]) -> None:
+        import yaml
+
+        lab = ctx.lab
+        transport = ctx.transport(cluster.masters[0].name)
+        helm = f"v{lab.versions.helm}"
+        transport.run(script("cni.helm-binary", "cluster/helm-binary.sh.j2", version=helm), sudo=True, timeout=300)
+        for release in releases:
+            values_path = f"{VALUES_DIR}/{stack.name}/{release.release}.yaml"
+            transport.put(values_path, yaml.safe_dump(release.values, sort_keys=True).encode(), 0o600, sudo=True)
+            ctx.note(f"{cluster.name}: helm upgrade --install {release.release} ({release.chart} {release.version})")
+            transport.run(script(
+                "stacks.helm-install", "cluster/stack-helm-install.sh.j2",
+                cluster=cluster.name, stack=stack.name, release=release.release, chart=release.chart,
+                chart_ref=release.chart_ref, repo_url=release.repo, repo_name=release.repo_name,
+                oci=release.repo.startswith("oci://"), version=release.version, namespace=release.namespace,
+                values_path=values_path, timeout=HELM_TIMEOUT, helm_version=helm,
+                rollback_flag=rollback_flag(lab.versions.helm), crds_path=release.crds or "",
+            ), sudo=True, timeout=20 * 60)
+
+    @staticmethod
+    def _wait_served(kube, obj: dict) -> None:
+        if kube.resource(obj["apiVersion"], obj["kind"]) is not None:
+            return
+        kube.wait_for(f"the API to serve {obj['kind']} ({obj['apiVersion']})",
+                      lambda: (kube.resource(obj["apiVersion"], obj["kind"]) is not None,
+                               f"{obj['kind']} not served: its CRD is not Established"), timeout=CRD_WAIT, interval=1)
+
+    @staticmethod
+    def _record(ctx, cluster, stack: S.StackDef) -> None:
+        """What `install --prune` removes if the stack leaves clusters.json (no passwords: names only)."""
+        kube = ctx.kube(cluster)
+        record = {
+            "releases": [[r.namespace, r.release] for r in stack.releases],
+            "objects": [[o["apiVersion"], o["kind"], _ns(kube, o, stack.namespace), o["metadata"]["name"]]
+                        for o in stack.objects],
+            "secrets": [[c.namespace, c.secret] for c in stack.credentials],
+            "namespaces": _namespaces(stack),
+        }
+        ctx.state.update(lambda data: data.setdefault("stacks", {}).setdefault(cluster.name, {}).update(
+            {stack.name: record}))
+
+
+phase = Stacks()
