@@ -488,7 +488,14 @@ def _chart_problems(spec: dict, spath: str) -> list[Problem]:
     from . import stacks as S
 
     problems = []
-    repo, version = spec.get("repo"), spec.get("version")
+    chart, repo, version = spec.get("chart"), spec.get("repo"), spec.get("version")
+    if isinstance(chart, str) and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", chart):
+        problems.append(Problem(f"{spath}.chart", f"{chart!r} is not a chart name: `chart` is the chart's name in "
+                                "`repo` (like redis), without the repository's name or path"))
+    if isinstance(repo, str) and isinstance(chart, str) and repo.startswith("oci://") and \
+            repo.rstrip("/").rsplit("/", 1)[-1] == chart:
+        problems.append(Problem(f"{spath}.repo", f"{repo!r} ends with the chart's name: `repo` is the registry path "
+                                f"without it ({repo.rstrip('/').rsplit('/', 1)[0]!r}); labctl adds `/{chart}`"))
     if repo is None:
         problems.append(Problem(f"{spath}.repo", "a chart stack needs `repo`: the Helm repository URL (https://…) or "
                                 "the OCI registry path (oci://…) the chart is in"))
@@ -611,20 +618,20 @@ def _model_at(loc: tuple) -> type[BaseModel]:
 def _problems(exc: ValidationError) -> list[Problem]:
     problems = []
     for err in exc.errors():
-        loc = tuple(err["loc"])
+        loc: tuple | None = tuple(err["loc"])
         # A `stacks` entry is `str | StackSpec`: pydantic tries both members and tags each error with the one it tried.
         # Say what is wrong with the object (or that the entry is neither), at the entry's own path.
         for i in range(len(loc) - 2):
             if loc[i] == "stacks" and isinstance(loc[i + 1], int) and loc[i + 2] in ("str", "StackSpec"):
                 if loc[i + 2] == "str":
-                    loc = ()
+                    loc = None  # not a string; the StackSpec member's errors say what is wrong
                 elif len(loc) == i + 3:
                     loc, err = loc[: i + 2], {**err, "type": "stack", "msg": "a stack is a name (a string) or an "
                                               "object with `name`"}
                 else:
                     loc = loc[: i + 2] + loc[i + 3:]
                 break
-        if not loc:
+        if loc is None:
             continue
         if err["type"] == "extra_forbidden":
             field = str(loc[-1])

@@ -192,15 +192,24 @@ def read_manifests(folder: Path) -> list[dict]:
     for path in files:
         try:
             docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
-        except (yaml.YAMLError, UnicodeDecodeError) as exc:
-            raise LabctlError(f"{path.name} is not valid YAML: {str(exc).splitlines()[0]}") from None
+        except UnicodeDecodeError:
+            raise LabctlError(f"{path.name} is not UTF-8 text") from None
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise LabctlError(f"{path.name} is not valid YAML{where}: {problem}") from None
         for i, doc in enumerate(docs):
             if doc is None:
                 continue
-            if not (isinstance(doc, dict) and doc.get("apiVersion") and doc.get("kind")
-                    and isinstance(doc.get("metadata"), dict) and doc["metadata"].get("name")):
-                raise LabctlError(f"{path.name}, document {i + 1}: not a Kubernetes object (apiVersion, kind and "
-                                  "metadata.name are required)")
+            if not isinstance(doc, dict):
+                raise LabctlError(f"{path.name}, document {i + 1}: not a Kubernetes object (a mapping)")
+            missing = [f for f, v in (("apiVersion", doc.get("apiVersion")), ("kind", doc.get("kind")),
+                                      ("metadata.name", (doc.get("metadata") or {}).get("name")
+                                       if isinstance(doc.get("metadata"), dict) else None)) if not v]
+            if missing:
+                raise LabctlError(f"{path.name}, document {i + 1}: not a Kubernetes object: {', '.join(missing)} "
+                                  "missing")
             objects.append(doc)
     if not objects:
         raise LabctlError(f"{folder} holds no Kubernetes object")

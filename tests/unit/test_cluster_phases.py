@@ -48,7 +48,7 @@ from labctl.remote.facts import (
 )
 from labctl.state import LabState
 from phases import cni, init, join, nodeconfig
-from tests.conftest import PREDECESSOR, ROOT, shellcheck
+from tests.conftest import PREDECESSOR, ROOT, SHIPPED, shellcheck
 
 sys.path.insert(0, str(ROOT / "tests" / "sim"))
 from fake_kube import FakeKube, make_certificates, merge_patch
@@ -938,17 +938,40 @@ def all_cluster_scripts(tmp_path: Path) -> dict[str, str]:
     return out
 
 
+def stack_scripts() -> dict[str, str]:
+    """The stacks phase's Helm scripts for every release of the shipped lab (Helm repositories, CRDs first)."""
+    from labctl import stacks
+    from labctl.render import script
+
+    lab = model.load(SHIPPED)
+    out = {}
+    for cluster in lab.clusters:
+        for name in stacks.installable(cluster):
+            for r in stacks.resolve(lab, cluster, name, ROOT).releases:
+                params = dict(cluster=cluster.name, stack=name, release=r.release, namespace=r.namespace,
+                              helm_version="v3.20.2", timeout="10m")
+                out[f"stacks.helm-install@{cluster.name}/{r.release}"] = script(
+                    "stacks.helm-install", "cluster/stack-helm-install.sh.j2", **params, chart=r.chart,
+                    chart_ref=r.chart_ref, repo_url=r.repo, repo_name=r.repo_name, oci=r.repo.startswith("oci://"),
+                    version=r.version, values_path=f"/etc/labctl/stacks/{name}/{r.release}.yaml",
+                    rollback_flag="--atomic", crds_path=r.crds or "").text
+                out[f"stacks.helm-uninstall@{cluster.name}/{r.release}"] = script(
+                    "stacks.helm-uninstall", "cluster/stack-helm-uninstall.sh.j2", **params).text
+    return out
+
+
 def test_every_cluster_script_passes_bash_n_and_shellcheck(tmp_path):
-    scripts = all_cluster_scripts(tmp_path)
+    scripts = {**all_cluster_scripts(tmp_path), **stack_scripts()}
     ids = {name.split("@")[0] for name in scripts}
     templates = sorted(p.name for p in (ROOT / "templates" / "cluster").glob("*.sh.j2"))
     assert ids == {"endpoint.hosts", "init.kubeadm", "join.token", "join.upload-certs", "join.kubeadm",
-                   "cni.helm-binary", "cni.helm-install", "repair.probe", "repair.node-ip", "repair.control-plane"}
+                   "cni.helm-binary", "cni.helm-install", "repair.probe", "repair.node-ip", "repair.control-plane",
+                   "stacks.helm-install", "stacks.helm-uninstall"}
     assert len(templates) == len(ids)
     paths = []
     for i, (name, text) in enumerate(sorted(scripts.items())):
         assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text, name
-        path = tmp_path / f"{i:02d}-{name.replace('@', '-')}.sh"
+        path = tmp_path / f"{i:02d}-{name.replace('@', '-').replace('/', '-')}.sh"
         path.write_text(text)
         paths.append(str(path))
         result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)

@@ -52,7 +52,7 @@ def test_shipped_lab_reproduces_the_predecessor_placement_and_sizes():
         assert [(n.name, n.role, n.cpu, n.memory, n.disk) for n in new_c.nodes] == [
             (n.name, n.role, n.cpu, n.memory, n.disk) for n in old_c.nodes
         ]
-    stacks = {c.name: set(c.stacks) for c in lab.clusters}
+    stacks = {c.name: set(c.stack_names) for c in lab.clusters}
     assert stacks["platform"] >= {"monitoring", "alerting", "argocd", "jenkins", "sealed-secrets", "backup", "harbor"}
     assert stacks["dev"] >= {"network-policies", "metrics-server", "hpa-demo", "istio", "gatekeeper", "quotas"}
     assert stacks["staging"] >= {"metrics-server", "quotas"} and stacks["prod"] >= {"quotas"}
@@ -61,9 +61,22 @@ def test_shipped_lab_reproduces_the_predecessor_placement_and_sizes():
     assert int(lab.versions.kubernetes.split(".")[1]) > 31  # 1.31 is end-of-life
 
 
+STACK_CASES = [c for c in CASES if "stack" in c["file"]]
+
+
 def test_at_least_twenty_invalid_fixtures():
     assert len(CASES) >= 20
     assert sorted(c["file"] for c in CASES) == sorted(p.name for p in INVALID.glob("[0-9]*.json"))
+
+
+def test_at_least_fifteen_invalid_stacks_fixtures_each_naming_paths_and_messages():
+    assert len([c for c in STACK_CASES if int(c["file"].split("-")[0]) >= 34]) >= 15
+    for case in STACK_CASES:
+        assert case["paths"] and case["messages"], case["file"]
+    # every manifests folder the fixtures point at belongs to a case (no stray or shared folders)
+    folders = {p.name for p in (INVALID / "manifests").iterdir()}
+    texts = [(INVALID / c["file"]).read_text() for c in STACK_CASES]
+    assert [f for f in sorted(folders) if not any(f'"manifests/{f}"' in text for text in texts)] == []
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c["file"] for c in CASES])
@@ -76,6 +89,15 @@ def test_invalid_fixture(case):
         assert f"  - {path}: " in result.err, f"{path} not named in:\n{result.err}"
     for message in case["messages"]:
         assert message in result.err
+
+
+@pytest.mark.parametrize("case", STACK_CASES, ids=[c["file"] for c in STACK_CASES])
+def test_invalid_stacks_fixture_reports_exactly_its_problems(case):
+    """No stray problem beside the expected ones (e.g. one per member of `str | StackSpec`), no exception but
+    ConfigError (a manifests folder is read relative to the fixture, like clusters.json's folder)."""
+    with pytest.raises(ConfigError) as info:
+        model.load(INVALID / case["file"])
+    assert sorted(p.path for p in info.value.problems) == sorted(case["paths"]), info.value.message
 
 
 def test_every_problem_is_reported_with_its_path():
