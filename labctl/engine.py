@@ -98,6 +98,9 @@ class Step:
     phase: Phase
     target: Target
     deps: set[Step] = field(default_factory=set)
+    # the deps this step waits for but does not need to succeed (another cluster's steps: Argo CD registers the
+    # clusters that made it; one that failed must not block a stack on a healthy cluster)
+    soft: set[Step] = field(default_factory=set)
 
     @property
     def id(self) -> str:
@@ -253,6 +256,7 @@ def build_steps(lab: Lab, phases: list[Phase], sel: Selection | None = None) -> 
                     for dep_name, other in phase.cross_cluster(lab, lab.cluster(cname), step.target.item):
                         if other != cname and dep_name in steps:
                             step.deps.update(steps[dep_name].get(other, []))
+                            step.soft.update(steps[dep_name].get(other, []))
                 ordered.append(step)
     return ordered
 
@@ -272,13 +276,14 @@ def _dependents(steps: list[Step]) -> dict[Step, list[Step]]:
 
 
 def _blocked_by(failed: Step, dependents: dict[Step, list[Step]]) -> list[Step]:
+    """Every step that needs `failed` to succeed, directly or through others (soft dependencies do not)."""
     seen: list[Step] = []
-    todo = list(dependents.get(failed, []))
+    todo = [d for d in dependents.get(failed, []) if failed not in d.soft]
     while todo:
         s = todo.pop()
         if s not in seen:
             seen.append(s)
-            todo.extend(dependents.get(s, []))
+            todo.extend(d for d in dependents.get(s, []) if s not in d.soft)
     return seen
 
 
@@ -378,17 +383,22 @@ class Engine:
             failed = result.status == "failed"
             if failed and self.fail_fast:
                 stop = True
-            for dep in dependents[step]:
-                if failed and not planning:
-                    continue
-                waiting[dep].discard(step)
-                if not waiting[dep]:
-                    ready.append(dep)
+            release(step, failed)
             if failed and not planning:
                 for blocked in _blocked_by(step, dependents):
                     if blocked not in results:
                         results[blocked] = StepResult(blocked, "blocked", f"after failed {step.id}")
                         self.emit(Event("result", blocked, "blocked", f"after failed {step.id}"))
+                        release(blocked, True)
+
+        def release(step: Step, failed: bool) -> None:
+            """`step` is over: its dependents stop waiting for it, unless they needed it to succeed."""
+            for dep in dependents[step]:
+                if failed and not planning and step not in dep.soft:
+                    continue
+                waiting[dep].discard(step)
+                if not waiting[dep] and dep not in results:
+                    ready.append(dep)
 
         interrupted = False
         pool = ThreadPoolExecutor(max_workers=self.parallel, thread_name_prefix="labctl")

@@ -91,30 +91,28 @@ def _guard(fn, *args) -> Probe:
 
 
 def _stacks(ctx, cluster: Cluster, kube, have_kubeconfig: bool) -> tuple[dict[str, Probe], dict[str, str]]:
-    """Each declared stack's health, and the URLs (with `{address}`) of the installable ones."""
+    """Each declared stack's health (asked concurrently: a hung API server costs one timeout, not one per stack),
+    and the URLs (with `{address}`) of the installable ones."""
     from . import stacks as S
 
-    probes: dict[str, Probe] = {}
-    urls: dict[str, str] = {}
     installable = S.installable(cluster)
-    for name in cluster.stack_names:
+    urls: dict[str, str] = {}
+
+    def probe(name: str) -> Probe:
         if name not in installable:
-            probes[name] = Probe(False, "arrives with a later labctl version (Stacks, part 2)", skipped=True)
-            continue
+            return Probe(False, "arrives with a later labctl version (Stacks, part 2)", skipped=True)
         try:
             stack = S.resolve(ctx.lab, cluster, name, ctx.state.root.parent)
+            urls.update(stack.urls)
+            if not have_kubeconfig:
+                return Probe(False, "not installed", skipped=True)
+            return Probe(*S.health(kube, stack))
         except LabctlError as exc:
-            probes[name] = Probe(False, exc.message.splitlines()[0])
-            continue
-        urls.update(stack.urls)
-        if not have_kubeconfig:
-            probes[name] = Probe(False, "not installed", skipped=True)
-            continue
-        try:
-            ok, detail = S.health(kube, stack)
-        except LabctlError as exc:
-            ok, detail = False, exc.message.splitlines()[0]
-        probes[name] = Probe(ok, detail)
+            return Probe(False, exc.message.splitlines()[0])
+
+    names = cluster.stack_names
+    with ThreadPoolExecutor(max_workers=max(1, len(names)), thread_name_prefix="status-stack") as pool:
+        probes = dict(zip(names, pool.map(probe, names), strict=True))
     return probes, urls
 
 
@@ -205,7 +203,7 @@ def collect(lab: LabSession, clusters: list[str] | None = None, timeout: float =
         vms = ctx.provider.list()
         chosen = [lab.model.cluster(name) for name in names]
         # workers: per cluster, one per node probe plus the API questions, so nothing waits behind a dead node
-        width = sum(len(c.nodes) + 5 for c in chosen)
+        width = sum(len(c.nodes) + 5 for c in chosen)  # +5: API, Cilium, DNS, stacks, slack
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix="status") as pool:
             outer = ThreadPoolExecutor(max_workers=len(chosen) or 1, thread_name_prefix="status-cluster")
             with outer:

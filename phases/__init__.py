@@ -24,6 +24,7 @@ ORDER = {
         "boot",  # start stopped VMs (control planes first) and wait for their addresses
         "addresses",  # a control plane or node whose address changed: certificates, kubeconfigs, hosts entries
         "ready",  # uncordon what `shutdown --drain` cordoned, wait until every node is Ready
+        "stackhooks",  # what installed stacks know about moved nodes: kubelet serving CSRs, Argo CD destinations
     ],
     "shutdown": [
         "shutdown",  # power off from inside the guest, workers first; SIGUSR2, then `tart stop` as fallbacks

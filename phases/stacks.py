@@ -73,6 +73,18 @@ def _namespace(name: str, stack: str) -> dict:
     return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {STACK_LABEL: stack}}}
 
 
+def run_hooks(ctx, cluster, stack: S.StackDef) -> list[str]:
+    """Apply the stack's hooks that see a problem; returns what they found ([] when all was well)."""
+    found = []
+    for name in stack.hooks:
+        hook = HOOKS[name]
+        problems = hook.problems(ctx, cluster, stack)
+        if problems:
+            hook.apply(ctx, cluster, stack)
+            found += problems
+    return found
+
+
 class StackState:
     """What one stack looks like on the live cluster: the parts that differ from what labctl renders."""
 
@@ -174,6 +186,9 @@ class Stacks(Phase):
             kube.apply(_namespace(ns, stack.name))
         for cred in live.stale_credentials():
             kube.apply(credentials.secret_object(cred, credentials.ensure(ctx.state, cluster.name, cred), stack.name))
+        # hooks first: metrics-server only turns Ready (and Helm's --wait only returns) once a kubelet serves a
+        # certificate, i.e. once its CSR is approved
+        run_hooks(ctx, cluster, stack)
         changed = [r for r in stack.releases if live.release_problem(r)]
         if changed:
             self._helm(ctx, cluster, stack, changed)
@@ -181,17 +196,10 @@ class Stacks(Phase):
         for obj in stale:
             self._wait_served(kube, obj)
             kube.apply(obj, stack.namespace)
-        for name in stack.hooks:
-            hook = HOOKS[name]
-            if hook.problems(ctx, cluster, stack):
-                hook.apply(ctx, cluster, stack)
         self._record(ctx, cluster, stack)
 
         def settled() -> tuple[bool, str]:
-            for name in stack.hooks:  # e.g. kubelets file new CSRs while metrics-server waits for them
-                hook = HOOKS[name]
-                if hook.problems(ctx, cluster, stack):
-                    hook.apply(ctx, cluster, stack)
+            run_hooks(ctx, cluster, stack)  # e.g. a kubelet that restarted files a new CSR
             waiting = live.not_ready()
             return not waiting, "; ".join(waiting)
 

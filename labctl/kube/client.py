@@ -326,14 +326,14 @@ class Kube:
         headers = {"Accept": "application/json"}
         if content_type:
             headers["Content-Type"] = content_type
+        # the body stays a dict: the REST layer serialises it once for JSON and +yaml content types alike
         method_, url, headers, _, _ = api_client.param_serialize(
             method=method, resource_path=path, query_params=query or [], header_params=headers,
-            body=json.dumps(body) if body is not None else None, auth_settings=["BearerToken"])
+            auth_settings=["BearerToken"])
         from kubernetes import client
 
         try:
-            response = api_client.call_api(method_, url, header_params=headers,
-                                           body=json.dumps(body) if body is not None else None,
+            response = api_client.call_api(method_, url, header_params=headers, body=body,
                                            _request_timeout=self.request_timeout)
             data = response.read()
         except client.ApiException as exc:  # pragma: no cover - call_api does not raise for HTTP errors in 37.x

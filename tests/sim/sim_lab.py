@@ -16,11 +16,26 @@ What is real and what is simulated:
   nodes at every request (like a kubelet posting status), so a VM that stops shows up as NotReady/Unknown.
 - IP drift: after `new_ip_on_next_boot` the API server comes back on the new address with its OLD certificate
   (TLS verification fails) until `repair.control-plane` issues a new one from the init config labctl put.
+- Controllers (SimCluster.refresh, at every request): besides Cilium's own, every Deployment, StatefulSet,
+  DaemonSet, Job gets a healthy controller's status while a Ready node can run its pods (taints, cordon); PVCs bind
+  when their class exists; APIServices are Available when the workload behind their service is; every namespace
+  gets its `default` ServiceAccount and `kube-root-ca.crt`.
+- Kubelet certificates: with `serverTLSBootstrap: true` in the KubeletConfiguration of the init config labctl put,
+  each kubelet files a kubelet-serving CSR (a real PEM request for its name and InternalIP) once it posts status,
+  and a new one when its address changed; the signer issues what was approved (the `approval` subresource), and
+  the kubelet serves only its current CSR's certificate. Joining workers' client CSRs are approved and issued at
+  once. metrics-server is Ready (hence its Deployment available, its APIService Available, metrics.k8s.io served)
+  only while it can scrape at least one kubelet, as the real one (its readiness needs a successful scrape).
+- Helm for stacks (`stacks.helm-install` / `stacks.helm-uninstall`): release records exactly as Helm stores them,
+  the chart's CRDs and `ready` objects taken from labctl's catalogue (no chart is rendered), Helm's ownership
+  check, `--wait` failing (and --atomic undoing the install) when a workload of the release would not get ready.
 
 `SimLab` wires it into `labctl.lab.CONTEXT_OVERRIDES`; use it as a context manager. On it: failure injection per
 script (`fail`), crash injection at the Nth script call (`crash_at`: Ctrl-C, or labctl dying there), a latency model
 per script id and tart command (`latency`, for the benchmark), the record of every script call (`calls`), test
-controls (`hang` a node), and `world()`, a normalised picture of the whole lab for end-state assertions.
+controls (`hang` a node, `approve_csrs`), `world()`, a normalised picture of the whole lab for end-state assertions
+(its "stacks" section: Helm releases and object counts per cluster), and readers: `releases`, `object_counts`,
+`csrs`, `serving_certificates`.
 Speed: an install makes a few hundred tart calls, so the fake tart is served from a preloaded fork server
 (`SimLab._speed_up_tart`; same code, same behaviour).
 """
@@ -43,10 +58,10 @@ import sys
 import threading
 import time
 import tomllib
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
 
 import yaml
 
@@ -60,7 +75,21 @@ from labctl.providers.tart import TartProvider
 from labctl.remote import facts as F
 from labctl.remote.base import Result, Script
 from labctl.state import LabState
-from tests.sim.fake_kube import PATH, FakeKube, Store, _Handler, subject_alt_names
+from tests.sim.fake_kube import (
+    APISERVICE_PREFIX,
+    APISERVICES,
+    CRD_PREFIX,
+    CRDS,
+    GENERATE_ALPHABET,
+    ApiError,
+    FakeKube,
+    Store,
+    _Handler,
+    crd_object,
+    namespace_object,
+    subject_alt_names,
+    write_object,
+)
 from tests.sim.fake_tart import FakeTart, read_json, wait_for
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "facts"
@@ -156,9 +185,9 @@ class _SimHandler(_Handler):
     """FakeKube's handler, plus what a real API server in front of real kubelets does.
 
     Before each request the cluster's live objects are brought up to date from the simulated nodes (the kubelets
-    post their status). A server whose control plane VM is off, hung, or at another address by now does not
-    answer (the connection drops). A merge patch that names a resourceVersion other than the current one is a 409
-    Conflict, as in Kubernetes (labctl's taint patch relies on that).
+    post their status, the controllers reconcile: SimCluster.refresh). A server whose control plane VM is off,
+    hung, or at another address by now does not answer (the connection drops). (A write naming a stale
+    resourceVersion is a 409 Conflict in FakeKube itself; labctl's taint patch relies on that.)
     """
 
     kube: SimApiServer
@@ -172,21 +201,7 @@ class _SimHandler(_Handler):
             self.close_connection = True  # no response at all: to the client this is a dead host
             return
         cluster.refresh()
-        if method != "PATCH":
-            return super()._handle(method)
-        raw = self._read_body()
-        self._read_body = lambda: raw  # the base class reads the body itself; this instance serves the next
-        try:  # request on the connection too, so the override goes again below
-            patch = json.loads(raw or b"{}") if "json" in (self.headers.get("Content-Type") or "") else None
-            wanted = (patch.get("metadata") or {}).get("resourceVersion") if isinstance(patch, dict) else None
-            m = PATH.match(urlparse(self.path).path)
-            current = m and self.kube.store.get(m["prefix"], m["plural"], m["name"] or "", m["ns"] or "")
-            if wanted and current and current["metadata"].get("resourceVersion") != wanted:
-                return self._status(409, "Conflict", "the object has been modified; please apply your changes to "
-                                                     "the latest version and try again")
-            return super()._handle(method)
-        finally:
-            del self._read_body
+        return super()._handle(method)
 
 
 class SimApiServer(FakeKube):
@@ -197,6 +212,7 @@ class SimApiServer(FakeKube):
         self.cluster = cluster
         self.sans = list(sans)
         self.store = cluster.store  # etcd: the objects survive restarts of the API server
+        self.aggregated = {("metrics.k8s.io", "v1beta1"): cluster.metrics_api}  # metrics-server, behind its APIService
         self.server.RequestHandlerClass = type("Handler", (_SimHandler,), {"kube": self})
         cert, key = cluster.ca.issue("kube-apiserver", sans)
         workdir.mkdir(parents=True, exist_ok=True)
@@ -260,6 +276,12 @@ class SimNode:
         self.advertised: str | None = None  # kube-apiserver --advertise-address (first control plane)
         self.cert_sans: list[str] = []  # the API server certificate's SANs
         self.helm: str | None = None  # the Helm version in /usr/local/bin
+        # kubelet serving certificate (KubeletConfiguration serverTLSBootstrap): whether this kubelet asks for one,
+        # its current CSR and the address it asks for, and the address of the certificate it got (kept on disk)
+        self.serving_bootstrap = False
+        self.csr_name: str | None = None
+        self.csr_ip: str | None = None
+        self.serving_cert_ip: str | None = None
         self.seen_boot: int | None = None
         self.gone = False  # its VM was seen deleted: the next one of this name is a new clone
 
@@ -524,6 +546,11 @@ class SimNode:
             return 1, "[preflight] Some fatal errors occurred:\n\t" + "\n\t".join(errors)
         cluster = self.lab.clusters[self.cluster]
         cluster.ca = cluster.ca or ClusterCA.create(self.cluster)
+        # kubeadm uploads the KubeletConfiguration (kubelet-config ConfigMap); every kubelet, this one first, runs
+        # with it from its start (a node that joined before a change keeps its own)
+        cluster.kubelet_config = copy.deepcopy(docs.get("KubeletConfiguration") or {})
+        cluster.cluster_config = copy.deepcopy(cc)
+        self.serving_bootstrap = cluster.kubelet_config.get("serverTLSBootstrap") is True
         self.advertised, self.node_ip = advertise, node_ip
         self.cert_sans = _apiserver_sans(self.name, advertise, cc)
         for path in (*F.KUBEADM_FILES,):
@@ -578,9 +605,11 @@ class SimNode:
         if errors:
             return 1, "[preflight] Some fatal errors occurred:\n\t" + "\n\t".join(errors)
         self.node_ip = node_ip
+        self.serving_bootstrap = cluster.kubelet_config.get("serverTLSBootstrap") is True
         for path in (F.KUBELET_CONF, F.KUBELET_CONFIG, F.KUBEADM_FLAGS, "/etc/kubernetes/pki/ca.crt"):
             f["files"][path] = True
         f["kubelet"] = {**f["kubelet"], "active": "active", "started_at": self.lab.tick()}
+        cluster.bootstrap_client_csr(self, discovery["token"])
         cluster.register(self)
         return 0, "This node has joined the cluster"
 
@@ -604,6 +633,35 @@ class SimNode:
         revision = cluster.helm_upgrade(p, yaml.safe_load(raw) or {})
         return 0, (f'Release "{p["release"]}" has been upgraded. Happy Helming!\nNAME: {p["release"]}\n'
                    f"NAMESPACE: {p['namespace']}\nSTATUS: deployed\nREVISION: {revision}")
+
+    def _stacks_helm_install(self, p, address):
+        """`helm upgrade --install --wait --create-namespace` of one stack release (SimCluster.helm_install)."""
+        if self.helm != p["helm_version"]:
+            return 127, "helm: command not found"
+        if not f_exists(self, F.ADMIN_CONF):
+            return 1, "Error: Kubernetes cluster unreachable: no admin.conf"
+        raw = self.files.get(p["values_path"])
+        if raw is None:
+            return 1, f"Error: open {p['values_path']}: no such file or directory"
+        try:
+            values = yaml.safe_load(raw) or {}
+        except yaml.YAMLError as exc:
+            return 1, f"Error: failed to parse {p['values_path']}: error converting YAML to JSON: {exc}"
+        cluster = self.lab.clusters[self.cluster]
+        if not cluster.api_up():
+            return 1, "Error: Kubernetes cluster unreachable"
+        return cluster.helm_install(p, values)
+
+    def _stacks_helm_uninstall(self, p, address):
+        """`helm uninstall --wait`: exit 1 "release: not found" when it is not installed, like Helm."""
+        if self.helm != p["helm_version"]:
+            return 127, "helm: command not found"
+        if not f_exists(self, F.ADMIN_CONF):
+            return 1, "Error: Kubernetes cluster unreachable: no admin.conf"
+        cluster = self.lab.clusters[self.cluster]
+        if not cluster.api_up():
+            return 1, "Error: Kubernetes cluster unreachable"
+        return cluster.helm_uninstall(p["release"], p["namespace"], p.get("stack"))
 
     def _repair_probe(self, p, address):
         lines = []
@@ -744,6 +802,35 @@ class SimTransport:
 
 # ---- clusters ----------------------------------------------------------------------------------------------------
 
+APPS = "apis/apps/v1"
+CSR_PREFIX, CSRS = "apis/certificates.k8s.io/v1", "certificatesigningrequests"
+KUBELET_SERVING = "kubernetes.io/kubelet-serving"
+KUBELET_CLIENT = "kubernetes.io/kube-apiserver-client-kubelet"
+METRICS_APISERVICE = "v1beta1.metrics.k8s.io"
+# What `cni` installs in kube-system and refresh() keeps up to date from the Cilium agents (not the generic loop).
+CILIUM_WORKLOADS = ("cilium", "cilium-envoy", "cilium-operator", "coredns", "hubble-relay", "hubble-ui")
+# The CRDs Cilium's operator registers when it starts (kinds labctl or a stack may use).
+CILIUM_CRDS = [
+    ("v2", "ciliumnodes", "CiliumNode", "Cluster", ("cn", "ciliumn")),
+    ("v2", "ciliumendpoints", "CiliumEndpoint", "Namespaced", ("cep", "ciliumep")),
+    ("v2", "ciliumidentities", "CiliumIdentity", "Cluster", ("ciliumid",)),
+    ("v2", "ciliumnetworkpolicies", "CiliumNetworkPolicy", "Namespaced", ("cnp", "ciliumnp")),
+    ("v2", "ciliumclusterwidenetworkpolicies", "CiliumClusterwideNetworkPolicy", "Cluster", ("ccnp",)),
+    ("v2", "ciliumlocalredirectpolicies", "CiliumLocalRedirectPolicy", "Namespaced", ("clrp",)),
+    ("v2", "ciliumenvoyconfigs", "CiliumEnvoyConfig", "Namespaced", ("cec",)),
+    ("v2", "ciliumclusterwideenvoyconfigs", "CiliumClusterwideEnvoyConfig", "Cluster", ("ccec",)),
+    ("v2", "ciliumloadbalancerippools", "CiliumLoadBalancerIPPool", "Cluster", ("ippools", "lbippool")),
+    ("v2", "ciliumcidrgroups", "CiliumCIDRGroup", "Cluster", ("ccg",)),
+    ("v2", "ciliumnodeconfigs", "CiliumNodeConfig", "Namespaced", ()),
+    ("v2alpha1", "ciliuml2announcementpolicies", "CiliumL2AnnouncementPolicy", "Cluster", ("l2announcement",)),
+]
+HELM_HISTORY_MAX = 10  # `helm upgrade --history-max` default: older revisions are deleted
+HELM_OWNER = ("app.kubernetes.io/managed-by", "meta.helm.sh/release-name", "meta.helm.sh/release-namespace")
+# DaemonSet pods get these tolerations from the DaemonSet controller (AddOrUpdateDaemonPodTolerations)
+DAEMON_TOLERATED = {"node.kubernetes.io/unschedulable", "node.kubernetes.io/disk-pressure",
+                    "node.kubernetes.io/memory-pressure", "node.kubernetes.io/pid-pressure"}
+
+
 class SimCluster:
     """One cluster's control plane as the API shows it, fed from its SimNodes."""
 
@@ -761,8 +848,13 @@ class SimCluster:
         self.tokens: set[str] = set()
         self.certificate_keys: set[str] = set()
         self.cilium: dict | None = None  # the values of the deployed release
-        self.helm_revisions = 0
+        self.helm_revisions = 0  # how often Cilium's `helm upgrade --install` really ran
         self.inits = 0  # how often `kubeadm init` really ran
+        self.kubelet_config: dict = {}  # the KubeletConfiguration of `kubeadm init`
+        self.cluster_config: dict = {}
+        self.csr_records: dict[str, tuple[str, str | None]] = {}  # CSR name → (node, address it asks for)
+        self.operator_objects: dict[str, list[tuple[str, str, str, str]]] = {}  # stack → what its operator made
+        self.kubelets: dict[str, bool] = {}  # node → its kubelet posts status (as of the last refresh)
 
     # -- the control plane ---------------------------------------------------------------------------------------
     def api_up(self) -> bool:
@@ -795,10 +887,28 @@ class SimCluster:
                 self.server = SimApiServer(self, address, self.master.cert_sans, workdir).start()
 
     def initialised(self, master: SimNode) -> None:
+        """What `kubeadm init` leaves in the API: the system namespaces (kube-apiserver makes them at its first
+        start), kubeadm's ConfigMaps, the `kubernetes` and `kube-dns` Services, CoreDNS, the first Node."""
         with self.lock:
             self.inits += 1
             self.client_cert = self.ca.issue("kubernetes-admin")
-            self.store.put("apis/apps/v1", "deployments", _deployment("coredns", 2), KUBE_SYSTEM)
+            store = self.store
+            service_cidr = (self.cluster_config.get("networking") or {}).get("serviceSubnet", "10.96.0.0/12")
+            store.service_cidr = service_cidr
+            store.ensure_namespaces()
+            hosts = ipaddress.ip_network(service_cidr)
+            store.put("api/v1", "configmaps", {"metadata": {"name": "kubeadm-config"}, "data": {
+                "ClusterConfiguration": yaml.safe_dump(self.cluster_config, sort_keys=False)}}, KUBE_SYSTEM)
+            store.put("api/v1", "configmaps", {"metadata": {"name": "kubelet-config"}, "data": {
+                "kubelet": yaml.safe_dump(self.kubelet_config, sort_keys=False)}}, KUBE_SYSTEM)
+            for ns, name, ip, ports in (
+                    ("default", "kubernetes", hosts[1], [{"name": "https", "port": 443, "targetPort": 6443}]),
+                    (KUBE_SYSTEM, "kube-dns", hosts[10], [{"name": "dns", "port": 53, "protocol": "UDP"},
+                                                          {"name": "dns-tcp", "port": 53}])):
+                write_object(store, "api/v1", "services", {"metadata": {"name": name, "namespace": ns},
+                                                           "spec": {"clusterIP": str(ip), "ports": ports}},
+                             "kube-apiserver")
+            store.put(APPS, "deployments", _deployment("coredns", 2), KUBE_SYSTEM)
             self.register(master)
         self.sync()
 
@@ -835,47 +945,374 @@ class SimCluster:
             if self.store.get("api/v1", "nodes", node.name) is None:
                 self.store.put("api/v1", "nodes", obj)
 
-    def helm_upgrade(self, p: dict, values: dict) -> int:
-        """`helm upgrade --install --wait`: a new release revision and the chart's workloads."""
+    # -- kubelet certificates ------------------------------------------------------------------------------------
+    def bootstrap_client_csr(self, node: SimNode, token: str) -> None:
+        """`kubeadm join`: the kubelet asks for its client certificate with the bootstrap token; kube-controller-
+        manager approves and signs it at once (kubeadm's RBAC lets it). Not a serving certificate: labctl must
+        leave these alone."""
         with self.store.lock:
-            for secret in self.store.list("api/v1", "secrets", p["namespace"]):
-                labels = secret["metadata"].get("labels", {})
-                if labels.get("owner") == "helm" and labels.get("name") == p["release"]:
-                    labels["status"] = "superseded"
-            self.helm_revisions += 1
-            revision = self.helm_revisions
-            release = {"name": p["release"], "namespace": p["namespace"], "version": revision,
-                       "info": {"status": "deployed", "description": "Upgrade complete" if revision > 1
-                                else "Install complete"},
-                       "chart": {"metadata": {"name": "cilium", "version": p["version"]}},
-                       "config": values}
-            stored = base64.b64encode(gzip.compress(json.dumps(release).encode())).decode()
+            self._new_csr(node, KUBELET_CLIENT, ["digital signature", "client auth"], None,
+                          f"system:bootstrap:{token.split('.')[0]}",
+                          ["system:bootstrappers", "system:bootstrappers:kubeadm:default-node-token",
+                           "system:authenticated"],
+                          approved="Auto approving kubelet client certificate after SubjectAccessReview.")
+
+    def _new_csr(self, node: SimNode, signer: str, usages: list[str], ip: str | None, user: str, groups: list[str],
+                 approved: str = "") -> dict:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+        from cryptography.x509.oid import NameOID
+
+        key = ec.generate_private_key(ec.SECP256R1())
+        # the kubelet's template: pkix.Name{CommonName, Organization}, which Go encodes O first
+        builder = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, "system:nodes"),
+            x509.NameAttribute(NameOID.COMMON_NAME, f"system:node:{node.name}")]))
+        if ip is not None:
+            builder = builder.add_extension(x509.SubjectAlternativeName(
+                [x509.DNSName(node.name), x509.IPAddress(ipaddress.ip_address(ip))]), critical=False)
+        request = builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        while True:
+            name = "csr-" + "".join(random.choice(GENERATE_ALPHABET) for _ in range(5))
+            if self.store.get(CSR_PREFIX, CSRS, name) is None:
+                break
+        obj = {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+               "metadata": {"name": name, "generateName": "csr-"},
+               "spec": {"request": _b64(request), "signerName": signer, "usages": usages, "username": user,
+                        "groups": groups, "uid": str(uuid.uuid4())},
+               "status": {}}
+        if approved:
+            obj["status"]["conditions"] = [{"type": "Approved", "status": "True", "reason": "AutoApproved",
+                                            "message": approved, "lastUpdateTime": _utc(),
+                                            "lastTransitionTime": _utc()}]
+            obj["status"]["certificate"] = _b64(self._sign(obj))
+        self.csr_records[name] = (node.name, ip)
+        return self.store.put(CSR_PREFIX, CSRS, obj)
+
+    def _sign(self, csr: dict) -> bytes:
+        """kube-controller-manager's signer: a certificate from the cluster CA for the request's key and names."""
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.x509.oid import ExtendedKeyUsageOID
+
+        request = x509.load_pem_x509_csr(base64.b64decode(csr["spec"]["request"]))
+        ca = x509.load_pem_x509_certificate(self.ca.cert_pem)
+        now = datetime.datetime.now(datetime.UTC)
+        usage = ExtendedKeyUsageOID.SERVER_AUTH if "server auth" in csr["spec"].get("usages", []) \
+            else ExtendedKeyUsageOID.CLIENT_AUTH
+        builder = (x509.CertificateBuilder().subject_name(request.subject).issuer_name(ca.subject)
+                   .public_key(request.public_key()).serial_number(x509.random_serial_number())
+                   .not_valid_before(now - datetime.timedelta(minutes=5))
+                   .not_valid_after(now + datetime.timedelta(days=365))
+                   .add_extension(x509.ExtendedKeyUsage([usage]), critical=False))
+        try:
+            sans = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+            builder = builder.add_extension(sans, critical=False)
+        except x509.ExtensionNotFound:
+            pass
+        return builder.sign(self.ca.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    def _kubelet_certificates(self, up: dict[str, bool]) -> None:
+        """Kubelets with serverTLSBootstrap ask for a serving certificate once they post status, and again when
+        their address changed (the certificate names it); the signer signs what an admin approved. A kubelet takes
+        the certificate of its current CSR only."""
+        for node in self.nodes:
+            if up.get(node.name) and node.serving_bootstrap and node.csr_ip != node.node_ip:
+                csr = self._new_csr(node, KUBELET_SERVING, ["digital signature", "server auth"], node.node_ip,
+                                    f"system:node:{node.name}", ["system:nodes", "system:authenticated"])
+                node.csr_name, node.csr_ip = csr["metadata"]["name"], node.node_ip
+        for csr in self.store.list(CSR_PREFIX, CSRS):
+            status = csr.get("status") or {}
+            verdicts = {c.get("type") for c in status.get("conditions") or [] if c.get("status") == "True"}
+            if "Approved" not in verdicts or verdicts & {"Denied", "Failed"} or status.get("certificate"):
+                continue
+            if csr["spec"].get("signerName") not in (KUBELET_SERVING, KUBELET_CLIENT):
+                continue  # no signer for it in this cluster: it stays approved, never issued
+            csr["status"] = {**status, "certificate": _b64(self._sign(csr))}
+            self.store.put(CSR_PREFIX, CSRS, csr)
+            node_name, ip = self.csr_records.get(csr["metadata"]["name"], (None, None))
+            node = self.lab.nodes.get(node_name)
+            if node is not None and node.csr_name == csr["metadata"]["name"]:
+                node.serving_cert_ip = ip
+
+    def scrapable(self) -> list[str]:
+        """Nodes whose kubelet metrics-server can scrape: it posts status and serves a certificate (from the cluster
+        CA) naming its current address (metrics-server runs with --kubelet-preferred-address-types=InternalIP and
+        verifies it). Without one the kubelet has no serving certificate at all: the TLS handshake fails."""
+        return [n.name for n in self.nodes
+                if self.kubelets.get(n.name) and n.serving_cert_ip is not None and n.serving_cert_ip == n.node_ip]
+
+    def metrics_api(self, method: str, rest: list[str], query: dict) -> tuple[int, dict]:
+        """metrics.k8s.io/v1beta1 as metrics-server serves it (behind the APIService): NodeMetrics of the nodes it
+        scraped; no pods are simulated."""
+        if method != "GET":
+            raise ApiError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
+        if not rest:
+            return 200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": "metrics.k8s.io/v1beta1",
+                         "resources": [{"name": "nodes", "singularName": "", "namespaced": False, "kind": "NodeMetrics",
+                                        "verbs": ["get", "list"]},
+                                       {"name": "pods", "singularName": "", "namespaced": True, "kind": "PodMetrics",
+                                        "verbs": ["get", "list"]}]}
+
+        def item(name: str) -> dict:
+            return {"metadata": {"name": name, "creationTimestamp": _utc()}, "timestamp": _utc(), "window": "20.05s",
+                    "usage": {"cpu": "123456789n", "memory": "1048576Ki"}}
+
+        nodes = self.scrapable()
+        if rest == ["nodes"]:
+            return 200, {"kind": "NodeMetricsList", "apiVersion": "metrics.k8s.io/v1beta1", "metadata": {},
+                         "items": [item(n) for n in nodes]}
+        if len(rest) == 2 and rest[0] == "nodes":
+            if rest[1] not in nodes:
+                raise ApiError(404, "NotFound", f'nodemetrics.metrics.k8s.io "{rest[1]}" not found')
+            return 200, {"kind": "NodeMetrics", "apiVersion": "metrics.k8s.io/v1beta1", **item(rest[1])}
+        if rest == ["pods"] or (len(rest) == 3 and rest[0] == "namespaces" and rest[2] == "pods"):
+            return 200, {"kind": "PodMetricsList", "apiVersion": "metrics.k8s.io/v1beta1", "metadata": {}, "items": []}
+        raise ApiError(404, "NotFound", "the server could not find the requested resource", {})
+
+    # -- Helm -------------------------------------------------------------------------------------------------
+    def _release_secrets(self, namespace: str, release: str) -> list[dict]:
+        return sorted((s for s in self.store.list("api/v1", "secrets", namespace)
+                       if s.get("type") == "helm.sh/release.v1"
+                       and (s["metadata"].get("labels") or {}).get("owner") == "helm"
+                       and s["metadata"]["labels"].get("name") == release),
+                      key=lambda s: int(s["metadata"]["labels"].get("version", 0)))
+
+    def _write_release(self, namespace: str, release: str, chart: str, version: str, values: dict, manifest: str,
+                       status: str = "deployed", description: str = "") -> int:
+        """A new revision in Helm's storage (Secret `sh.helm.release.v1.<name>.v<n>`, base64(gzip(json)) in its
+        data); the deployed one before it becomes superseded, and history beyond --history-max is deleted."""
+        with self.store.lock:
+            previous = self._release_secrets(namespace, release)
+            revision = int(previous[-1]["metadata"]["labels"]["version"]) + 1 if previous else 1
+            first = _decode_release(previous[0])["info"]["first_deployed"] if previous else _utc()
+            for secret in previous:
+                if secret["metadata"]["labels"].get("status") == "deployed" and status == "deployed":
+                    record = _decode_release(secret)
+                    record["info"]["status"] = "superseded"
+                    secret["metadata"]["labels"]["status"] = "superseded"
+                    secret["data"] = {"release": _encode_release(record)}
+                    self.store.put("api/v1", "secrets", secret, namespace)
+            record = {"name": release, "namespace": namespace, "version": revision,
+                      "info": {"first_deployed": first, "last_deployed": _utc(), "deleted": "",
+                               "description": description or ("Upgrade complete" if previous else "Install complete"),
+                               "status": status},
+                      "chart": {"metadata": {"name": chart, "version": version, "apiVersion": "v2"},
+                                "templates": [], "values": {}, "files": []},
+                      "config": values, "manifest": manifest, "hooks": []}
             self.store.put("api/v1", "secrets", {
-                "metadata": {"name": f"sh.helm.release.v1.{p['release']}.v{revision}",
-                             "labels": {"owner": "helm", "name": p["release"], "version": str(revision),
-                                        "status": "deployed"}},
+                "metadata": {"name": f"sh.helm.release.v1.{release}.v{revision}",
+                             "labels": {"owner": "helm", "name": release, "version": str(revision), "status": status,
+                                        "modifiedAt": str(int(time.time()))}},
                 "type": "helm.sh/release.v1",
-                "data": {"release": base64.b64encode(stored.encode()).decode()}}, p["namespace"])
+                "data": {"release": _encode_release(record)}}, namespace)
+            for secret in self._release_secrets(namespace, release)[:-HELM_HISTORY_MAX]:
+                self.store.delete("api/v1", "secrets", secret["metadata"]["name"], namespace)
+            return revision
+
+    def helm_upgrade(self, p: dict, values: dict) -> int:
+        """Cilium's `helm upgrade --install --wait`: a new release revision and the chart's workloads; its operator
+        registers Cilium's CRDs."""
+        with self.store.lock:
+            self.helm_revisions += 1
+            revision = self._write_release(p["namespace"], p["release"], "cilium", p["version"], values, "")
             self.cilium = values
             ns = p["namespace"]
+            for version, plural, kind, scope, short in CILIUM_CRDS:
+                if self.store.get(CRD_PREFIX, CRDS, f"{plural}.cilium.io") is None:
+                    self.store.put(CRD_PREFIX, CRDS, crd_object("cilium.io", version, plural, kind, scope, short))
             for name in ("cilium", "cilium-envoy"):
-                self.store.put("apis/apps/v1", "daemonsets", _daemonset(name), ns)
+                self.store.put(APPS, "daemonsets", _daemonset(name), ns)
             operator = (values.get("operator") or {}).get("replicas", 2)
-            self.store.put("apis/apps/v1", "deployments", _deployment("cilium-operator", operator), ns)
+            self.store.put(APPS, "deployments", _deployment("cilium-operator", operator), ns)
             hubble = values.get("hubble") or {}
             for name, on in (("hubble-relay", (hubble.get("relay") or {}).get("enabled")),
                              ("hubble-ui", (hubble.get("ui") or {}).get("enabled"))):
                 if on:
-                    self.store.put("apis/apps/v1", "deployments", _deployment(name, 1), ns)
-                elif self.store.get("apis/apps/v1", "deployments", name, ns):
-                    self.store.delete("apis/apps/v1", "deployments", name, ns)
+                    self.store.put(APPS, "deployments", _deployment(name, 1), ns)
+                elif self.store.get(APPS, "deployments", name, ns):
+                    self.store.delete(APPS, "deployments", name, ns)
         return revision
+
+    def helm_install(self, p: dict, values: dict) -> tuple[int, str]:
+        """`helm upgrade --install --wait --create-namespace <release>` of a stack release (script
+        stacks.helm-install), as (exit code, output).
+
+        What the chart creates is read from labctl's catalogue (templates/stacks/<stack>/stack.yaml): the release's
+        `ready` objects and `provides_crds` (applied by labctl's kubectl beforehand when `crds_path` is set, else
+        part of the chart with helm.sh/resource-policy keep). A chart outside the catalogue creates nothing here but
+        its release record. Like Helm: a new revision every time; objects that exist without this release's
+        ownership labels stop the install; `--wait` fails when a workload of the release would not become ready
+        (then --atomic / --rollback-on-failure uninstalls a first install or rolls an upgrade back). When every
+        release of a catalogue stack is deployed, the stack's own `ready` objects appear (what its operator makes)."""
+        release, namespace = p["release"], p["namespace"]
+        stack, rel = _catalogue_release(p["stack"], release)
+        with self.store.lock:
+            if self.store.get("api/v1", "namespaces", namespace) is None:  # --create-namespace
+                write_object(self.store, "api/v1", "namespaces", namespace_object(namespace, {"name": namespace}),
+                             "helm")
+            previous = [s for s in self._release_secrets(namespace, release)]
+            deployed = next((s for s in reversed(previous) if s["metadata"]["labels"].get("status") == "deployed"),
+                            None)
+            verb = "UPGRADE FAILED" if previous else "INSTALLATION FAILED"
+            if p.get("crds_path") and rel is not None:  # the script's `kubectl apply --server-side` of crds/
+                for crd in _provided_crds(rel):
+                    write_object(self.store, CRD_PREFIX, CRDS, crd, "labctl", replace=_merge_spec, operation="Apply")
+            objects = _chart_objects(p, rel)
+            problem = self._ownership(objects, release, namespace)
+            if problem:
+                action = "update" if previous else "install"
+                return 1, f"Error: {verb}: Unable to continue with {action}: {problem}"
+            try:
+                for obj in objects:
+                    self._helm_write(obj)
+            except ApiError as exc:
+                return 1, f"Error: {verb}: {exc.message}"
+            manifest = yaml.safe_dump_all(objects, sort_keys=False)
+            revision = self._write_release(namespace, release, p["chart"], p["version"], values, manifest)
+        waiting = self._not_ready(objects)
+        if waiting:
+            return self._helm_failed(p, values, previous, deployed, revision, objects, waiting)
+        if stack is not None:
+            self._operator(p["stack"], stack)
+        head = (f'Release "{release}" has been upgraded. Happy Helming!' if previous
+                else f'Release "{release}" does not exist. Installing it now.')
+        return 0, (f"{head}\nNAME: {release}\nLAST DEPLOYED: {_utc()}\nNAMESPACE: {namespace}\nSTATUS: deployed\n"
+                   f"REVISION: {revision}\nTEST SUITE: None")
+
+    def _helm_failed(self, p, values, previous, deployed, revision, objects, waiting) -> tuple[int, str]:
+        """`--wait` ran out of time: the revision is failed; with the rollback flag Helm uninstalls a first install
+        or rolls back to the last deployed revision (a new revision with its chart and values)."""
+        release, namespace = p["release"], p["namespace"]
+        flag = (p.get("rollback_flag") or "").lstrip("-")
+        with self.store.lock:
+            secret = self._release_secrets(namespace, release)[-1]
+            record = _decode_release(secret)
+            record["info"].update(status="failed", description=f"Release \"{release}\" failed: context deadline "
+                                                               "exceeded")
+            secret["metadata"]["labels"]["status"] = "failed"
+            secret["data"] = {"release": _encode_release(record)}
+            self.store.put("api/v1", "secrets", secret, namespace)
+            reason = f"context deadline exceeded ({'; '.join(waiting)})"
+            if not flag:
+                return 1, f"Error: {'UPGRADE' if previous else 'INSTALLATION'} FAILED: {reason}"
+            if deployed is None:
+                self.helm_uninstall(release, namespace, None)
+                return 1, (f"Error: INSTALLATION FAILED: release {release} failed, and has been uninstalled due to "
+                           f"{flag} being set: {reason}")
+            old = _decode_release(deployed)
+            for obj in yaml.safe_load_all(old.get("manifest") or ""):
+                if obj:
+                    self._helm_write(obj)
+            self._write_release(namespace, release, old["chart"]["metadata"]["name"],
+                                old["chart"]["metadata"]["version"], old.get("config") or {}, old.get("manifest", ""),
+                                description=f"Rollback to {old['version']}")
+        return 1, (f"Error: UPGRADE FAILED: release {release} failed, and has been rolled back due to {flag} being "
+                   f"set: {reason}")
+
+    def helm_uninstall(self, release: str, namespace: str, stack: str | None) -> tuple[int, str]:
+        """`helm uninstall`: the objects of the release's manifest (not those marked helm.sh/resource-policy keep)
+        and its history; what the stack's operator made goes with it (garbage collection of its owners)."""
+        with self.store.lock:
+            secrets = self._release_secrets(namespace, release)
+            if not secrets:
+                return 1, f"Error: uninstall: Release not loaded: {release}: release: not found"
+            manifest = _decode_release(secrets[-1]).get("manifest") or ""
+            for obj in yaml.safe_load_all(manifest):
+                if not obj or (obj["metadata"].get("annotations") or {}).get("helm.sh/resource-policy") == "keep":
+                    continue
+                res = self.store.resource_for(obj["apiVersion"], obj["kind"])
+                if res is not None:
+                    self.store.delete(res.prefix, res.plural, obj["metadata"]["name"],
+                                      obj["metadata"].get("namespace", "") if res.namespaced else "")
+            for secret in secrets:
+                self.store.delete("api/v1", "secrets", secret["metadata"]["name"], namespace)
+            for key in self.operator_objects.pop(stack or "", []):
+                self.store.delete(*key)
+        return 0, f'release "{release}" uninstalled'
+
+    def _ownership(self, objects: list[dict], release: str, namespace: str) -> str | None:
+        """Helm refuses to adopt an object it did not create for this release (invalid ownership metadata)."""
+        for obj in objects:
+            res = self.store.resource_for(obj["apiVersion"], obj["kind"])
+            meta = obj["metadata"]
+            live = res and self.store.get(res.prefix, res.plural, meta["name"], meta.get("namespace", ""))
+            if not live:
+                continue
+            labels, annotations = live["metadata"].get("labels") or {}, live["metadata"].get("annotations") or {}
+            errors = []
+            for key, have, want in ((HELM_OWNER[0], labels, "Helm"), (HELM_OWNER[1], annotations, release),
+                                    (HELM_OWNER[2], annotations, namespace)):
+                which = "label" if have is labels else "annotation"
+                if key not in have:
+                    errors.append(f'{which} validation error: missing key "{key}": must be set to "{want}"')
+                elif have[key] != want:
+                    errors.append(f'{which} validation error: key "{key}" must equal "{want}": current value is '
+                                  f'"{have[key]}"')
+            if errors:
+                where = f' in namespace "{meta["namespace"]}"' if meta.get("namespace") else ""
+                return (f'{obj["kind"]} "{meta["name"]}"{where} exists and cannot be imported into the current '
+                        f"release: invalid ownership metadata; " + "; ".join(errors))
+        return None
+
+    def _helm_write(self, obj: dict) -> None:
+        res = self.store.resource_for(obj["apiVersion"], obj["kind"])
+        write_object(self.store, res.prefix, res.plural, obj, "helm", obj["metadata"].get("namespace", ""),
+                     replace=_merge_spec)
+
+    def _not_ready(self, objects: list[dict]) -> list[str]:
+        """What `helm --wait` waits for among these: Deployments, StatefulSets, DaemonSets (after the controllers
+        had their go)."""
+        self.refresh()
+        waiting = []
+        with self.store.lock:
+            for obj in objects:
+                kind, meta = obj["kind"], obj["metadata"]
+                if kind not in ("Deployment", "StatefulSet", "DaemonSet"):
+                    continue
+                live = self.store.get(APPS, kind.lower() + "s", meta["name"], meta["namespace"]) or {}
+                spec, status = live.get("spec") or {}, live.get("status") or {}
+                if kind == "DaemonSet":
+                    ok = status.get("numberReady", 0) >= status.get("desiredNumberScheduled", 0)
+                else:
+                    ok = status.get("readyReplicas", 0) >= spec.get("replicas", 1)
+                if not ok:
+                    waiting.append(f"{kind} {meta['namespace']}/{meta['name']} not ready")
+        return waiting
+
+    def _operator(self, name: str, stack) -> None:
+        """A catalogue stack's own `ready` objects (e.g. the StatefulSets prometheus-operator makes from the chart's
+        Prometheus) appear once every release of the stack is deployed."""
+        from labctl import stacks as S
+
+        with self.store.lock:
+            for r in stack.releases:
+                ns = r.namespace or stack.namespace
+                secrets = self._release_secrets(ns, r.release)
+                if not secrets or secrets[-1]["metadata"]["labels"].get("status") != "deployed":
+                    return
+            made = []
+            for entry in stack.ready:
+                kind, ns, obj_name = S.parse_ready(entry, stack.namespace)
+                obj = _workload(kind, ns, obj_name, {"app.kubernetes.io/managed-by": f"{name}-operator"}, {},
+                                f"{name}-operator", "operator")
+                if obj is None:
+                    continue
+                res = self.store.resource_for(obj["apiVersion"], obj["kind"])
+                try:
+                    write_object(self.store, res.prefix, res.plural, obj, "operator", ns, replace=_merge_spec)
+                except ApiError:
+                    continue  # e.g. its namespace is not there: the operator cannot make it either
+                made.append((res.prefix, res.plural, obj_name, ns))
+            self.operator_objects[name] = made
 
     # -- what the kubelets and controllers keep up to date ---------------------------------------------------
     def refresh(self) -> None:
         """Bring Nodes, Cilium's workloads and CiliumNodes in line with the simulated nodes, as the kubelets and
-        controllers would. Everything is looked at first, then written under the store's lock (never both: a node's
-        command may be waiting for that lock while holding its own)."""
+        controllers would; then the generic controllers (workloads, jobs, PVCs, APIServices, per-namespace objects)
+        and the kubelets' certificate requests. Everything is looked at first, then written under the store's lock
+        (never both: a node's command may be waiting for that lock while holding its own)."""
         states = {n.name: n.observe() for n in self.nodes}
         master_address = states[self.master.name][1]
         api = self.api_up()
@@ -897,6 +1334,7 @@ class SimCluster:
         up = {n.name: kubelet_up(n) for n in self.nodes}
         agents = {n.name: agent_up(n) for n in self.nodes}
         with self.store.lock:
+            self.kubelets = dict(up)
             registered = [o for o in self.store.list("api/v1", "nodes") if o["metadata"]["name"] in up]
             for obj in registered:
                 name = obj["metadata"]["name"]
@@ -915,6 +1353,10 @@ class SimCluster:
                 for name in ("cilium-operator", "hubble-relay", "hubble-ui"):
                     self._scale(name, sum(up[n] for n in names))
             self._scale("coredns", sum(agents[n] for n in names))
+            if self.ca is not None:
+                self._kubelet_certificates(up)
+            if api:
+                self._controllers(registered)
 
     def _node_status(self, obj: dict, node: SimNode, up: bool, ready: bool) -> None:
         old = copy.deepcopy(obj)
@@ -943,23 +1385,251 @@ class SimCluster:
             self.store.put("api/v1", "nodes", obj)
 
     def _set_status(self, plural: str, name: str, status: dict) -> None:
-        obj = self.store.get("apis/apps/v1", plural, name, KUBE_SYSTEM)
+        obj = self.store.get(APPS, plural, name, KUBE_SYSTEM)
         if obj is not None and {**obj["status"], **status} != obj["status"]:
             obj["status"] = {**obj["status"], **status}
-            self.store.put("apis/apps/v1", plural, obj, KUBE_SYSTEM)
+            self.store.put(APPS, plural, obj, KUBE_SYSTEM)
 
     def _scale(self, name: str, nodes_up: int) -> None:
-        obj = self.store.get("apis/apps/v1", "deployments", name, KUBE_SYSTEM)
+        obj = self.store.get(APPS, "deployments", name, KUBE_SYSTEM)
         if obj is not None:
             available = min(obj["spec"]["replicas"], nodes_up)
             self._set_status("deployments", name, {"availableReplicas": available, "readyReplicas": available,
                                                    "updatedReplicas": obj["spec"]["replicas"]})
+
+    # -- generic controllers (everything that is not Cilium's) ------------------------------------------------
+    def _controllers(self, nodes: list[dict]) -> None:
+        """Deployment, StatefulSet, DaemonSet, Job, PVC, APIService status as healthy controllers would set them,
+        and the objects every namespace gets (ServiceAccount default, ConfigMap kube-root-ca.crt)."""
+        store = self.store
+        for plural in ("deployments", "statefulsets", "daemonsets"):
+            for obj in store.list(APPS, plural):
+                meta = obj["metadata"]
+                if meta.get("namespace") == KUBE_SYSTEM and meta["name"] in CILIUM_WORKLOADS:
+                    continue
+                self._put_status(APPS, plural, obj, self._workload_status(plural, obj, nodes))
+        for job in store.list("apis/batch/v1", "jobs"):
+            if not any(c.get("type") == "Complete" for c in (job.get("status") or {}).get("conditions") or []):
+                template = ((job.get("spec") or {}).get("template") or {}).get("spec") or {}
+                if any(_schedulable(n, template.get("tolerations") or [], False) for n in nodes):
+                    done = (job.get("spec") or {}).get("completions", 1)
+                    self._put_status("apis/batch/v1", "jobs", job, {
+                        "succeeded": done, "active": 0, "ready": 0, "terminating": 0, "startTime": _utc(),
+                        "completionTime": _utc(), "conditions": [
+                            {"type": "SuccessCriteriaMet", "status": "True"}, {"type": "Complete", "status": "True"}]})
+        classes = {sc["metadata"]["name"] for sc in store.list("apis/storage.k8s.io/v1", "storageclasses")}
+        for pvc in store.list("api/v1", "persistentvolumeclaims"):
+            spec = pvc.setdefault("spec", {})
+            if "storageClassName" not in spec and (default := _default_class(store)):
+                spec["storageClassName"] = default  # retroactive default class assignment (1.28+)
+            # bound as if its consumer were scheduled (WaitForFirstConsumer classes bind then)
+            bound = spec.get("storageClassName") in classes
+            status = {"phase": "Bound", "accessModes": spec.get("accessModes") or ["ReadWriteOnce"],
+                      "capacity": {"storage": ((spec.get("resources") or {}).get("requests") or {}).get("storage", "0")}
+                      } if bound else {"phase": "Pending"}
+            self._put_status("api/v1", "persistentvolumeclaims", pvc, status)
+        for svc in store.list(APISERVICE_PREFIX, APISERVICES):
+            self._put_status(APISERVICE_PREFIX, APISERVICES, svc, {"conditions": [self._apiservice(svc)]})
+        ca = {"ca.crt": self.ca.cert_pem.decode()} if self.ca else {}
+        for ns in store.list("api/v1", "namespaces"):
+            name = ns["metadata"]["name"]
+            if store.get("api/v1", "serviceaccounts", "default", name) is None:
+                store.put("api/v1", "serviceaccounts", {"metadata": {"name": "default"}}, name)
+            if ca and store.get("api/v1", "configmaps", "kube-root-ca.crt", name) is None:
+                store.put("api/v1", "configmaps", {"metadata": {"name": "kube-root-ca.crt", "annotations": {
+                    "kubernetes.io/description": "Contains a CA bundle that can be used to verify the "
+                                                 "kube-apiserver when using internal endpoints such as the internal "
+                                                 "service IP or kubernetes.default.svc. No other usage is guaranteed "
+                                                 "across distributions of Kubernetes clusters."}}, "data": ca}, name)
+
+    def _put_status(self, prefix: str, plural: str, obj: dict, status: dict) -> None:
+        if obj.get("status") != status:
+            obj["status"] = status
+            self.store.put(prefix, plural, obj, obj["metadata"].get("namespace", ""))
+
+    def _workload_status(self, plural: str, obj: dict, nodes: list[dict]) -> dict:
+        """A healthy controller's status: every replica runs as soon as one node can take the pods (Ready, not
+        cordoned, taints tolerated); a DaemonSet on every Ready node whose taints it tolerates. metrics-server is
+        Ready only once it scraped a kubelet (its readiness probe: "metrics-server needs at least 2 scrapes")."""
+        spec, meta = obj.get("spec") or {}, obj["metadata"]
+        template = spec.get("template") or {}
+        tolerations = (template.get("spec") or {}).get("tolerations") or []
+        generation = meta.get("generation", 1)
+        if plural == "daemonsets":
+            n = sum(_schedulable(node, tolerations, True) for node in nodes)
+            return {"observedGeneration": generation, "desiredNumberScheduled": n, "currentNumberScheduled": n,
+                    "numberReady": n, "updatedNumberScheduled": n, "numberAvailable": n, "numberMisscheduled": 0}
+        want = spec.get("replicas", 1)
+        runs = any(_schedulable(node, tolerations, False) for node in nodes)
+        labels = meta.get("labels") or {}
+        if plural == "deployments" and "metrics-server" in (meta["name"], labels.get("app.kubernetes.io/name")):
+            runs = runs and bool(self.scrapable())
+        ready = want if runs else 0
+        if plural == "deployments":
+            available = {"type": "Available", "status": "True" if ready >= want else "False",
+                         "reason": "MinimumReplicasAvailable" if ready >= want else "MinimumReplicasUnavailable",
+                         "message": "Deployment has minimum availability." if ready >= want
+                         else "Deployment does not have minimum availability."}
+            status = {"observedGeneration": generation, "replicas": want, "updatedReplicas": want,
+                      "readyReplicas": ready, "availableReplicas": ready,
+                      "conditions": [available, {"type": "Progressing", "status": "True",
+                                                 "reason": "NewReplicaSetAvailable"}]}
+            if want > ready:
+                status["unavailableReplicas"] = want - ready
+            return status
+        revision = f"{meta['name']}-{hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]}"
+        return {"observedGeneration": generation, "replicas": want, "readyReplicas": ready, "currentReplicas": want,
+                "updatedReplicas": want, "availableReplicas": ready, "currentRevision": revision,
+                "updateRevision": revision, "collisionCount": 0}
+
+    def _apiservice(self, svc: dict) -> dict:
+        """The aggregator's availability check: local groups always; a service-backed one when its endpoints (the
+        ready pods of the workload of the service's name) exist."""
+        service = (svc.get("spec") or {}).get("service")
+        if not service:
+            return {"type": "Available", "status": "True", "reason": "Local",
+                    "message": "Local APIServices are always available"}
+        ns, name = service.get("namespace", ""), service.get("name", "")
+        backing = [o for plural in ("deployments", "statefulsets") if (o := self.store.get(APPS, plural, name, ns))]
+        if backing and not any((o.get("status") or {}).get("readyReplicas") for o in backing):
+            return {"type": "Available", "status": "False", "reason": "MissingEndpoints",
+                    "message": f'endpoints for service/{name} in "{ns}" have no addresses with port name "https"'}
+        return {"type": "Available", "status": "True", "reason": "Passed", "message": "all checks passed"}
 
     def stop(self) -> None:
         with self.lock:
             if self.server is not None:
                 self.server.stop()
                 self.server = None
+
+
+def _utc() -> str:
+    return datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _encode_release(record: dict) -> str:
+    """The Secret's data value: base64 (API) of base64(gzip(json)) (Helm)."""
+    inner = base64.b64encode(gzip.compress(json.dumps(record).encode()))
+    return base64.b64encode(inner).decode()
+
+
+def _decode_release(secret: dict) -> dict:
+    raw = base64.b64decode(base64.b64decode(secret["data"]["release"]))
+    return json.loads(gzip.decompress(raw) if raw[:2] == b"\x1f\x8b" else raw)
+
+
+def _catalogue_release(stack: str, release: str):
+    """(the catalogue Descriptor, its Release) for a stack release; (None, None) for a user chart. labctl's own
+    catalogue is the truth of what a chart creates: the sim renders no chart."""
+    from labctl import stacks as S
+
+    descriptor = S.catalogue().get(stack)
+    rel = next((r for r in descriptor.releases if r.release == release), None) if descriptor else None
+    return (descriptor, rel) if rel is not None else (None, None)
+
+
+def _provided_crds(rel) -> list[dict]:
+    out = []
+    for crd in rel.provides_crds:
+        plural, _, group = crd.name.partition(".")
+        # ProvidedCrd names no scope: by convention cluster-wide kinds are Cluster*
+        scope = "Cluster" if crd.kind.startswith("Cluster") or crd.kind == "ConstraintTemplate" else "Namespaced"
+        out.append(crd_object(group, crd.version, plural, crd.kind, scope))
+    return out
+
+
+def _chart_objects(p: dict, rel) -> list[dict]:
+    """What the simulated chart renders: its CRDs when they are templates (no crds_path), and its `ready` objects,
+    each with Helm's ownership labels and annotations."""
+    from labctl import stacks as S
+
+    if rel is None:
+        return []
+    release, namespace = p["release"], p["namespace"]
+    labels = {"app.kubernetes.io/managed-by": "Helm", "helm.sh/chart": f"{p['chart']}-{p['version']}",
+              "app.kubernetes.io/instance": release}
+    annotations = {"meta.helm.sh/release-name": release, "meta.helm.sh/release-namespace": namespace}
+    out = []
+    if not p.get("crds_path"):
+        for crd in _provided_crds(rel):
+            crd["metadata"]["labels"] = dict(labels)
+            crd["metadata"]["annotations"] = {**annotations, "helm.sh/resource-policy": "keep"}
+            out.append(crd)
+    ready = [S.parse_ready(e, namespace) for e in rel.ready]
+    backend = next(((ns, name) for kind, ns, name in ready if kind == "Deployment"), (namespace, release))
+    for kind, ns, name in ready:
+        obj = _workload(kind, ns, name, labels, annotations, release, p["chart"], backend)
+        if obj is not None:
+            out.append(obj)
+    return out
+
+
+def _workload(kind: str, ns: str, name: str, labels: dict, annotations: dict, instance: str, image: str = "sim",
+              backend: tuple[str, str] | None = None) -> dict | None:
+    if kind == "APIService":
+        version, _, group = name.partition(".")
+        svc_ns, svc_name = backend or ("default", name)
+        return {"apiVersion": "apiregistration.k8s.io/v1", "kind": "APIService",
+                "metadata": {"name": name, "labels": dict(labels), "annotations": dict(annotations)},
+                "spec": {"group": group, "version": version, "groupPriorityMinimum": 100, "versionPriority": 100,
+                         "insecureSkipTLSVerify": True,
+                         "service": {"name": svc_name, "namespace": svc_ns, "port": 443}}}
+    if kind not in ("Deployment", "StatefulSet", "DaemonSet"):
+        return None
+    selector = {"app.kubernetes.io/name": name, "app.kubernetes.io/instance": instance}
+    spec: dict = {"selector": {"matchLabels": selector},
+                  "template": {"metadata": {"labels": dict(selector)},
+                               "spec": {"containers": [{"name": name, "image": f"sim.local/{image}:latest"}]}}}
+    if kind != "DaemonSet":
+        spec["replicas"] = 1
+    if kind == "StatefulSet":
+        spec["serviceName"] = name
+    return {"apiVersion": "apps/v1", "kind": kind,
+            "metadata": {"name": name, "namespace": ns, "labels": {**labels, **selector},
+                         "annotations": dict(annotations)},
+            "spec": spec}
+
+
+def _merge_spec(current: dict, obj: dict) -> dict:
+    """An update by a client that owns the object's spec (Helm's upgrade, kubectl apply of a CRD): labels and
+    annotations merged, the spec replaced."""
+    out = copy.deepcopy(current)
+    meta = out.setdefault("metadata", {})
+    for key in ("labels", "annotations"):
+        if obj["metadata"].get(key):
+            meta[key] = {**(meta.get(key) or {}), **obj["metadata"][key]}
+    out["spec"] = copy.deepcopy(obj.get("spec"))
+    return out
+
+
+def _default_class(store: Store) -> str | None:
+    from tests.sim.fake_kube import default_storage_class
+
+    return default_storage_class(store)
+
+
+def _tolerates(toleration: dict, taint: dict) -> bool:
+    if toleration.get("effect") and toleration["effect"] != taint.get("effect"):
+        return False
+    if toleration.get("operator") == "Exists":
+        return not toleration.get("key") or toleration["key"] == taint.get("key")
+    return toleration.get("key") == taint.get("key") and toleration.get("value", "") == taint.get("value", "")
+
+
+def _schedulable(node: dict, tolerations: list[dict], daemon: bool) -> bool:
+    """May a pod with `tolerations` run on this Node now: Ready, not cordoned (DaemonSet pods ignore that), every
+    NoSchedule/NoExecute taint tolerated."""
+    ready = any(c.get("type") == "Ready" and c.get("status") == "True"
+                for c in (node.get("status") or {}).get("conditions") or [])
+    spec = node.get("spec") or {}
+    if not ready or (spec.get("unschedulable") and not daemon):
+        return False
+    for taint in spec.get("taints") or []:
+        if taint.get("effect") not in ("NoSchedule", "NoExecute") or (daemon and taint.get("key") in DAEMON_TOLERATED):
+            continue
+        if not any(_tolerates(t, taint) for t in tolerations):
+            return False
+    return True
 
 
 def _deployment(name: str, replicas: int) -> dict:
@@ -1282,7 +1952,7 @@ class SimLab:
     # -- what the world looks like (for end-state assertions) ----------------------------------------------------
     def world(self) -> dict[str, Any]:
         """A normalised picture of the lab: addresses and random ids replaced by what they should be equal to."""
-        out: dict[str, Any] = {"vms": {}, "nodes": {}, "clusters": {}}
+        out: dict[str, Any] = {"vms": {}, "nodes": {}, "clusters": {}, "stacks": {}}
         machine_ids = [n.facts["machine_id"] for n in self.nodes.values()]
         for name, node in self.nodes.items():
             running, address, _ = node.observe()
@@ -1339,24 +2009,99 @@ class SimLab:
                 }
             workloads = {}
             for plural in ("daemonsets", "deployments"):
-                for obj in store.list("apis/apps/v1", plural, KUBE_SYSTEM):
+                for obj in store.list(APPS, plural, KUBE_SYSTEM):
+                    if obj["metadata"]["name"] not in CILIUM_WORKLOADS:
+                        continue  # the stacks' own are in out["stacks"]
                     s = obj["status"]
                     if plural == "daemonsets":
                         ok = s["numberReady"] == s["desiredNumberScheduled"] > 0
                     else:
                         ok = s.get("availableReplicas") == obj["spec"]["replicas"]
                     workloads[obj["metadata"]["name"]] = ok
-            releases = [s for s in store.list("api/v1", "secrets", KUBE_SYSTEM)
-                        if s.get("type") == "helm.sh/release.v1"]
             out["clusters"][name] = {
                 "api": "up" if cluster.api_up() else "down",
                 "nodes": nodes,
                 "workloads": workloads,
-                "ciliumnodes": sorted(o["metadata"]["name"] for o in store.list("apis/cilium.io/v2", "ciliumnodes")),
-                "helm_revisions": len(releases),
+                "ciliumnodes": sorted(o["metadata"]["name"] for o in store.list("apis/cilium.io/v2", "ciliumnodes")
+                                      ) if store.resource("apis/cilium.io/v2", "ciliumnodes") else [],
+                "helm_revisions": len(cluster._release_secrets(KUBE_SYSTEM, "cilium")),
                 "cilium_service_host": (cluster.cilium or {}).get("k8sServiceHost"),
             }
+            # a section of its own, so that comparisons of out["clusters"] are not changed by the stacks
+            out["stacks"][name] = {"releases": self.releases(name), "objects": self.object_counts(name)}
         return out
+
+    # -- stacks: what Helm and the API hold ------------------------------------------------------------------
+    def releases(self, cluster: str) -> dict[str, dict]:
+        """Every Helm release of the cluster: "namespace/name" → its newest revision's chart, version, revision and
+        status (as `helm list -A` shows them), read from Helm's own storage."""
+        store = self.clusters[cluster].store
+        newest: dict[str, dict] = {}
+        for secret in store.list("api/v1", "secrets"):
+            labels = secret["metadata"].get("labels") or {}
+            if secret.get("type") != "helm.sh/release.v1" or labels.get("owner") != "helm":
+                continue
+            key = f"{secret['metadata']['namespace']}/{labels.get('name')}"
+            if key not in newest or int(labels.get("version", 0)) > int(newest[key]["metadata"]["labels"]["version"]):
+                newest[key] = secret
+        out = {}
+        for key, secret in sorted(newest.items()):
+            record = _decode_release(secret)
+            out[key] = {"chart": record["chart"]["metadata"]["name"], "version": record["chart"]["metadata"]["version"],
+                        "revision": record["version"], "status": record["info"]["status"]}
+        return out
+
+    def object_counts(self, cluster: str) -> dict[str, int]:
+        """How many objects of each kind the cluster's API holds."""
+        counts: dict[str, int] = {}
+        store = self.clusters[cluster].store
+        with store.lock:
+            for obj in store.objects.values():
+                counts[obj.get("kind", "?")] = counts.get(obj.get("kind", "?"), 0) + 1
+        return dict(sorted(counts.items()))
+
+    def csrs(self, cluster: str) -> list[dict]:
+        """The cluster's CertificateSigningRequests, oldest first, as `kubectl get csr` sums them up: name, signer,
+        requestor, node (from the subject), the names the request asks for, condition, issued."""
+        from cryptography import x509
+
+        out = []
+        store = self.clusters[cluster].store
+        for csr in sorted(store.list(CSR_PREFIX, CSRS), key=lambda c: int(c["metadata"]["resourceVersion"])):
+            spec, status = csr.get("spec") or {}, csr.get("status") or {}
+            request = x509.load_pem_x509_csr(base64.b64decode(spec["request"]))
+            try:
+                alt = request.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+                sans = [*alt.get_values_for_type(x509.DNSName), *map(str, alt.get_values_for_type(x509.IPAddress))]
+            except x509.ExtensionNotFound:
+                sans = []
+            conditions = [c["type"] for c in status.get("conditions") or [] if c.get("status") == "True"]
+            out.append({"name": csr["metadata"]["name"], "signer": spec.get("signerName"),
+                        "username": spec.get("username"),
+                        "node": request.subject.rfc4514_string().split("CN=system:node:", 1)[-1].split(",")[0],
+                        "sans": sans, "condition": ",".join(conditions) or "Pending",
+                        "issued": bool(status.get("certificate"))})
+        return out
+
+    def approve_csrs(self, cluster: str, signer: str = KUBELET_SERVING) -> list[str]:
+        """An admin's `kubectl certificate approve` of every pending CSR of `signer` (straight into the store);
+        returns their names. The signer issues them at the next API request."""
+        store = self.clusters[cluster].store
+        approved = []
+        with store.lock:
+            for csr in store.list(CSR_PREFIX, CSRS):
+                status = csr.setdefault("status", {})
+                if (csr["spec"].get("signerName") == signer
+                        and not any(c.get("type") in ("Approved", "Denied") for c in status.get("conditions") or [])):
+                    status["conditions"] = [{"type": "Approved", "status": "True", "reason": "KubectlApprove",
+                                             "message": "This CSR was approved by kubectl certificate approve."}]
+                    store.put(CSR_PREFIX, CSRS, csr)
+                    approved.append(csr["metadata"]["name"])
+        return approved
+
+    def serving_certificates(self, cluster: str) -> dict[str, str | None]:
+        """node → the address its kubelet's serving certificate names (None: it has none yet)."""
+        return {n.name: n.serving_cert_ip for n in self.clusters[cluster].nodes}
 
 
 # The `tart` on PATH: hand the call to the fork server, or run the fake itself (see SimLab._speed_up_tart).

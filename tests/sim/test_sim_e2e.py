@@ -52,7 +52,9 @@ SHIPPED_LAB = json.loads(SHIPPED.read_text())
 CLUSTERS = {c["name"]: c for c in SHIPPED_LAB["clusters"]}
 NODES = {n["name"]: (c["name"], n) for c in SHIPPED_LAB["clusters"] for n in c["nodes"]}
 MASTERS = {c: next(n["name"] for n in spec["nodes"] if n["role"] == "master") for c, spec in CLUSTERS.items()}
-STEPS = 58  # vms/prepare/runtime/kubepkgs for 10 nodes, init/cni/nodeconfig for 4 clusters, join for 6 workers
+# vms/prepare/runtime/kubepkgs for 10 nodes, init/cni/nodeconfig for 4 clusters, join for 6 workers, and the 10
+# installable stacks (platform 6, dev 2, staging 1, prod 1)
+STEPS = 68
 
 
 @pytest.fixture
@@ -355,7 +357,10 @@ def test_one_failing_cluster_leaves_the_others_complete_and_says_where(sim, tmp_
     sim.clear_failures()
     result = labctl("--json", "install")
     changed = {e["step"] for e in events(result.out) if e.get("event") == "result" and e["status"] == "changed"}
-    assert result.code == 0 and changed == {"init:dev", "join:dev/dev-worker1", "cni:dev", "nodeconfig:dev"}
+    # dev's own steps and stacks, and Argo CD on platform, which now registers dev as a destination
+    assert result.code == 0 and changed == {"init:dev", "join:dev/dev-worker1", "cni:dev", "nodeconfig:dev",
+                                            "stacks:dev/metrics-server", "stacks:dev/hpa-demo",
+                                            "stacks:platform/argocd"}
     assert_converged(sim)
 
 

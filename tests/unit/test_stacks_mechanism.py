@@ -201,3 +201,33 @@ def kubelet_csr(node: str, sans_dns: list[str], sans_ip: list[str], user: str | 
 def test_kubelet_serving_csrs_are_approved_only_for_the_nodes_own_name_and_addresses(csr, ok, why):
     verdict, detail = csr_verdict(csr, {"dev-worker1": {"192.168.64.5"}, "dev-master": {"192.168.64.4"}})
     assert verdict is ok and why in detail
+
+
+def test_a_failed_cross_cluster_dependency_is_waited_for_but_does_not_block(tmp_path):
+    from labctl.context import Context
+    from labctl.engine import Engine
+
+    class Cni(Noop):
+        def check(self, ctx, target):
+            return Check(target.cluster in finished)
+
+        def apply(self, ctx, target):
+            if target.cluster == "spoke":
+                raise RuntimeError("cilium broke on spoke")
+            finished.append(target.cluster)
+
+    class Stacks(ItemPhase):
+        def check(self, ctx, target):
+            ran.append((target.item, list(finished)))
+            return Check(True)
+
+    finished: list[str] = []
+    ran: list[tuple[str, list[str]]] = []
+    lab = model.parse(LAB)
+    steps = build_steps(lab, [Cni("cni"), Stacks(cross=True)])
+    summary = Engine(Context(lab, LabState(tmp_path / ".labctl")), parallel=4).run(steps)
+    status = {r.step.id: r.status for r in summary.results}
+    assert status["cni:spoke"] == "failed"
+    assert status["stacks:hub/cache"] == "unchanged" and status["stacks:hub/web"] == "unchanged"
+    assert status["stacks:spoke"] == "blocked"  # its own cluster's cni failed: a hard dependency
+    assert ("cache", ["hub"]) in ran
