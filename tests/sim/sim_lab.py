@@ -928,7 +928,9 @@ class SimCluster:
         return yaml.safe_dump(conf, sort_keys=False).encode()
 
     def register(self, node: SimNode) -> None:
-        """The kubelet's first status post: the Node object (kubeadm labels and taints the control plane)."""
+        """The kubelet's first status post: the Node object (kubeadm labels and taints the control plane), with the
+        VM's CPUs and memory as capacity and, less the kubelet's default eviction threshold (memory.available
+        100Mi), as allocatable (what `kubectl top nodes` divides by)."""
         labels = {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "arm64",
                   "beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": "arm64"}
         taints = []
@@ -941,6 +943,11 @@ class SimCluster:
                             "annotations": {"node.alpha.kubernetes.io/ttl": "0",
                                             "volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
                "spec": {"taints": taints, "podCIDR": ""}, "status": {}}
+        vm = read_json(self.lab.fake.vm_dir(node.name) / "config.json")
+        if vm:
+            memory_ki = vm["memorySize"] // 1024
+            capacity = {"cpu": str(vm["cpuCount"]), "memory": f"{memory_ki}Ki", "pods": "110"}
+            obj["status"] = {"capacity": capacity, "allocatable": {**capacity, "memory": f"{memory_ki - 102400}Ki"}}
         with self.store.lock:
             if self.store.get("api/v1", "nodes", node.name) is None:
                 self.store.put("api/v1", "nodes", obj)
