@@ -317,7 +317,7 @@ class Engine:
 
         def look(step: Step) -> StepResult:
             if any(results[d].status != "unchanged" for d in step.deps):
-                waiting = sorted({d.phase.name for d in step.deps if results[d].status != "unchanged"})
+                waiting = sorted({d.target.item or d.phase.name for d in step.deps if results[d].status != "unchanged"})
                 return StepResult(step, "pending", f"after {', '.join(waiting)}")
             t0 = time.monotonic()
             try:

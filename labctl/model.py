@@ -392,6 +392,7 @@ def _stack_problems(cluster: dict, cpath: str, base_dir: Path | None) -> list[Pr
     if cilium.get("hubble", True):
         ports[cilium.get("hubble_ui_node_port", 31235)] = "the Hubble UI (cilium.hubble_ui_node_port)"
     cpu_m = memory = 0
+    releases: dict[tuple[str, str], str] = {}  # (namespace, release) → which stack installs it
     for si, entry in enumerate(entries):
         spath = f"{cpath}.stacks[{si}]"
         spec = {"name": entry} if isinstance(entry, str) else entry
@@ -414,6 +415,9 @@ def _stack_problems(cluster: dict, cpath: str, base_dir: Path | None) -> list[Pr
                                         "or manifests give the stack another name"))
             descriptor = catalogue.get(name)
             requires[name] = [*((r, None) for r in (descriptor.requires if descriptor else [])), *own_requires]
+            problems += _values_problems(name, descriptor, spec.get("values"), spath)
+            for r in descriptor.releases if descriptor else []:
+                problems += _claim_release(releases, r.namespace or descriptor.namespace, r.release, name, spath)
             if descriptor is not None:
                 for port_name, port in descriptor.node_ports.items():
                     problems += _claim(ports, port, f"stack {name!r} ({port_name})", spath)
@@ -426,6 +430,9 @@ def _stack_problems(cluster: dict, cpath: str, base_dir: Path | None) -> list[Pr
                                     "a Helm chart or a folder of manifests; make them two stacks"))
         elif "chart" in spec:
             problems += _chart_problems(spec, spath)
+            namespace, release = spec.get("namespace", name), spec.get("release", name)
+            if isinstance(namespace, str) and isinstance(release, str):
+                problems += _claim_release(releases, namespace, release, name, spath)
         elif "manifests" in spec:
             for field in ("repo", "version", "release", "values"):
                 if field in spec:
@@ -474,6 +481,33 @@ def _stack_problems(cluster: dict, cpath: str, base_dir: Path | None) -> list[Pr
     return problems
 
 
+def _values_problems(name: str, descriptor: Any, values: Any, spath: str) -> list[Problem]:
+    """`values` of a catalogue stack must reach a Helm release: one-release stacks take them as they are,
+    several-release stacks keyed by release name; a stack of manifests only (or not installable yet) takes none."""
+    if not isinstance(values, dict) or not values:
+        return []
+    if descriptor is None or not descriptor.releases:
+        why = "is not installable by this labctl version yet" if descriptor is None else "has no Helm release (it is " \
+              "manifests only)"
+        return [Problem(f"{spath}.values", f"stack {name!r} {why}, so `values` would be ignored; remove them")]
+    if len(descriptor.releases) == 1:
+        return []
+    known = [r.release for r in descriptor.releases]
+    return [Problem(f"{spath}.values.{key}", f"stack {name!r} installs several Helm releases, so its `values` are keyed "
+                    f"by release: {', '.join(known)}; {key!r} is none of them (e.g. {{\"{known[0]}\": {{...}}}})")
+            for key in values if key not in known]
+
+
+def _claim_release(releases: dict[tuple[str, str], str], namespace: str, release: str, stack: str,
+                   path: str) -> list[Problem]:
+    """Two stacks installing the same Helm release would overwrite each other on every install."""
+    owner = releases.setdefault((namespace, release), stack)
+    if owner == stack:
+        return []
+    return [Problem(path, f"stack {stack!r} installs Helm release {release!r} in namespace {namespace!r}, which stack "
+                    f"{owner!r} installs too; give it another `release` or `namespace`")]
+
+
 def _claim(ports: dict[int, str], port: Any, what: str, path: str) -> list[Problem]:
     if not isinstance(port, int):
         return []
@@ -517,6 +551,9 @@ def _manifest_problems(folder: Any, spath: str, base_dir: Path | None) -> tuple[
 
     if not isinstance(folder, str):
         return [], []
+    if not folder.strip():
+        return [Problem(f"{spath}.manifests", "name the folder of YAML files, relative to clusters.json (e.g. "
+                        "\"manifests/demo\")")], []
     path = Path(folder) if base_dir is None else base_dir / folder
     try:
         objects = read_manifests(path)
@@ -615,6 +652,16 @@ def _model_at(loc: tuple) -> type[BaseModel]:
     return model
 
 
+# pydantic's type errors in JSON's words ("dictionary" is not one of them)
+JSON_TYPES = {"list_type": "must be a list", "dict_type": "must be an object", "string_type": "must be a string",
+              "int_type": "must be a whole number", "bool_type": "must be true or false"}
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "a list", str: "a string", bool: "true/false", int: "a number",
+            float: "a number", type(None): "null"}.get(type(value), type(value).__name__)
+
+
 def _problems(exc: ValidationError) -> list[Problem]:
     problems = []
     for err in exc.errors():
@@ -640,6 +687,12 @@ def _problems(exc: ValidationError) -> list[Problem]:
             msg = f"unknown field {field!r}" + (f"; did you mean {near[0]!r}?" if near else f"; known: {', '.join(known)}")
         elif err["type"] == "missing":
             msg = "required field is missing"
+        elif err["type"] in JSON_TYPES:
+            msg = f"{JSON_TYPES[err['type']]}, not {_json_type(err.get('input'))} ({json.dumps(err.get('input'))[:60]})"
+            if loc and loc[-1] == "stacks" and isinstance(err.get("input"), str):
+                msg += f'; write ["{err["input"]}"]'
+            elif err["type"] == "string_type" and isinstance(err.get("input"), (int, float)):
+                msg += f'; quote it: "{err["input"]}"'
         else:
             msg = err["msg"].removeprefix("Value error, ")
         problems.append(Problem(_path(loc), msg))
@@ -702,6 +755,13 @@ def warnings(lab: Lab, today: date | None = None) -> list[str]:
     eol = date.fromisoformat(catalog.KUBERNETES_MINORS[minor])
     if (today or date.today()) > eol:
         out.append(f"versions.kubernetes: 1.{minor} reached end of life on {eol}; consider 1.{max(catalog.KUBERNETES_MINORS)}")
+    from .stacks import PLANNED
+
+    for cluster in lab.clusters:
+        later = [name for name in cluster.stack_names if name in PLANNED]
+        if later:
+            out.append(f"{cluster.name}: stacks {', '.join(later)} arrive with a later labctl version: accepted, not "
+                       "installed yet (`labctl status` lists them as skipped)")
     for cluster, node in lab.nodes:
         if node.role == "master" and node.memory < 2048:
             out.append(f"{node.name}: {node.memory} MiB leaves little room for the control plane; 2048+ is safer")

@@ -258,6 +258,19 @@ class StackDef(_Strict):
     hooks: list[str]
 
 
+def node_ports(objects: list[dict]) -> dict[str, int]:
+    """The NodePorts the Services among `objects` claim: '<service>' (or '<service>-<port name>') → port."""
+    out = {}
+    for obj in objects:
+        if obj.get("kind") != "Service":
+            continue
+        ports = [p for p in (obj.get("spec") or {}).get("ports") or [] if isinstance(p, dict) and "nodePort" in p]
+        for p in ports:
+            key = obj["metadata"]["name"] + (f"-{p['name']}" if len(ports) > 1 and p.get("name") else "")
+            out[key] = p["nodePort"]
+    return out
+
+
 def _template_params(lab: Lab, cluster: Cluster, name: str, descriptor: Descriptor) -> dict[str, Any]:
     workers = [n for n in cluster.nodes if n.role == "worker"]
     return {
@@ -326,9 +339,10 @@ def resolve(lab: Lab, cluster: Cluster, name: str, lab_dir: Path) -> StackDef:
                         objects=[], ready=[], node_ports={}, urls={}, credentials=[], hooks=[])
     if spec.manifests:
         objects = read_manifests(lab_dir / spec.manifests)
+        ports = node_ports(objects)
         return StackDef(name=name, source="manifests", namespace=namespace, requires=spec.requires, releases=[],
-                        objects=objects, ready=_workload_ready(objects, namespace), node_ports={}, urls={},
-                        credentials=[], hooks=[])
+                        objects=objects, ready=_workload_ready(objects, namespace), node_ports=ports,
+                        urls={k: f"http://{{address}}:{p}/" for k, p in ports.items()}, credentials=[], hooks=[])
     raise LabctlError(f"{cluster.name}: stack {name!r} is not installable by this labctl version")
 
 
@@ -338,8 +352,9 @@ def installable(cluster: Cluster) -> list[str]:
 
 
 def health(kube, stack: StackDef) -> tuple[bool, str]:
-    """How a stack is doing, for `status` and `smoke`: its releases deployed at the pinned versions and its
-    ready-objects ready. (ok, detail); raises the facade's KubeError when the API cannot be asked."""
+    """How a stack is doing, for `status` and `smoke`: its releases deployed at the pinned versions, every manifest
+    object present, and its ready-objects ready. (ok, detail); raises the facade's KubeError when the API cannot be
+    asked."""
     versions = []
     for r in stack.releases:
         live = kube.helm_release(r.namespace, r.release)
@@ -348,9 +363,19 @@ def health(kube, stack: StackDef) -> tuple[bool, str]:
         if live.status != "deployed" or live.chart_version != r.version:
             return False, f"release {r.release}: {live.status}, chart {live.chart_version} (want {r.version})"
         versions.append(f"{r.chart} {live.chart_version}")
+    for obj in stack.objects:
+        meta = obj["metadata"]
+        resource = kube.resource(obj["apiVersion"], obj["kind"])
+        namespace = (meta.get("namespace") or stack.namespace) if resource and resource[1] else ""
+        if resource is None or kube.get(obj["apiVersion"], obj["kind"], namespace, meta["name"]) is None:
+            return False, f"{obj['kind']} {namespace + '/' if namespace else ''}{meta['name']} missing"
     for kind, namespace, name in stack.ready:
         readiness = kube.ready(kind, namespace, name)
         if not readiness:
             return False, readiness.detail
-    what = f"{len(stack.ready)} objects ready" if stack.ready else "applied"
-    return True, "; ".join([*versions, what])
+    parts = [*versions]
+    if stack.objects:
+        parts.append(f"{len(stack.objects)} object{'s' if len(stack.objects) != 1 else ''} present")
+    if stack.ready:
+        parts.append(f"{len(stack.ready)} ready")
+    return True, "; ".join(parts or ["deployed"])

@@ -199,7 +199,7 @@ class Reporter:
             self._print(f"{cluster}:", "bold")
             for r in rows:
                 detail = r.detail.splitlines()[0] if r.detail else ""
-                target = r.step.target.node or "(cluster)"
+                target = r.step.target.node or r.step.target.item or "(cluster)"
                 self._print(f"  {SYMBOL[r.status]} {r.step.phase.name:<10} {target:<18} {detail}", STYLE[r.status])
         legend = ", ".join(f"{SYMBOL[s]} {n} {s}" for s in SYMBOL if (n := summary.count(s)))
         self._print(f"plan: {len(summary.results)} steps: {legend or 'nothing'}")

@@ -29,6 +29,7 @@ VALUES_DIR = "/etc/labctl/stacks"
 READY_WAIT = 900  # Jenkins fetches its plugins and Prometheus pulls several images on a first start
 CRD_WAIT = 120  # a CRD is Established within seconds of its creation
 STACK_LABEL = "labctl.internal/stack"
+APPLY_FIRST = {"Namespace": 0, "CustomResourceDefinition": 1}  # what other objects may need to exist (stable sort)
 
 
 def _requires(lab, cluster, name: str) -> list[str]:
@@ -193,7 +194,9 @@ class Stacks(Phase):
         if changed:
             self._helm(ctx, cluster, stack, changed)
         stale = live.stale_objects()
-        for obj in stale:
+        if stale:
+            ctx.note(f"{cluster.name}: {stack.name}: applying {len(stale)} object(s) server-side")
+        for obj in sorted(stale, key=lambda o: APPLY_FIRST.get(o["kind"], len(APPLY_FIRST))):
             self._wait_served(kube, obj)
             kube.apply(obj, stack.namespace)
         self._record(ctx, cluster, stack)
@@ -203,6 +206,8 @@ class Stacks(Phase):
             waiting = live.not_ready()
             return not waiting, "; ".join(waiting)
 
+        if stack.ready:
+            ctx.note(f"{cluster.name}: {stack.name}: waiting for {len(stack.ready)} object(s) to be ready")
         kube.wait_for(f"stack {stack.name} to be ready", settled, timeout=READY_WAIT)
         parts = [f"{r.release} {r.version}" for r in changed]
         if stale:

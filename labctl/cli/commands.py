@@ -82,9 +82,11 @@ def plan(
     """Show what `install` would change: every step's check against the live lab. Changes nothing."""
     from ..lab import RunOptions, plan as make_plan, spec_changes
 
+    from ..model import warnings
+
     lab = open_lab()
     summary = make_plan(lab, RunOptions(_selection(only, start, skip, cluster)))
-    changes = spec_changes(lab)
+    changes = spec_changes(lab) + [f"note: {w}" for w in warnings(lab.model)]
     if G.json:
         emit_json({
             "config": str(G.config),

@@ -166,8 +166,15 @@ def credentials(
                              "password": entry["password"] if entry else None,
                              "secret": f"{cred.namespace}/{cred.secret}"})
     if stack and not any(stack in c.stack_names for c in chosen):
-        raise UsageError(f"no cluster here declares stack {stack!r}",
-                         hint="`labctl status` lists each cluster's stacks")
+        import difflib
+
+        elsewhere = [c.name for c in lab.model.clusters if stack in c.stack_names]
+        declared = sorted({n for c in chosen for n in c.stack_names})
+        near = difflib.get_close_matches(stack, declared, n=1)
+        where = f"; {', '.join(elsewhere)} does" if elsewhere else (f"; did you mean {near[0]!r}?" if near else "")
+        who = f"cluster {', '.join(c.name for c in chosen)} declares no" if cluster else "no cluster declares"
+        raise UsageError(f"{who} stack {stack!r}{where}",
+                         hint=f"the stacks declared here: {', '.join(declared) or 'none'}")
     if G.json:
         emit_json({"credentials": rows})
         return

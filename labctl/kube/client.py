@@ -406,9 +406,13 @@ class Kube:
         path = self._path(obj["apiVersion"], obj["kind"], ns, meta["name"])
         if "/namespaces/" in path and not meta.get("namespace"):
             obj = {**obj, "metadata": {**meta, "namespace": ns or "default"}}
-        out = self._raw(f"apply {obj['kind']} {ns + '/' if ns else ''}{meta['name']}", "PATCH", path,
-                        [("fieldManager", FIELD_MANAGER), ("force", "true")], obj, APPLY_PATCH)
-        return out or {}
+        what = f"apply {obj['kind']} {ns + '/' if ns else ''}{meta['name']}"
+        out = self._raw(what, "PATCH", path, [("fieldManager", FIELD_MANAGER), ("force", "true")], obj, APPLY_PATCH)
+        if out is None:  # server-side apply creates what is missing: a 404 is about its namespace
+            raise KubeError(f"{self.cluster}: {what}: namespace {ns!r} does not exist",
+                            hint="add a Namespace object for it to the stack's manifests, or leave metadata.namespace "
+                            "out (the stack's own namespace is created for it)", status=404)
+        return out
 
     def delete(self, api_version: str, kind: str, namespace: str, name: str) -> bool:
         """Delete one object (background propagation); False when it was not there."""

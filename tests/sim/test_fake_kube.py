@@ -13,13 +13,9 @@ import pytest
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from tests.sim.fake_kube import (
-    APISERVICE_PREFIX,
-    APISERVICES,
-    FakeKube,
-    canonical_quantity,
-    crd_object,
-)
+from tests.sim.fake_kube import FakeKube
+from tests.sim.kube_normalise import canonical_quantity
+from tests.sim.kube_resources import APISERVICE_PREFIX, APISERVICES, crd_object
 
 MERGE = "application/merge-patch+json"
 APPLY = "application/apply-patch+yaml"

@@ -18,7 +18,9 @@ from labctl.render import script
 from labctl.state import LabState
 from tests.conftest import run_cli
 from tests.sim.fake_tart import wait_for
-from tests.sim.sim_lab import CSR_PREFIX, CSRS, KUBELET_CLIENT, KUBELET_SERVING, SimLab, lease_prefix
+from tests.sim.kube_resources import CSR_PREFIX, CSRS
+from tests.sim.sim_certificates import KUBELET_CLIENT, KUBELET_SERVING
+from tests.sim.sim_lab import SimLab, lease_prefix
 
 pytestmark = pytest.mark.sim
 

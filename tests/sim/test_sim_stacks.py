@@ -1,8 +1,8 @@
 """Stacks in the simulated lab, through the real CLI: the shipped lab with its part-1 stacks installs and a second
 install changes nothing; a changed value re-runs one stack; a failing stack stops only what needs it; user chart and
 manifests stacks install; `install --prune` removes a dropped stack; no generated password reaches a log, the state,
-or any output. The simulated Helm creates each release's record and the chart's ready-objects (tests/sim/sim_lab.py)
-and the simulated kubelets ask for serving certificates that only labctl's approval issues."""
+or any output. The simulated Helm creates each release's record and the chart's ready-objects (tests/sim/sim_helm.py)
+and the simulated kubelets ask for serving certificates that only labctl's approval issues (sim_certificates.py)."""
 
 from __future__ import annotations
 
@@ -180,11 +180,22 @@ def test_user_chart_and_manifests_stacks_install_and_prune_removes_a_dropped_sta
         "  template:\n    metadata: {labels: {app: hello}}\n    spec:\n      containers:\n"
         "        - {name: hello, image: 'nginx:1.30.4-alpine'}\n"
         "---\napiVersion: v1\nkind: ConfigMap\nmetadata: {name: hello-config}\ndata: {greeting: hi}\n")
+    # the usual layout: a Deployment in its own namespace, whose Namespace object sorts after it
+    site = lab_dir / "manifests" / "site"
+    site.mkdir()
+    (site / "deployment.yaml").write_text(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web, namespace: web}\nspec:\n"
+        "  selector: {matchLabels: {app: web}}\n  template:\n    metadata: {labels: {app: web}}\n    spec:\n"
+        "      containers:\n        - {name: web, image: 'nginx:1.30.4-alpine'}\n"
+        "---\napiVersion: v1\nkind: Service\nmetadata: {name: web, namespace: web}\nspec:\n  type: NodePort\n"
+        "  selector: {app: web}\n  ports: [{port: 80, nodePort: 30100}]\n")
+    (site / "namespace.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: web}\n")
     raw = {"clusters": [
         {"name": "solo", "pod_cidr": "10.10.0.0/16", "service_cidr": "10.96.0.0/16",
          "stacks": [{"name": "cache", "chart": "redis", "repo": "oci://registry-1.docker.io/bitnamicharts",
                      "version": "21.2.5", "values": {"architecture": "standalone"}},
-                    {"name": "demo", "manifests": "manifests/demo", "requires": ["cache"]}],
+                    {"name": "demo", "manifests": "manifests/demo", "requires": ["cache"]},
+                    {"name": "site", "manifests": "manifests/site"}],
          "nodes": [{"name": "solo-master", "role": "master", "cpu": 2, "memory": 4096},
                    {"name": "solo-worker1", "role": "worker", "cpu": 2, "memory": 4096}]}]}
     with open_sim(lab_dir, fake_tart, raw) as sim:
@@ -196,10 +207,20 @@ def test_user_chart_and_manifests_stacks_install_and_prune_removes_a_dropped_sta
         hello = store.get("apis/apps/v1", "deployments", "hello", "demo")
         assert hello is not None and hello["metadata"]["managedFields"][0]["manager"] == "labctl"
         assert store.get("api/v1", "configmaps", "hello-config", "demo")["data"] == {"greeting": "hi"}
+        assert store.get("apis/apps/v1", "deployments", "web", "web") is not None  # Namespace applied first
         assert labctl("--json", "install").code == 0
+        report = json.loads(labctl("--json", "status", "--timeout", "3").out)["clusters"][0]
+        assert report["stacks"]["site"]["ok"] and report["urls"]["web"].endswith(":30100/")
+
+        # status looks at every object of a manifests stack, not only its workloads
+        store.delete("api/v1", "configmaps", "hello-config", "demo")
+        report = json.loads(labctl("--json", "status", "--timeout", "3").out)["clusters"][0]
+        assert not report["stacks"]["demo"]["ok"] and "ConfigMap demo/hello-config missing" in \
+            report["stacks"]["demo"]["detail"]
+        assert labctl("install").code == 0 and store.get("api/v1", "configmaps", "hello-config", "demo")
 
         # the manifests stack leaves clusters.json: plan lists it, install alone keeps it, --prune removes it
-        raw["clusters"][0]["stacks"] = raw["clusters"][0]["stacks"][:1]
+        raw["clusters"][0]["stacks"] = [raw["clusters"][0]["stacks"][0], raw["clusters"][0]["stacks"][2]]
         (lab_dir / "clusters.json").write_text(json.dumps(raw))
         plan = labctl("plan")
         assert "stack demo on solo is no longer in clusters.json" in plan.out + plan.err

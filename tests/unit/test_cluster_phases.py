@@ -49,9 +49,9 @@ from labctl.remote.facts import (
 from labctl.state import LabState
 from phases import cni, init, join, nodeconfig
 from tests.conftest import PREDECESSOR, ROOT, SHIPPED, shellcheck
-
-sys.path.insert(0, str(ROOT / "tests" / "sim"))
-from fake_kube import FakeKube, make_certificates, merge_patch
+from tests.sim.fake_kube import FakeKube
+from tests.sim.kube_certs import make_certificates
+from tests.sim.kube_patch import merge_patch
 
 TOKEN = "abcdef.0123456789abcdef"
 SERVICE_IP = "10.96.0.1"

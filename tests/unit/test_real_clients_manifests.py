@@ -24,7 +24,8 @@ import yaml
 from labctl import stacks
 from labctl.render import render
 from tests.realclients import real_clients
-from tests.sim.fake_kube import CRD_PREFIX, CRDS, FakeKube, crd_object
+from tests.sim.fake_kube import FakeKube
+from tests.sim.kube_resources import CRD_PREFIX, CRDS, crd_object
 from tests.unit.test_stack_catalogue import STACK_NAMES, _descriptor_or_none, cluster, lab, rendered
 
 WITH_MANIFESTS = [n for n in STACK_NAMES if (d := _descriptor_or_none(n)) and d.manifests]

@@ -231,3 +231,26 @@ def test_a_failed_cross_cluster_dependency_is_waited_for_but_does_not_block(tmp_
     assert status["stacks:hub/cache"] == "unchanged" and status["stacks:hub/web"] == "unchanged"
     assert status["stacks:spoke"] == "blocked"  # its own cluster's cni failed: a hard dependency
     assert ("cache", ["hub"]) in ran
+
+
+def test_server_side_apply_into_a_missing_namespace_fails_at_once_and_says_so(tmp_path):
+    import yaml
+
+    from labctl.kube.client import Kube, KubeError
+    from tests.sim.fake_kube import FakeKube
+
+    server = FakeKube().start()
+    try:
+        path = tmp_path / "kubeconfig"
+        path.write_text(yaml.safe_dump(server.kubeconfig()))
+        kube = Kube("sim", path)
+        cm = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "namespace": "web"}, "data": {"a": "1"}}
+        with pytest.raises(KubeError, match="namespace 'web' does not exist") as err:
+            kube.apply(cm)
+        assert "Namespace object" in err.value.hint
+        kube.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "web"}})
+        assert kube.apply(cm)["metadata"]["managedFields"][0]["manager"] == "labctl"
+        assert kube.get("v1", "ConfigMap", "web", "c")["data"] == {"a": "1"}
+        assert kube.get("example.com/v1", "Widget", "web", "w") is None  # a kind nobody serves: absent, no error
+    finally:
+        server.stop()

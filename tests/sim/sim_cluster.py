@@ -1,0 +1,303 @@
+"""One simulated cluster (`SimCluster`): its control plane as the API shows it, fed from its SimNodes.
+
+- The API server (`SimApiServer`): one FakeKube per cluster on the first control plane's (loopback) address, port
+  6443, with TLS from the cluster CA made at `kubeadm init`; the certificate names the advertise address and the
+  stable name `<cluster>-api.labctl.internal`. labctl reaches it only through the kubeconfig it writes from the
+  admin.conf the node serves. A server whose control plane VM is off, hung, or at another address does not answer.
+- IP drift: after `new_ip_on_next_boot` the API server comes back on the new address with its OLD certificate (TLS
+  verification fails) until `repair.control-plane` issues a new one from the init config labctl put.
+- At every request (`refresh`) Node objects, Ready conditions, Cilium's workloads and CiliumNodes are derived from
+  the simulated nodes, like a kubelet posting status, so a VM that stops shows up as NotReady/Unknown; then the
+  kubelets' certificates (tests/sim/sim_certificates.py) and the generic controllers (sim_controllers.py) catch up.
+  Helm's side of the cluster is tests/sim/sim_helm.py.
+"""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import yaml
+
+from labctl.kube import API_PORT, endpoint_host
+from tests.sim.fake_kube import ApiHandler, FakeKube
+from tests.sim.fake_tart import read_json
+from tests.sim.kube_certs import CertificateAuthority
+from tests.sim.kube_requests import write_object
+from tests.sim.kube_resources import APPS
+from tests.sim.kube_store import Store
+from tests.sim.sim_certificates import KubeletCertificates, b64
+from tests.sim.sim_controllers import KUBE_SYSTEM, Controllers, deployment_object
+from tests.sim.sim_helm import SimHelm
+from tests.sim.sim_node import FRESH, SimNode
+
+if TYPE_CHECKING:
+    from tests.sim.sim_lab import SimLab
+
+NOT_READY_TAINT = "node.kubernetes.io/not-ready"
+UNREACHABLE_TAINT = "node.kubernetes.io/unreachable"
+CNI_NOT_READY = ("container runtime network not ready: NetworkReady=false reason:NetworkPluginNotReady "
+                 "message:Network plugin returns error: cni plugin not initialized")
+
+
+class _SimHandler(ApiHandler):
+    """FakeKube's handler, plus what a real API server in front of real kubelets does.
+
+    Before each request the cluster's live objects are brought up to date from the simulated nodes (the kubelets
+    post their status, the controllers reconcile: SimCluster.refresh). A server whose control plane VM is off,
+    hung, or at another address by now does not answer (the connection drops). (A write naming a stale
+    resourceVersion is a 409 Conflict in FakeKube itself; labctl's taint patch relies on that.)
+    """
+
+    kube: SimApiServer
+
+    def _handle(self, method: str) -> None:
+        cluster = self.kube.cluster
+        if cluster.master.hung.is_set():
+            cluster.master.unhung.wait(60)  # a hung host: the request is taken and never answered
+        if not cluster.answers(self.kube):
+            self._read_body()
+            self.close_connection = True  # no response at all: to the client this is a dead host
+            return
+        cluster.refresh()
+        return super()._handle(method)
+
+
+class SimApiServer(FakeKube):
+    """One cluster's API server on `host`:6443 with a certificate from the cluster CA for `sans`."""
+
+    def __init__(self, cluster: SimCluster, host: str, sans: list[str], workdir: Path):
+        super().__init__(host=host, port=API_PORT)  # plain HTTP first; the TLS below uses the cluster's own CA
+        self.cluster = cluster
+        self.sans = list(sans)
+        self.store = cluster.store  # etcd: the objects survive restarts of the API server
+        self.aggregated = {("metrics.k8s.io", "v1beta1"): cluster.metrics_api}  # metrics-server, behind its APIService
+        self.server.RequestHandlerClass = type("Handler", (_SimHandler,), {"kube": self})
+        cert, key = cluster.ca.issue("kube-apiserver", sans)
+        self.serve_tls(workdir, "apiserver", cert, key, cluster.ca.cert_pem)
+        # stop() waits for the serve loop to look at its flag: every 50 ms, not the default 500 (restarts on repair)
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
+                                       daemon=True, name=f"sim-api-{cluster.name}")
+
+
+class SimCluster(KubeletCertificates, SimHelm, Controllers):
+    """One cluster's control plane as the API shows it, fed from its SimNodes. Its kubelet certificates, Helm and
+    generic controllers are the mixins' (sim_certificates.py, sim_helm.py, sim_controllers.py)."""
+
+    def __init__(self, lab: SimLab, name: str, nodes: list[SimNode]):
+        self.lab, self.name, self.nodes = lab, name, nodes
+        self.master = next(n for n in nodes if n.role == "master")
+        self.lock = threading.RLock()
+        self.reset()
+
+    def reset(self) -> None:
+        self.store = Store()
+        self.ca: CertificateAuthority | None = None
+        self.client_cert: tuple[bytes, bytes] | None = None
+        self.server: SimApiServer | None = None
+        self.tokens: set[str] = set()
+        self.certificate_keys: set[str] = set()
+        self.cilium: dict | None = None  # the values of the deployed release
+        self.helm_revisions = 0  # how often Cilium's `helm upgrade --install` really ran
+        self.inits = 0  # how often `kubeadm init` really ran
+        self.kubelet_config: dict = {}  # the KubeletConfiguration of `kubeadm init`
+        self.cluster_config: dict = {}
+        self.csr_records: dict[str, tuple[str, str | None]] = {}  # CSR name → (node, address it asks for)
+        self.operator_objects: dict[str, list[tuple[str, str, str, str]]] = {}  # stack → what its operator made
+        self.kubelets: dict[str, bool] = {}  # node → its kubelet posts status (as of the last refresh)
+
+    # -- the control plane ---------------------------------------------------------------------------------------
+    def api_up(self) -> bool:
+        """The API server runs: its VM is up (not hung), kubeadm made a control plane there, and after a boot the
+        kubelet had `SimLab.api_start_seconds` to start the static pods."""
+        running, address, _ = self.master.vm_state()
+        if not (running and address is not None and self.master.advertised is not None):
+            return False
+        if self.lab.api_start_seconds:
+            booted = read_json(self.lab.fake.home / "fake" / self.master.name / "run.json", {}).get("boot_time", 0)
+            if time.time() < booted + self.lab.api_start_seconds:
+                return False
+        return not self.master.hung.is_set()
+
+    def answers(self, server: SimApiServer) -> bool:
+        return server is self.server and self.api_up() and self.master.vm_state()[1] == server.host
+
+    def sync(self) -> None:
+        """Serve where the control plane is now: started on its address, moved when the address changed (keeping
+        the old certificate until the repair), stopped when its VM is off."""
+        running, address, _ = self.master.observe()  # before the lock: observing takes the node's own
+        with self.lock:
+            want = self.master.advertised is not None and running and address is not None
+            current = self.server
+            if current is not None and (not want or current.host != address or current.sans != self.master.cert_sans):
+                self.server = None
+                current.stop()
+            if want and self.server is None:
+                workdir = self.lab.workdir / f"{self.name}-api"
+                self.server = SimApiServer(self, address, self.master.cert_sans, workdir).start()
+
+    def initialised(self, master: SimNode) -> None:
+        """What `kubeadm init` leaves in the API: the system namespaces (kube-apiserver makes them at its first
+        start), kubeadm's ConfigMaps, the `kubernetes` and `kube-dns` Services, CoreDNS, the first Node."""
+        with self.lock:
+            self.inits += 1
+            self.client_cert = self.ca.issue("kubernetes-admin")
+            store = self.store
+            service_cidr = (self.cluster_config.get("networking") or {}).get("serviceSubnet", "10.96.0.0/12")
+            store.service_cidr = service_cidr
+            store.ensure_namespaces()
+            hosts = ipaddress.ip_network(service_cidr)
+            store.put("api/v1", "configmaps", {"metadata": {"name": "kubeadm-config"}, "data": {
+                "ClusterConfiguration": yaml.safe_dump(self.cluster_config, sort_keys=False)}}, KUBE_SYSTEM)
+            store.put("api/v1", "configmaps", {"metadata": {"name": "kubelet-config"}, "data": {
+                "kubelet": yaml.safe_dump(self.kubelet_config, sort_keys=False)}}, KUBE_SYSTEM)
+            for ns, name, ip, ports in (
+                    ("default", "kubernetes", hosts[1], [{"name": "https", "port": 443, "targetPort": 6443}]),
+                    (KUBE_SYSTEM, "kube-dns", hosts[10], [{"name": "dns", "port": 53, "protocol": "UDP"},
+                                                          {"name": "dns-tcp", "port": 53}])):
+                write_object(store, "api/v1", "services", {"metadata": {"name": name, "namespace": ns},
+                                                           "spec": {"clusterIP": str(ip), "ports": ports}},
+                             "kube-apiserver")
+            store.put(APPS, "deployments", deployment_object("coredns", 2), KUBE_SYSTEM)
+            self.register(master)
+        self.sync()
+
+    def admin_conf(self) -> bytes:
+        cert, key = self.client_cert
+        conf = {
+            "apiVersion": "v1", "kind": "Config",
+            "clusters": [{"name": self.name, "cluster": {"certificate-authority-data": b64(self.ca.cert_pem),
+                                                         "server": f"https://{endpoint_host(self.name)}:{API_PORT}"}}],
+            "contexts": [{"name": f"kubernetes-admin@{self.name}",
+                          "context": {"cluster": self.name, "user": "kubernetes-admin"}}],
+            "current-context": f"kubernetes-admin@{self.name}",
+            "users": [{"name": "kubernetes-admin",
+                       "user": {"client-certificate-data": b64(cert), "client-key-data": b64(key)}}],
+            "preferences": {},
+        }
+        return yaml.safe_dump(conf, sort_keys=False).encode()
+
+    def register(self, node: SimNode) -> None:
+        """The kubelet's first status post: the Node object (kubeadm labels and taints the control plane), with the
+        VM's CPUs and memory as capacity and, less the kubelet's default eviction threshold (memory.available
+        100Mi), as allocatable (what `kubectl top nodes` divides by)."""
+        labels = {"kubernetes.io/hostname": node.name, "kubernetes.io/os": "linux", "kubernetes.io/arch": "arm64",
+                  "beta.kubernetes.io/os": "linux", "beta.kubernetes.io/arch": "arm64"}
+        taints = []
+        if node.role == "master":
+            labels.update({"node-role.kubernetes.io/control-plane": "",
+                           "node.kubernetes.io/exclude-from-external-load-balancers": ""})
+            taints.append({"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"})
+        obj = {"apiVersion": "v1", "kind": "Node",
+               "metadata": {"name": node.name, "labels": labels,
+                            "annotations": {"node.alpha.kubernetes.io/ttl": "0",
+                                            "volumes.kubernetes.io/controller-managed-attach-detach": "true"}},
+               "spec": {"taints": taints, "podCIDR": ""}, "status": {}}
+        vm = read_json(self.lab.fake.vm_dir(node.name) / "config.json")
+        if vm:
+            memory_ki = vm["memorySize"] // 1024
+            capacity = {"cpu": str(vm["cpuCount"]), "memory": f"{memory_ki}Ki", "pods": "110"}
+            obj["status"] = {"capacity": capacity, "allocatable": {**capacity, "memory": f"{memory_ki - 102400}Ki"}}
+        with self.store.lock:
+            if self.store.get("api/v1", "nodes", node.name) is None:
+                self.store.put("api/v1", "nodes", obj)
+
+    # -- what the kubelets and controllers keep up to date ---------------------------------------------------
+    def refresh(self) -> None:
+        """Bring Nodes, Cilium's workloads and CiliumNodes in line with the simulated nodes, as the kubelets and
+        controllers would; then the generic controllers (workloads, jobs, PVCs, APIServices, per-namespace objects)
+        and the kubelets' certificate requests. Everything is looked at first, then written under the store's lock
+        (never both: a node's command may be waiting for that lock while holding its own)."""
+        states = {n.name: n.observe() for n in self.nodes}
+        master_address = states[self.master.name][1]
+        api = self.api_up()
+
+        def kubelet_up(node: SimNode) -> bool:
+            # It posts status when its VM runs, it joined, its --node-ip is its address, and it reaches the API by
+            # the stable name (its /etc/hosts line points at the control plane's current address).
+            running, address, _ = states[node.name]
+            return (running and api and not node.hung.is_set() and node.joined and node.node_ip == address
+                    and node.endpoint_ip() == master_address)
+
+        def agent_up(node: SimNode) -> bool:
+            # Cilium's agent reaches the API through k8sServiceHost: the stable name (via /etc/hosts) or an IP
+            if self.cilium is None or not kubelet_up(node):
+                return False
+            host = self.cilium.get("k8sServiceHost", "")
+            return (node.endpoint_ip() if host == endpoint_host(self.name) else host) == master_address
+
+        up = {n.name: kubelet_up(n) for n in self.nodes}
+        agents = {n.name: agent_up(n) for n in self.nodes}
+        with self.store.lock:
+            self.kubelets = dict(up)
+            registered = [o for o in self.store.list("api/v1", "nodes") if o["metadata"]["name"] in up]
+            for obj in registered:
+                name = obj["metadata"]["name"]
+                self._node_status(obj, self.lab.nodes[name], up[name], agents[name])
+            names = [o["metadata"]["name"] for o in registered]
+            if self.cilium is not None:
+                for name in names:
+                    if agents[name] and self.store.get("apis/cilium.io/v2", "ciliumnodes", name) is None:
+                        self.store.put("apis/cilium.io/v2", "ciliumnodes",
+                                       {"metadata": {"name": name}, "spec": {}, "status": {}})
+                ready = sum(agents[n] for n in names)
+                for name in ("cilium", "cilium-envoy"):
+                    self._set_status("daemonsets", name, {"desiredNumberScheduled": len(names), "numberReady": ready,
+                                                          "updatedNumberScheduled": len(names),
+                                                          "numberAvailable": ready})
+                for name in ("cilium-operator", "hubble-relay", "hubble-ui"):
+                    self._scale(name, sum(up[n] for n in names))
+            self._scale("coredns", sum(agents[n] for n in names))
+            if self.ca is not None:
+                self._kubelet_certificates(up)
+            if api:
+                self._controllers(registered)
+
+    def _node_status(self, obj: dict, node: SimNode, up: bool, ready: bool) -> None:
+        old = copy.deepcopy(obj)
+        if up:
+            condition = ({"status": "True", "reason": "KubeletReady", "message": "kubelet is posting ready status"}
+                         if ready else {"status": "False", "reason": "KubeletNotReady", "message": CNI_NOT_READY})
+            status = obj.get("status") or {}
+            status.update(addresses=[{"type": "InternalIP", "address": node.node_ip},
+                                     {"type": "Hostname", "address": node.name}],
+                          nodeInfo={"kubeletVersion": "v" + (node.kube_installed or "?"),
+                                    "containerRuntimeVersion": "containerd://1.7.28",
+                                    "osImage": FRESH["os"]["pretty_name"], "architecture": "arm64"})
+        else:  # the node controller's view once the kubelet stops posting
+            condition = {"status": "Unknown", "reason": "NodeStatusUnknown",
+                         "message": "Kubelet stopped posting node status."}
+            status = obj.get("status") or {}
+        status["conditions"] = [{"type": "Ready", **condition}]
+        obj["status"] = status
+        controller = {"True": None, "False": NOT_READY_TAINT, "Unknown": UNREACHABLE_TAINT}[condition["status"]]
+        taints = [t for t in obj.get("spec", {}).get("taints") or [] if t["key"] not in (NOT_READY_TAINT,
+                                                                                       UNREACHABLE_TAINT)]
+        if controller:
+            taints.append({"key": controller, "effect": "NoSchedule"})
+        obj.setdefault("spec", {})["taints"] = taints
+        if obj != old:
+            self.store.put("api/v1", "nodes", obj)
+
+    def _set_status(self, plural: str, name: str, status: dict) -> None:
+        obj = self.store.get(APPS, plural, name, KUBE_SYSTEM)
+        if obj is not None and {**obj["status"], **status} != obj["status"]:
+            obj["status"] = {**obj["status"], **status}
+            self.store.put(APPS, plural, obj, KUBE_SYSTEM)
+
+    def _scale(self, name: str, nodes_up: int) -> None:
+        obj = self.store.get(APPS, "deployments", name, KUBE_SYSTEM)
+        if obj is not None:
+            available = min(obj["spec"]["replicas"], nodes_up)
+            self._set_status("deployments", name, {"availableReplicas": available, "readyReplicas": available,
+                                                   "updatedReplicas": obj["spec"]["replicas"]})
+
+    def stop(self) -> None:
+        with self.lock:
+            if self.server is not None:
+                self.server.stop()
+                self.server = None
