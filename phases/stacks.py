@@ -129,6 +129,19 @@ class StackState:
                 out.append(want)
         return out
 
+    def identities(self) -> list[list[str]]:
+        """[apiVersion, kind, namespace, name] of every manifest object, as recorded for prune."""
+        return [[o["apiVersion"], o["kind"], _ns(self.kube, o, self.stack.namespace), o["metadata"]["name"]]
+                for o in self.stack.objects]
+
+    def orphans(self) -> list[list[str]]:
+        """Objects labctl applied for this stack earlier that its manifests no longer have (a file was deleted):
+        `kubectl apply --prune` would remove them, and so does labctl."""
+        recorded = self.ctx.state.read().get("stacks", {}).get(self.cluster.name, {}).get(self.stack.name, {})
+        current = self.identities()
+        return [o for o in recorded.get("objects", []) if o not in current
+                and self.kube.get(o[0], o[1], o[2], o[3]) is not None]
+
     def hook_problems(self) -> list[str]:
         return [p for name in self.stack.hooks for p in HOOKS[name].problems(self.ctx, self.cluster, self.stack)]
 
@@ -143,6 +156,10 @@ class StackState:
         if stale:
             names = ", ".join(f"{o['kind']} {o['metadata']['name']}" for o in stale[:3])
             found.append(f"{len(stale)} object(s) not applied or changed: {names}{', …' if len(stale) > 3 else ''}")
+        orphans = self.orphans()
+        if orphans:
+            found.append(f"{len(orphans)} object(s) no longer in the stack: "
+                         + ", ".join(f"{kind} {name}" for _, kind, _, name in orphans[:3]))
         return found + self.hook_problems() + self.not_ready()
 
 
@@ -183,6 +200,9 @@ class Stacks(Phase):
         cluster, stack = self._stack(ctx, target)
         live = StackState(ctx, cluster, stack)
         kube = live.kube
+        orphans = live.orphans()
+        # recorded before anything is installed, so `install --prune` can remove a stack whose install failed
+        self._record(ctx, cluster, stack, orphans + live.identities())
         for ns in live.missing_namespaces():
             kube.apply(_namespace(ns, stack.name))
         for cred in live.stale_credentials():
@@ -199,7 +219,11 @@ class Stacks(Phase):
         for obj in sorted(stale, key=lambda o: APPLY_FIRST.get(o["kind"], len(APPLY_FIRST))):
             self._wait_served(kube, obj)
             kube.apply(obj, stack.namespace)
-        self._record(ctx, cluster, stack)
+        for api_version, kind, namespace, name in reversed(orphans):
+            ctx.note(f"{cluster.name}: {stack.name}: deleting {kind} {name} (no longer in its manifests)")
+            kube.delete(api_version, kind, namespace, name)
+        if orphans:
+            self._record(ctx, cluster, stack, live.identities())
 
         def settled() -> tuple[bool, str]:
             run_hooks(ctx, cluster, stack)  # e.g. a kubelet that restarted files a new CSR
@@ -212,6 +236,8 @@ class Stacks(Phase):
         parts = [f"{r.release} {r.version}" for r in changed]
         if stale:
             parts.append(f"{len(stale)} object(s) applied")
+        if orphans:
+            parts.append(f"{len(orphans)} deleted")
         return f"{stack.name}: " + (", ".join(parts) if parts else "ready")
 
     def _helm(self, ctx, cluster, stack: S.StackDef, releases: list[S.ReleaseDef]) -> None:
@@ -243,13 +269,11 @@ class Stacks(Phase):
                                f"{obj['kind']} not served: its CRD is not Established"), timeout=CRD_WAIT, interval=1)
 
     @staticmethod
-    def _record(ctx, cluster, stack: S.StackDef) -> None:
+    def _record(ctx, cluster, stack: S.StackDef, objects: list[list[str]]) -> None:
         """What `install --prune` removes if the stack leaves clusters.json (no passwords: names only)."""
-        kube = ctx.kube(cluster)
         record = {
             "releases": [[r.namespace, r.release] for r in stack.releases],
-            "objects": [[o["apiVersion"], o["kind"], _ns(kube, o, stack.namespace), o["metadata"]["name"]]
-                        for o in stack.objects],
+            "objects": objects,
             "secrets": [[c.namespace, c.secret] for c in stack.credentials],
             "namespaces": _namespaces(stack),
         }

@@ -219,6 +219,17 @@ def test_user_chart_and_manifests_stacks_install_and_prune_removes_a_dropped_sta
             report["stacks"]["demo"]["detail"]
         assert labctl("install").code == 0 and store.get("api/v1", "configmaps", "hello-config", "demo")
 
+        # an object dropped from the folder is deleted by the next install (kubectl apply --prune's job)
+        app = (demo / "app.yaml").read_text()
+        (demo / "app.yaml").write_text(app.split("---")[0])
+        result = labctl("--json", "install")
+        assert results(result.out)["stacks:solo/demo"] == "changed"
+        assert store.get("api/v1", "configmaps", "hello-config", "demo") is None
+        assert store.get("apis/apps/v1", "deployments", "hello", "demo") is not None
+        assert summary_of(labctl("--json", "install").out)["counts"]["changed"] == 0
+        (demo / "app.yaml").write_text(app)
+        assert labctl("install").code == 0
+
         # the manifests stack leaves clusters.json: plan lists it, install alone keeps it, --prune removes it
         raw["clusters"][0]["stacks"] = [raw["clusters"][0]["stacks"][0], raw["clusters"][0]["stacks"][2]]
         (lab_dir / "clusters.json").write_text(json.dumps(raw))
