@@ -239,19 +239,25 @@ def build_steps(lab: Lab, phases: list[Phase], sel: Selection | None = None) -> 
             per_cluster[cluster.name] = group
         steps[phase.name] = per_cluster
 
+        def needs(step: Step, dep_name: str) -> list[Step]:
+            """The steps of phase `dep_name` that `step` waits for. Where that phase has no step for this target
+            (join on a one-node cluster, a phase that does not apply), its own dependencies stand in for it, so an
+            order never vanishes through a phase that is not there (cni after join still comes after init)."""
+            if dep_name not in by_name:
+                return []  # not selected: the user vouches for it (e.g. --only), the check will tell
+            dep_phase, dep_steps = by_name[dep_name], steps[dep_name]
+            if dep_phase.scope == "lab" or step.phase.scope == "lab":
+                found = [s for g in dep_steps.values() for s in g]
+            elif dep_phase.scope == "node" and step.phase.scope == "node":
+                found = [s for s in dep_steps.get(step.target.cluster, []) if s.target.node == step.target.node]
+            else:
+                found = list(dep_steps.get(step.target.cluster, []))
+            return found or [s for d in dep_phase.after for s in needs(step, d)]
+
         for cname, group in per_cluster.items():
             for step in group:
                 for dep_name in phase.after:
-                    if dep_name not in by_name:
-                        continue  # not selected: the user vouches for it (e.g. --only), the check will tell
-                    dep_phase = by_name[dep_name]
-                    dep_steps = steps[dep_name]
-                    if dep_phase.scope == "lab" or phase.scope == "lab":
-                        step.deps.update(s for g in dep_steps.values() for s in g)
-                    elif dep_phase.scope == "node" and phase.scope == "node":
-                        step.deps.update(s for s in dep_steps.get(cname, []) if s.target.node == step.target.node)
-                    else:
-                        step.deps.update(dep_steps.get(cname, []))
+                    step.deps.update(needs(step, dep_name))
                 if phase.scope == "cluster":
                     for dep_name, other in phase.cross_cluster(lab, lab.cluster(cname), step.target.item):
                         if other != cname and dep_name in steps:

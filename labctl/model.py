@@ -349,6 +349,22 @@ def _lab_problems(raw: dict, base_dir: Path | None = None) -> list[Problem]:
                     problems.append(Problem(f"{cpath}.{field}", f"{net} is larger than /{catalog.SERVICE_CIDR_MIN_PREFIX}"
                                             " (the kube-apiserver refuses it); use a /12 to /24"))
 
+    # Cilium's cluster.id must differ between clusters that may ever mesh; the default is the cluster's position, so
+    # an explicit id can collide with another cluster's default.
+    ids: dict[int, str] = {}
+    for ci, cluster in enumerate(clusters):
+        if not isinstance(cluster, dict):
+            continue
+        cilium = cluster.get("cilium") if isinstance(cluster.get("cilium"), dict) else {}
+        explicit = cilium.get("cluster_id")
+        cid = explicit if isinstance(explicit, int) else ci + 1
+        where = f"clusters[{ci}].cilium.cluster_id"
+        if cid in ids:
+            how = "set here" if isinstance(explicit, int) else "by default: its position"
+            problems.append(Problem(where, f"Cilium cluster_id {cid} ({how}) is already {ids[cid]}; give each cluster "
+                                    "its own cilium.cluster_id (1-255)"))
+        else:
+            ids[cid] = f"the id of {cluster.get('name')!r}" + ("" if isinstance(explicit, int) else " by position")
     # Pods are routed between clusters (ClusterMesh-ready), so a pod CIDR may overlap nothing; services are
     # cluster-local, so two clusters may reuse a service range, but never one that is some cluster's pod range.
     for i, (path_a, kind_a, a) in enumerate(networks):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import subprocess
 import sys
 import threading
@@ -209,3 +210,58 @@ def test_a_concurrent_second_run_is_refused_by_the_lock(tmp_path):
         holder.wait(10)
     with state.locked("install"):  # released when the holder exited
         pass
+
+
+SHAPES = {  # name: (masters, workers) per cluster
+    "one single-node cluster": [(1, 0)],
+    "several single-node clusters": [(1, 0), (1, 0), (1, 0)],
+    "one beside multi-node clusters": [(1, 2), (1, 0), (1, 1)],
+    "a master with many workers": [(1, 8)],
+    "six clusters": [(1, 1), (1, 0), (1, 2), (1, 0), (1, 1), (1, 3)],
+}
+
+
+def shaped(clusters: list[tuple[int, int]]):
+    raw = {"clusters": []}
+    for i, (masters, workers) in enumerate(clusters):
+        name = f"c{i}"
+        nodes = [{"name": f"{name}-m{j}", "role": "master", "cpu": 2, "memory": 2048} for j in range(masters)]
+        nodes += [{"name": f"{name}-w{j}", "role": "worker", "cpu": 1, "memory": 1024} for j in range(workers)]
+        raw["clusters"].append({"name": name, "pod_cidr": f"10.{10 + i}.0.0/16", "service_cidr": f"10.{100 + i}.0.0/16",
+                                "nodes": nodes})
+    import json
+
+    return model.parse(json.dumps(raw))
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_an_order_passes_through_a_phase_with_no_step_for_the_target(shape, tmp_path):
+    """join has no step on a one-node cluster; cni must still come after init there (it ran first and failed with
+    "no kubeconfig" when the dependency vanished with join)."""
+    lab = shaped(SHAPES[shape])
+    world = World()
+    join = importlib.import_module("phases.join").phase  # the real waves: no step for the first control plane
+    phases = pipeline(world)
+    phases[3] = TestPhase(world, "join", after=["init"], waves=join.waves)
+    steps = build_steps(lab, phases)
+    by_id = {s.id: s for s in steps}
+    for cluster in lab.clusters:
+        cni = by_id[f"cni:{cluster.name}"]
+        assert f"init:{cluster.name}" in {d.id for d in _ancestors(cni)}, shape
+        if len(cluster.nodes) == 1:
+            assert {d.id for d in cni.deps} == {f"init:{cluster.name}"}
+    summary = Engine(Context(lab, LabState(tmp_path / ".labctl")), parallel=16).run(steps)
+    assert summary.ok
+    done = [(p, t) for p, t, *_ in sorted(world.applied, key=lambda a: a[2])]
+    for cluster in lab.clusters:
+        assert done.index(("init", cluster.name)) < done.index(("cni", cluster.name))
+
+
+def _ancestors(step):
+    seen, todo = set(), list(step.deps)
+    while todo:
+        s = todo.pop()
+        if s not in seen:
+            seen.add(s)
+            todo.extend(s.deps)
+    return seen
