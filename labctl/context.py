@@ -73,7 +73,14 @@ class Context:
             return self._node_locks.setdefault(name, threading.Lock())
 
     def transport(self, name: str) -> Transport:
-        """One connection per node, opened on first use and reused by every later step."""
+        """One connection per node, opened on first use and reused by every later step. Before the first one, every
+        running VM's address is learned, and two nodes at one address are refused (ProviderError)."""
+        with self._per_node(name):
+            if name in self._transports:
+                return self._transports[name]
+        # outside the node's lock: learning the addresses takes the other nodes' locks
+        self.check_addresses()
+        self.address(self.node(name)[1])
         with self._per_node(name):
             if name not in self._transports:
                 _, node = self.node(name)
@@ -97,9 +104,36 @@ class Context:
             return cached
         address = self.provider.ip(node, wait=0)
         if address:
-            with self._per_node(node.name):
-                self._addresses[node.name] = address
+            # without a shared network (QEMU user mode) every VM is 127.0.0.1 and that is fine: SSH goes by port
+            shared = self.provider.network_problem() is None
+            with self._lock:
+                other = next((n for n, a in self._addresses.items() if a == address and n != node.name and shared),
+                             None)
+                if other is None:
+                    self._addresses[node.name] = address
+            if other is not None:
+                from .errors import ProviderError
+
+                raise ProviderError(
+                    f"{node.name} and {other} both report the address {address}: one of them is a stale or "
+                    "reused DHCP lease, and labctl would reach the same guest as both",
+                    hint="the Mac's lease table (/var/db/dhcpd_leases) may hold an old entry for one of the MACs: "
+                    "remove it and restart that VM, or set provider.tart.ip_resolver to 'arp'; `labctl status` "
+                    "shows each node's address")
         return address
+
+    def check_addresses(self) -> None:
+        """Learn every running lab VM's address at once (once per run), so two nodes reporting one address are
+        refused before any SSH connection lands on the wrong guest. Raises ProviderError naming both."""
+
+        def look() -> bool:
+            vms = self.provider.list()
+            for _, node in self.lab.nodes:
+                if node.name in vms and vms[node.name].running:
+                    self.address(node)
+            return True
+
+        self.once("check-addresses", look)
 
     def drop_transport(self, name: str) -> None:
         """Forget a node's connection and address (it rebooted or was deleted); the next use asks again."""
