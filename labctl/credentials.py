@@ -9,10 +9,13 @@ Helm values file, a log or an event; `labctl credentials` prints it on request.
 from __future__ import annotations
 
 import base64
+import fcntl
 import json
+import os
 import secrets
 import threading
 import time
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 from .state import write_atomic
@@ -23,6 +26,21 @@ if TYPE_CHECKING:
 
 FILE = "credentials.json"
 _lock = threading.Lock()  # stacks of several clusters are installed in parallel threads
+
+
+@contextmanager
+def _locked(state: LabState):
+    """Threads of this process and other labctl processes (a `plan` beside an `install`) one at a time: a password
+    written by one must never be overwritten by another's stale read."""
+    with _lock:
+        state.ensure()
+        fd = os.open(state.root / f".{FILE}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            os.close(fd)
 
 
 def _read(state: LabState) -> dict:
@@ -42,7 +60,7 @@ def ensure(state: LabState, cluster: str, cred: Credential) -> dict[str, str]:
     """The credential `cred.name` of `cluster`, generated (24 URL-safe characters, ~144 bits) on first use.
 
     Returns {"user", "password", "created"}; `created` is an RFC 3339 UTC time (Argo CD's passwordMtime)."""
-    with _lock:
+    with _locked(state):
         data = _read(state)
         entry = data.setdefault(cluster, {}).get(cred.name)
         if entry is None:
@@ -55,7 +73,9 @@ def ensure(state: LabState, cluster: str, cred: Credential) -> dict[str, str]:
 
 
 def forget(state: LabState, clusters: list[str]) -> None:
-    with _lock:
+    if not (state.root / FILE).exists():
+        return
+    with _locked(state):
         data = _read(state)
         if any(c in data for c in clusters):
             write_atomic(state.root / FILE, json.dumps({k: v for k, v in data.items() if k not in clusters},

@@ -195,6 +195,31 @@ def removed_stacks(lab: LabSession) -> list[tuple[str, str]]:
             for name in table if name not in installable(clusters[c])]
 
 
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
+
+
+def _claimed(ctx: Context, cluster) -> set[tuple[str, ...]]:
+    """What the stacks `cluster` still declares use: releases, objects, credential Secrets and namespaces. Pruning a
+    dropped stack never removes any of them (two stacks may share a namespace, a renamed stack keeps its release)."""
+    from .stacks import installable, resolve
+
+    out: set[tuple[str, ...]] = set()
+    for name in installable(cluster):
+        stack = resolve(ctx.lab, cluster, name, ctx.state.root.parent)
+        out |= {("release", r.namespace, r.release) for r in stack.releases}
+        out |= {("namespace", ns) for ns in (stack.namespace, *(r.namespace for r in stack.releases))}
+        out |= {("object", "Secret", c.namespace, c.secret) for c in stack.credentials}
+        for obj in stack.objects:
+            meta = obj["metadata"]
+            out.add(("object", obj["kind"], meta.get("namespace") or stack.namespace, meta["name"]))
+            out.add(("object", obj["kind"], "", meta["name"]))  # the same object recorded as cluster-scoped
+            if obj["kind"] == "Namespace":
+                out.add(("namespace", meta["name"]))
+            if meta.get("namespace"):
+                out.add(("namespace", meta["namespace"]))
+    return out
+
+
 def _prune_stack(ctx: Context, cluster_name: str, name: str) -> None:
     """Uninstall a stack labctl recorded: its releases (Helm on the control plane), objects, Secrets, namespaces."""
     from .render import script
@@ -202,21 +227,29 @@ def _prune_stack(ctx: Context, cluster_name: str, name: str) -> None:
     record = ctx.state.read()["stacks"][cluster_name][name]
     cluster = ctx.lab.cluster(cluster_name)
     kube = ctx.kube(cluster)
+    kept = _claimed(ctx, cluster)
     ctx.note(f"{cluster_name}: removing stack {name} (no longer in clusters.json)")
     for namespace, release in reversed(record["releases"]):
+        if ("release", namespace, release) in kept:
+            continue  # a declared stack installs the same release now (e.g. the stack was renamed)
         if kube.helm_release(namespace, release) is not None:
             ctx.transport(cluster.masters[0].name).run(script(
                 "stacks.helm-uninstall", "cluster/stack-helm-uninstall.sh.j2", cluster=cluster_name, stack=name,
                 release=release, namespace=namespace, timeout="10m", helm_version=f"v{ctx.lab.versions.helm}",
             ), sudo=True, timeout=15 * 60)
     for api_version, kind, namespace, obj_name in reversed(record["objects"]):
-        kube.delete(api_version, kind, namespace, obj_name)
+        if kind == "Namespace" and (obj_name in SYSTEM_NAMESPACES or ("namespace", obj_name) in kept):
+            continue
+        if ("object", kind, namespace, obj_name) not in kept:
+            kube.delete(api_version, kind, namespace, obj_name)
     for namespace, secret in record["secrets"]:
-        kube.delete("v1", "Secret", namespace, secret)
+        if ("object", "Secret", namespace, secret) not in kept:
+            kube.delete("v1", "Secret", namespace, secret)
     for namespace in record["namespaces"]:
         live = kube.get("v1", "Namespace", "", namespace)
-        # only a namespace labctl created for this very stack; another stack's or the user's stays
-        if live is not None and (live["metadata"].get("labels") or {}).get("labctl.internal/stack") == name:
+        # only a namespace labctl created for this very stack that no declared stack uses; the user's stays
+        if live is not None and (live["metadata"].get("labels") or {}).get("labctl.internal/stack") == name and \
+                ("namespace", namespace) not in kept and namespace not in SYSTEM_NAMESPACES:
             kube.delete("v1", "Namespace", "", namespace)
     ctx.state.update(lambda data: data["stacks"][cluster_name].pop(name, None))
     ctx.note(f"{cluster_name}: stack {name} removed")

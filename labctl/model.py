@@ -21,10 +21,10 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, StrictInt, Validat
 from . import catalog
 from .errors import ConfigError, LabctlError, Problem
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)$")
-LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-VERSION = re.compile(r"^\d+\.\d+\.\d+$")
+DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
+LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)\Z")
+LABEL_PREFIX = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
+VERSION = re.compile(r"^\d+\.\d+\.\d+\Z")
 
 
 class Strict(BaseModel):
@@ -539,7 +539,7 @@ def _chart_problems(spec: dict, spath: str) -> list[Problem]:
 
     problems = []
     chart, repo, version = spec.get("chart"), spec.get("repo"), spec.get("version")
-    if isinstance(chart, str) and not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]*$", chart):
+    if isinstance(chart, str) and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", chart):
         problems.append(Problem(f"{spath}.chart", f"{chart!r} is not a chart name: `chart` is the chart's name in "
                                 "`repo` (like redis), without the repository's name or path"))
     if isinstance(repo, str) and isinstance(chart, str) and repo.startswith("oci://") and \
@@ -549,7 +549,7 @@ def _chart_problems(spec: dict, spath: str) -> list[Problem]:
     if repo is None:
         problems.append(Problem(f"{spath}.repo", "a chart stack needs `repo`: the Helm repository URL (https://…) or "
                                 "the OCI registry path (oci://…) the chart is in"))
-    elif isinstance(repo, str) and not re.match(r"^(https?|oci)://[^/\s]+", repo):
+    elif isinstance(repo, str) and not re.fullmatch(r"(https?|oci)://[^/\s]+(/[^\s]*)?", repo):
         problems.append(Problem(f"{spath}.repo", f"{repo!r} is not a Helm repository URL (https://…) nor an OCI "
                                 "registry path (oci://…)"))
     if version is None:

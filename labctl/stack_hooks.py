@@ -152,10 +152,20 @@ class ArgocdDestinations(Hook):
             })
         return out
 
+    def stale(self, ctx: Context, cluster: Cluster, stack: StackDef, wanted: list[dict]) -> list[str]:
+        """The cluster Secrets labctl made for clusters that are gone (destroyed, or no longer in clusters.json):
+        they still hold that cluster's admin client key."""
+        names = {o["metadata"]["name"] for o in wanted}
+        mine = ctx.kube(cluster).list("v1", "Secret", stack.namespace,
+                                      f"{ARGOCD_CLUSTER_LABEL}=cluster,labctl.internal/stack={stack.name}")
+        return sorted(s["metadata"]["name"] for s in mine if s["metadata"]["name"] not in names)
+
     def problems(self, ctx: Context, cluster: Cluster, stack: StackDef) -> list[str]:
         kube = ctx.kube(cluster)
-        out = []
-        for obj in self.wanted(ctx, cluster, stack):
+        wanted = self.wanted(ctx, cluster, stack)
+        out = [f"Argo CD destination {name.removeprefix('cluster-')} is gone from the lab but still registered"
+               for name in self.stale(ctx, cluster, stack, wanted)]
+        for obj in wanted:
             live = kube.get("v1", "Secret", stack.namespace, obj["metadata"]["name"])
             if live is None or (live.get("data") or {}) != obj["data"]:
                 out.append(f"Argo CD destination {obj['metadata']['name'].removeprefix('cluster-')} not registered "
@@ -164,8 +174,11 @@ class ArgocdDestinations(Hook):
 
     def apply(self, ctx: Context, cluster: Cluster, stack: StackDef) -> None:
         kube = ctx.kube(cluster)
-        for obj in self.wanted(ctx, cluster, stack):
+        wanted = self.wanted(ctx, cluster, stack)
+        for obj in wanted:
             kube.apply(obj)
+        for name in self.stale(ctx, cluster, stack, wanted):
+            kube.delete("v1", "Secret", stack.namespace, name)
 
 
 HOOKS: dict[str, Hook] = {h.name: h for h in (KubeletServingCsrs(), ArgocdDestinations())}

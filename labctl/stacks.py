@@ -33,8 +33,8 @@ if TYPE_CHECKING:
 
 STACKS_DIR = TEMPLATES / "stacks"
 READY_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "APIService", "CustomResourceDefinition")
-READY = re.compile(r"^(?P<kind>[A-Za-z]+) (?:(?P<namespace>[a-z0-9-]+)/)?(?P<name>[a-z0-9.-]+)$")
-EXACT_VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?$")
+READY = re.compile(r"^(?P<kind>[A-Za-z]+) (?:(?P<namespace>[a-z0-9-]+)/)?(?P<name>[a-z0-9.-]+)\Z")
+EXACT_VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?\Z")
 FIELD_MANAGER = "labctl"
 
 
@@ -163,6 +163,27 @@ def memory_bytes(text: str) -> int:
     return int(text)
 
 
+_QUANTITY = re.compile(r"([+-]?(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)(Ki|Mi|Gi|Ti|Pi|Ei|n|u|m|k|M|G|T|P|E)?\Z")
+_SUFFIX = {None: 1, "n": "1e-9", "u": "1e-6", "m": "1e-3", "k": "1e3", "M": "1e6", "G": "1e9", "T": "1e12",
+           "P": "1e15", "E": "1e18", "Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+
+
+def quantity(value: Any):
+    """A Kubernetes quantity's value as a Decimal ('500m' → 0.5, '1Gi' → 1073741824, 2 → 2), None if it is not one.
+    Source: the quantity grammar of k8s.io/apimachinery/pkg/api/resource."""
+    from decimal import Decimal, InvalidOperation
+
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        return None
+    m = _QUANTITY.match(str(value).strip())
+    if not m:
+        return None
+    try:
+        return Decimal(m[1]) * Decimal(str(_SUFFIX[m[2]]))
+    except InvalidOperation:
+        return None
+
+
 def deep_merge(base: Any, override: Any) -> Any:
     """Helm's rule for -f files: maps merge key by key, anything else (lists too) is replaced; None removes."""
     if not isinstance(base, dict) or not isinstance(override, dict):
@@ -174,6 +195,24 @@ def deep_merge(base: Any, override: Any) -> Any:
         else:
             out[key] = deep_merge(out.get(key), value)
     return out
+
+
+@lru_cache(maxsize=1)
+def _no_alias_loader():
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        """YAML without aliases: a few lines of nested aliases expand to billions of nodes ("billion laughs"), and
+        Kubernetes manifests have no use for them."""
+
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.composer.ComposerError(None, None, "aliases (*name) are not allowed in manifests",
+                                                  event.start_mark)
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
 
 
 def read_manifests(folder: Path) -> list[dict]:
@@ -191,7 +230,7 @@ def read_manifests(folder: Path) -> list[dict]:
     objects = []
     for path in files:
         try:
-            docs = list(yaml.safe_load_all(path.read_text(encoding="utf-8")))
+            docs = list(yaml.load_all(path.read_text(encoding="utf-8"), Loader=_no_alias_loader()))
         except UnicodeDecodeError:
             raise LabctlError(f"{path.name} is not UTF-8 text") from None
         except yaml.YAMLError as exc:
@@ -228,6 +267,7 @@ class ReleaseDef(_Strict):
     namespace: str
     values: dict[str, Any]
     crds: str | None = None
+    provides_crds: list[str] = Field(default_factory=list, description="names of the CRDs the chart installs")
 
     @property
     def chart_ref(self) -> str:
@@ -319,7 +359,8 @@ def resolve(lab: Lab, cluster: Cluster, name: str, lab_dir: Path) -> StackDef:
             override = spec.values.get(r.release, {}) if len(descriptor.releases) > 1 else spec.values
             releases.append(ReleaseDef(release=r.release, chart=r.chart, repo=r.repo, version=r.version,
                                        namespace=r.namespace or descriptor.namespace,
-                                       values=deep_merge(values, override or {}), crds=r.crds))
+                                       values=deep_merge(values, override or {}), crds=r.crds,
+                                       provides_crds=[c.name for c in r.provides_crds]))
         objects = [o for m in descriptor.manifests for o in _render_yaml(f"{folder}/{m}", params)]
         return StackDef(
             name=name, source="catalogue", namespace=descriptor.namespace,

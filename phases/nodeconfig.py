@@ -7,7 +7,8 @@ apply: one merge patch per node that differs. What labctl set is remembered on t
        `labctl.internal/labels`, `labctl.internal/taints`), so removing a label from clusters.json removes it from
        the Node, while labels and taints others set (kubeadm's control-plane taint, Cilium's) are left alone.
        The taint list is replaced as a whole (merge patches replace lists), so the patch carries the resourceVersion
-       it was computed from and is retried when the Node changed in between.
+       it was computed from and is retried when the Node changed in between. A cluster without workers has its
+       control planes' kubeadm NoSchedule taint removed, or no stack's pod could ever schedule there.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ WORKER_ROLE = "node-role.kubernetes.io/worker"
 LABELS_NOTE = "labctl.internal/labels"
 TAINTS_NOTE = "labctl.internal/taints"
 ATTEMPTS = 3
+CONTROL_PLANE_TAINT = "node-role.kubernetes.io/control-plane:NoSchedule"
 
 
 def desired(node) -> tuple[dict[str, str], list[dict[str, str]]]:
@@ -35,8 +37,11 @@ def _taint_id(taint: dict) -> str:
     return f"{taint['key']}:{taint.get('effect', '')}"
 
 
-def node_patch(node, info) -> dict | None:
-    """The merge patch that brings `info` (the Node as it is) to `node` (clusters.json), or None when none is needed."""
+def node_patch(node, info, sole_nodes: bool = False) -> dict | None:
+    """The merge patch that brings `info` (the Node as it is) to `node` (clusters.json), or None when none is needed.
+
+    `sole_nodes`: the cluster has no workers, so its control planes must take ordinary pods (the stacks): kubeadm's
+    control-plane NoSchedule taint comes off, as kind and minikube do for their one-node clusters."""
     labels, taints = desired(node)
     owned_labels = set(filter(None, info.annotations.get(LABELS_NOTE, "").split(",")))
     owned_taints = set(filter(None, info.annotations.get(TAINTS_NOTE, "").split(",")))
@@ -44,9 +49,10 @@ def node_patch(node, info) -> dict | None:
     label_patch.update({k: None for k in owned_labels - labels.keys() if k in info.labels})
 
     wanted = {_taint_id(t) for t in taints}
-    kept = [t for t in info.taints if _taint_id(t) not in wanted | owned_taints]
+    dropped = owned_taints | ({CONTROL_PLANE_TAINT} if sole_nodes and node.role == "master" else set())
+    kept = [t for t in info.taints if _taint_id(t) not in wanted | dropped]
     have = {_taint_id(t): {k: v for k, v in t.items() if k in ("key", "value", "effect") and v} for t in info.taints}
-    taints_ok = all(have.get(_taint_id(t)) == t for t in taints) and not (owned_taints - wanted) & have.keys()
+    taints_ok = all(have.get(_taint_id(t)) == t for t in taints) and not (dropped - wanted) & have.keys()
 
     notes = {LABELS_NOTE: ",".join(sorted(labels)), TAINTS_NOTE: ",".join(sorted(wanted))}
     notes_ok = all(info.annotations.get(k, "") == v for k, v in notes.items())
@@ -79,7 +85,7 @@ class NodeConfig(Phase):
                             hint="the `join` phase registers them: `labctl install --from join`")
         pending = []
         for node in cluster.nodes:
-            patch = node_patch(node, nodes[node.name])
+            patch = node_patch(node, nodes[node.name], sole_nodes=not cluster.workers)
             if patch is not None:
                 pending.append((node, patch))
         return pending

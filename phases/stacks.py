@@ -38,12 +38,16 @@ def _requires(lab, cluster, name: str) -> list[str]:
 
 
 def contains(live, want) -> bool:
-    """Does the live object carry every field labctl sets? Maps compare key by key, lists item by item."""
+    """Does the live object carry every field labctl sets? Maps compare key by key, lists item by item; quantities
+    by value (the API server stores `cpu: 1` as "1" and `1024Mi` as "1Gi")."""
     if isinstance(want, dict):
         return isinstance(live, dict) and all(contains(live.get(k), v) for k, v in want.items())
     if isinstance(want, list):
         return isinstance(live, list) and len(live) == len(want) and all(map(contains, live, want))
-    return live == want
+    if live == want:
+        return True
+    a, b = S.quantity(live), S.quantity(want)
+    return a is not None and a == b
 
 
 def normalised(obj: dict, namespace: str) -> dict:
@@ -63,6 +67,12 @@ def _ns(kube, obj: dict, default: str) -> str:
     if res is not None and not res[1]:
         return ""
     return obj["metadata"].get("namespace") or default
+
+
+def _same_object(a: list[str], b: list[str]) -> bool:
+    """Two recorded identities name one object: a cluster-scoped kind recorded before its CRD was served carries a
+    namespace it does not have."""
+    return a[:2] == b[:2] and a[3] == b[3] and (a[2] == b[2] or not a[2] or not b[2])
 
 
 def _namespaces(stack: S.StackDef) -> list[str]:
@@ -99,8 +109,10 @@ class StackState:
     def stale_credentials(self) -> list:
         out = []
         for cred in self.stack.credentials:
-            entry = credentials.ensure(self.ctx.state, self.cluster.name, cred)
-            if not credentials.secret_matches(cred, entry, self.kube.get("v1", "Secret", cred.namespace, cred.secret)):
+            # read, never generated here: a check (and `plan`) writes nothing
+            entry = credentials.read_all(self.ctx.state).get(self.cluster.name, {}).get(cred.name)
+            if entry is None or not credentials.secret_matches(
+                    cred, entry, self.kube.get("v1", "Secret", cred.namespace, cred.secret)):
                 out.append(cred)
         return out
 
@@ -114,15 +126,21 @@ class StackState:
             return f"release {release.release} is chart {live.chart_version}, want {release.version}"
         if live.values != release.values:
             return f"release {release.release}: values differ from clusters.json"
+        for crd in release.provides_crds:  # Helm's record says nothing of a CRD deleted by hand
+            if self.kube.get("apiextensions.k8s.io/v1", "CustomResourceDefinition", "", crd) is None:
+                return f"release {release.release}: CRD {crd} missing"
         return None
 
     def stale_objects(self) -> list[dict]:
         out = []
         for obj in self.stack.objects:
             want = normalised(obj, self.stack.namespace)
-            if self.kube.resource(want["apiVersion"], want["kind"]) is None:
+            resource = self.kube.resource(want["apiVersion"], want["kind"])
+            if resource is None:
                 out.append(want)  # its CRD is not there yet: certainly not applied
                 continue
+            if not resource[1] and "namespace" in want["metadata"]:  # the API drops it from cluster-scoped kinds
+                want["metadata"] = {k: v for k, v in want["metadata"].items() if k != "namespace"}
             live = self.kube.get(want["apiVersion"], want["kind"], _ns(self.kube, want, self.stack.namespace),
                                  want["metadata"]["name"])
             if live is None or not contains(live, want):
@@ -139,7 +157,7 @@ class StackState:
         `kubectl apply --prune` would remove them, and so does labctl."""
         recorded = self.ctx.state.read().get("stacks", {}).get(self.cluster.name, {}).get(self.stack.name, {})
         current = self.identities()
-        return [o for o in recorded.get("objects", []) if o not in current
+        return [o for o in recorded.get("objects", []) if not any(_same_object(o, c) for c in current)
                 and self.kube.get(o[0], o[1], o[2], o[3]) is not None]
 
     def hook_problems(self) -> list[str]:
@@ -222,7 +240,7 @@ class Stacks(Phase):
         for api_version, kind, namespace, name in reversed(orphans):
             ctx.note(f"{cluster.name}: {stack.name}: deleting {kind} {name} (no longer in its manifests)")
             kube.delete(api_version, kind, namespace, name)
-        if orphans:
+        if orphans or stale:  # now every kind is served, each object is recorded with its real scope
             self._record(ctx, cluster, stack, live.identities())
 
         def settled() -> tuple[bool, str]:
