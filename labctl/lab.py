@@ -157,19 +157,14 @@ def install(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=
     removed = removed_nodes(lab)
     dropped = [s for s in removed_stacks(lab) if not opts.selection.clusters or s[0] in opts.selection.clusters]
     summary = run(lab, steps, opts, "install", emit=emit, notify=notify, on_start=on_start)
-    if prune and dropped and summary.ok:
+    if prune and (dropped or removed) and summary.ok:
+        # after the install, so new workers have joined before the removed ones are drained onto them; stacks
+        # first, while the nodes they ran on are still there
         with lab.state.locked("install --prune"):
             ctx = lab.context(notify=notify)
             try:
                 for cluster_name, name in dropped:
                     _prune_stack(ctx, cluster_name, name)
-            finally:
-                ctx.close()
-    if prune and removed and summary.ok:
-        # after the install, so new workers have joined before the removed ones are drained onto them
-        with lab.state.locked("install --prune"):
-            ctx = lab.context(notify=notify)
-            try:
                 for cluster_name, node_name in removed:
                     _prune(ctx, cluster_name, node_name)
             finally:
