@@ -84,6 +84,8 @@ def forget(state: LabState, clusters: list[str]) -> None:
 
 def secret_object(cred: Credential, entry: dict[str, str], stack: str) -> dict:
     """The Secret that carries one credential into the cluster (the chart reads it by name)."""
+    from .stacks import STACK_LABEL
+
     password = entry["password"]
     if cred.hash == "bcrypt":
         import bcrypt
@@ -97,7 +99,7 @@ def secret_object(cred: Credential, entry: dict[str, str], stack: str) -> dict:
     return {
         "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
         "metadata": {"name": cred.secret, "namespace": cred.namespace,
-                     "labels": {**cred.labels, "labctl.internal/stack": stack}},
+                     "labels": {**cred.labels, STACK_LABEL: stack}},
         "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
     }
 

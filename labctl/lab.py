@@ -190,9 +190,6 @@ def removed_stacks(lab: LabSession) -> list[tuple[str, str]]:
             for name in table if name not in installable(clusters[c])]
 
 
-SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
-
-
 def _claimed(ctx: Context, cluster) -> set[tuple[str, ...]]:
     """What the stacks `cluster` still declares use: releases, objects, credential Secrets and namespaces. Pruning a
     dropped stack never removes any of them (two stacks may share a namespace, a renamed stack keeps its release)."""
@@ -218,6 +215,7 @@ def _claimed(ctx: Context, cluster) -> set[tuple[str, ...]]:
 def _prune_stack(ctx: Context, cluster_name: str, name: str) -> None:
     """Uninstall a stack labctl recorded: its releases (Helm on the control plane), objects, Secrets, namespaces."""
     from .render import script
+    from .stacks import STACK_LABEL, SYSTEM_NAMESPACES
 
     record = ctx.state.read()["stacks"][cluster_name][name]
     cluster = ctx.lab.cluster(cluster_name)
@@ -243,7 +241,7 @@ def _prune_stack(ctx: Context, cluster_name: str, name: str) -> None:
     for namespace in record["namespaces"]:
         live = kube.get("v1", "Namespace", "", namespace)
         # only a namespace labctl created for this very stack that no declared stack uses; the user's stays
-        if live is not None and (live["metadata"].get("labels") or {}).get("labctl.internal/stack") == name and \
+        if live is not None and (live["metadata"].get("labels") or {}).get(STACK_LABEL) == name and \
                 ("namespace", namespace) not in kept and namespace not in SYSTEM_NAMESPACES:
             kube.delete("v1", "Namespace", "", namespace)
     ctx.state.update(lambda data: data["stacks"][cluster_name].pop(name, None))

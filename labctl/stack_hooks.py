@@ -12,6 +12,8 @@ import ipaddress
 import json
 from typing import TYPE_CHECKING
 
+from .stacks import STACK_LABEL
+
 if TYPE_CHECKING:
     from .context import Context
     from .model import Cluster
@@ -147,7 +149,7 @@ class ArgocdDestinations(Hook):
             out.append({
                 "apiVersion": "v1", "kind": "Secret", "type": "Opaque",
                 "metadata": {"name": f"cluster-{other.name}", "namespace": stack.namespace,
-                             "labels": {ARGOCD_CLUSTER_LABEL: "cluster", "labctl.internal/stack": stack.name}},
+                             "labels": {ARGOCD_CLUSTER_LABEL: "cluster", STACK_LABEL: stack.name}},
                 "data": {k: base64.b64encode(v.encode()).decode() for k, v in data.items()},
             })
         return out
@@ -157,7 +159,7 @@ class ArgocdDestinations(Hook):
         they still hold that cluster's admin client key."""
         names = {o["metadata"]["name"] for o in wanted}
         mine = ctx.kube(cluster).list("v1", "Secret", stack.namespace,
-                                      f"{ARGOCD_CLUSTER_LABEL}=cluster,labctl.internal/stack={stack.name}")
+                                      f"{ARGOCD_CLUSTER_LABEL}=cluster,{STACK_LABEL}={stack.name}")
         return sorted(s["metadata"]["name"] for s in mine if s["metadata"]["name"] not in names)
 
     def problems(self, ctx: Context, cluster: Cluster, stack: StackDef) -> list[str]:

@@ -36,6 +36,9 @@ READY_KINDS = ("Deployment", "StatefulSet", "DaemonSet", "APIService", "CustomRe
 READY = re.compile(r"^(?P<kind>[A-Za-z]+) (?:(?P<namespace>[a-z0-9-]+)/)?(?P<name>[a-z0-9.-]+)\Z")
 EXACT_VERSION = re.compile(r"^v?\d+\.\d+\.\d+([-+][0-9A-Za-z.-]+)?\Z")
 FIELD_MANAGER = "labctl"
+STACK_LABEL = "labctl.internal/stack"  # on what labctl creates for a stack: namespaces, credential Secrets, ...
+# Namespaces every cluster has from kubeadm on: never created, labelled or deleted for a stack
+SYSTEM_NAMESPACES = ("default", "kube-system", "kube-public", "kube-node-lease")
 
 
 class _Strict(BaseModel):
@@ -392,6 +395,15 @@ def installable(cluster: Cluster) -> list[str]:
     return [s.name for s in cluster.stack_specs if s.name in catalogue() or s.chart or s.manifests]
 
 
+def object_namespace(kube, obj: dict, default: str) -> str:
+    """Where a manifest object lives: '' for a cluster-scoped kind (as the API serves it), else its own namespace or
+    the stack's. A kind not served yet counts as namespaced."""
+    resource = kube.resource(obj["apiVersion"], obj["kind"])
+    if resource is not None and not resource[1]:
+        return ""
+    return obj["metadata"].get("namespace") or default
+
+
 def health(kube, stack: StackDef) -> tuple[bool, str]:
     """How a stack is doing, for `status` and `smoke`: its releases deployed at the pinned versions, every manifest
     object present, and its ready-objects ready. (ok, detail); raises the facade's KubeError when the API cannot be
@@ -405,11 +417,11 @@ def health(kube, stack: StackDef) -> tuple[bool, str]:
             return False, f"release {r.release}: {live.status}, chart {live.chart_version} (want {r.version})"
         versions.append(f"{r.chart} {live.chart_version}")
     for obj in stack.objects:
-        meta = obj["metadata"]
-        resource = kube.resource(obj["apiVersion"], obj["kind"])
-        namespace = (meta.get("namespace") or stack.namespace) if resource and resource[1] else ""
-        if resource is None or kube.get(obj["apiVersion"], obj["kind"], namespace, meta["name"]) is None:
-            return False, f"{obj['kind']} {namespace + '/' if namespace else ''}{meta['name']} missing"
+        name = obj["metadata"]["name"]
+        namespace = object_namespace(kube, obj, stack.namespace)
+        if kube.resource(obj["apiVersion"], obj["kind"]) is None or \
+                kube.get(obj["apiVersion"], obj["kind"], namespace, name) is None:
+            return False, f"{obj['kind']} {namespace + '/' if namespace else ''}{name} missing"
     for kind, namespace, name in stack.ready:
         readiness = kube.ready(kind, namespace, name)
         if not readiness:

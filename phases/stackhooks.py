@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from labctl import stacks as S
 from labctl.engine import Check, Phase, Target
-from labctl.stack_hooks import HOOKS
-
-from .stacks import run_hooks
+from .stacks import hook_problems, run_hooks
 
 
 def _installed_with_hooks(ctx, cluster) -> list[S.StackDef]:
@@ -39,8 +37,7 @@ class StackHooks(Phase):
 
     def check(self, ctx, target: Target) -> Check:
         cluster = ctx.lab.cluster(target.cluster)
-        found = [p for stack in _installed_with_hooks(ctx, cluster)
-                 for name in stack.hooks for p in HOOKS[name].problems(ctx, cluster, stack)]
+        found = [p for stack in _installed_with_hooks(ctx, cluster) for p in hook_problems(ctx, cluster, stack)]
         return Check(not found, "; ".join(found) or "stack hooks satisfied")
 
     def apply(self, ctx, target: Target) -> str:

@@ -28,11 +28,10 @@ from .cni import HELM_TIMEOUT, rollback_flag
 VALUES_DIR = "/etc/labctl/stacks"
 READY_WAIT = 900  # Jenkins fetches its plugins and Prometheus pulls several images on a first start
 CRD_WAIT = 120  # a CRD is Established within seconds of its creation
-STACK_LABEL = "labctl.internal/stack"
 APPLY_FIRST = {"Namespace": 0, "CustomResourceDefinition": 1}  # what other objects may need to exist (stable sort)
 
 
-def _requires(lab, cluster, name: str) -> list[str]:
+def _requires(cluster, name: str) -> list[str]:
     descriptor = S.catalogue().get(name)
     return [*(descriptor.requires if descriptor else []), *cluster.stack(name).requires]
 
@@ -50,9 +49,8 @@ def contains(live, want) -> bool:
     return a is not None and a == b
 
 
-def normalised(obj: dict, namespace: str) -> dict:
-    """A manifest as the API will hold it: namespaced kinds get the stack's namespace, a Secret's stringData becomes
-    data (the API server stores only data)."""
+def normalised(obj: dict) -> dict:
+    """A manifest as the API will hold it: a Secret's stringData becomes data (the API server stores only data)."""
     obj = {**obj, "metadata": dict(obj["metadata"])}
     if obj["kind"] == "Secret" and "stringData" in obj:
         data = dict(obj.get("data") or {})
@@ -60,13 +58,6 @@ def normalised(obj: dict, namespace: str) -> dict:
         obj = {k: v for k, v in obj.items() if k != "stringData"}
         obj["data"] = data
     return obj
-
-
-def _ns(kube, obj: dict, default: str) -> str:
-    res = kube.resource(obj["apiVersion"], obj["kind"])
-    if res is not None and not res[1]:
-        return ""
-    return obj["metadata"].get("namespace") or default
 
 
 def _same_object(a: list[str], b: list[str]) -> bool:
@@ -77,11 +68,16 @@ def _same_object(a: list[str], b: list[str]) -> bool:
 
 def _namespaces(stack: S.StackDef) -> list[str]:
     wanted = [stack.namespace, *(r.namespace for r in stack.releases), *(c.namespace for c in stack.credentials)]
-    return [ns for ns in dict.fromkeys(wanted) if ns not in ("default", "kube-system")]
+    return [ns for ns in dict.fromkeys(wanted) if ns not in S.SYSTEM_NAMESPACES]
 
 
 def _namespace(name: str, stack: str) -> dict:
-    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {STACK_LABEL: stack}}}
+    return {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": {S.STACK_LABEL: stack}}}
+
+
+def hook_problems(ctx, cluster, stack: S.StackDef) -> list[str]:
+    """What the stack's hooks find wrong (read-only)."""
+    return [p for name in stack.hooks for p in HOOKS[name].problems(ctx, cluster, stack)]
 
 
 def run_hooks(ctx, cluster, stack: S.StackDef) -> list[str]:
@@ -108,9 +104,10 @@ class StackState:
 
     def stale_credentials(self) -> list:
         out = []
+        # read, never generated here: a check (and `plan`) writes nothing
+        stored = credentials.read_all(self.ctx.state).get(self.cluster.name, {}) if self.stack.credentials else {}
         for cred in self.stack.credentials:
-            # read, never generated here: a check (and `plan`) writes nothing
-            entry = credentials.read_all(self.ctx.state).get(self.cluster.name, {}).get(cred.name)
+            entry = stored.get(cred.name)
             if entry is None or not credentials.secret_matches(
                     cred, entry, self.kube.get("v1", "Secret", cred.namespace, cred.secret)):
                 out.append(cred)
@@ -134,14 +131,14 @@ class StackState:
     def stale_objects(self) -> list[dict]:
         out = []
         for obj in self.stack.objects:
-            want = normalised(obj, self.stack.namespace)
+            want = normalised(obj)
             resource = self.kube.resource(want["apiVersion"], want["kind"])
             if resource is None:
                 out.append(want)  # its CRD is not there yet: certainly not applied
                 continue
             if not resource[1] and "namespace" in want["metadata"]:  # the API drops it from cluster-scoped kinds
                 want["metadata"] = {k: v for k, v in want["metadata"].items() if k != "namespace"}
-            live = self.kube.get(want["apiVersion"], want["kind"], _ns(self.kube, want, self.stack.namespace),
+            live = self.kube.get(want["apiVersion"], want["kind"], S.object_namespace(self.kube, want, self.stack.namespace),
                                  want["metadata"]["name"])
             if live is None or not contains(live, want):
                 out.append(want)
@@ -149,7 +146,7 @@ class StackState:
 
     def identities(self) -> list[list[str]]:
         """[apiVersion, kind, namespace, name] of every manifest object, as recorded for prune."""
-        return [[o["apiVersion"], o["kind"], _ns(self.kube, o, self.stack.namespace), o["metadata"]["name"]]
+        return [[o["apiVersion"], o["kind"], S.object_namespace(self.kube, o, self.stack.namespace), o["metadata"]["name"]]
                 for o in self.stack.objects]
 
     def orphans(self) -> list[list[str]]:
@@ -160,8 +157,6 @@ class StackState:
         return [o for o in recorded.get("objects", []) if not any(_same_object(o, c) for c in current)
                 and self.kube.get(o[0], o[1], o[2], o[3]) is not None]
 
-    def hook_problems(self) -> list[str]:
-        return [p for name in self.stack.hooks for p in HOOKS[name].problems(self.ctx, self.cluster, self.stack)]
 
     def not_ready(self) -> list[str]:
         return [r.detail for kind, ns, name in self.stack.ready if not (r := self.kube.ready(kind, ns, name))]
@@ -178,7 +173,7 @@ class StackState:
         if orphans:
             found.append(f"{len(orphans)} object(s) no longer in the stack: "
                          + ", ".join(f"{kind} {name}" for _, kind, _, name in orphans[:3]))
-        return found + self.hook_problems() + self.not_ready()
+        return found + hook_problems(self.ctx, self.cluster, self.stack) + self.not_ready()
 
 
 class Stacks(Phase):
@@ -194,7 +189,7 @@ class Stacks(Phase):
         return S.installable(cluster)
 
     def item_requires(self, lab, cluster, item: str) -> list[str]:
-        return _requires(lab, cluster, item)
+        return _requires(cluster, item)
 
     def cross_cluster(self, lab, cluster, item):
         descriptor = S.catalogue().get(item or "")

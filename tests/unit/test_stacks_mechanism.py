@@ -116,8 +116,8 @@ def test_contains_compares_only_what_labctl_sets():
 
 def test_secret_string_data_is_compared_as_data():
     obj = {"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"}, "stringData": {"k": "v"}}
-    assert normalised(obj, "demo")["data"] == {"k": base64.b64encode(b"v").decode()}
-    assert "stringData" not in normalised(obj, "demo")
+    assert normalised(obj)["data"] == {"k": base64.b64encode(b"v").decode()}
+    assert "stringData" not in normalised(obj)
 
 
 @pytest.mark.parametrize("oci", [False, True])
