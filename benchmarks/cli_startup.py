@@ -1,14 +1,17 @@
-"""How long `labctl --help` takes, wall time, median of N runs (target: ≤ 0.3 s on the 2-core test machines).
+"""How long `labctl --help` takes, wall time, median of N runs (target: ≤ 0.25 s on the 2-core test machines).
 
 Start-up matters because every command pays it: the CLI imports only typer at start and each command imports
-what it needs (the kubernetes client alone costs ~0.85 s, paramiko ~0.45 s).
+what it needs (the kubernetes client alone costs ~0.85 s, paramiko ~0.45 s). On a quiet machine `--help` takes
+about 0.07 s, typer's import two thirds of it (`python -X importtime -m labctl --help`); the load average is
+printed because other work on the machine stretches every figure.
 
-    python benchmarks/cli_startup.py [--runs 7] [--max 0.3]
+    python benchmarks/cli_startup.py [--runs 7] [--max 0.25]
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -28,7 +31,7 @@ def measure(argv: list[str], runs: int) -> list[float]:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=7)
-    parser.add_argument("--max", type=float, default=0.3, help="exit 1 when the median is above this")
+    parser.add_argument("--max", type=float, default=0.25, help="exit 1 when the median is above this (seconds)")
     args = parser.parse_args()
     exe = shutil.which("labctl") or sys.exit("labctl is not on PATH: install the project first")
     measure([exe, "--help"], 1)  # warm the page cache and .pyc files
@@ -41,7 +44,7 @@ def main() -> int:
               f"  ({args.runs} runs)")
     median = statistics.median(results["labctl --help"])
     verdict = "ok" if median <= args.max else "TOO SLOW"
-    print(f"target ≤ {args.max:.2f}s: {verdict}")
+    print(f"target ≤ {args.max:.2f}s: {verdict}  (load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs)")
     return 0 if median <= args.max else 1
 
 

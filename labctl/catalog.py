@@ -7,7 +7,8 @@ The stacks' chart versions are pinned in their descriptors (templates/stacks/<na
 from __future__ import annotations
 
 # Kubernetes 1.31 went end-of-life on 2025-10-28 and 1.34 on 2026-10-27; 1.35 is supported until 2027-02-28
-# and is the last minor that supports containerd 1.7 (Ubuntu 24.04's package), so it is the default.
+# and is the last minor that supports containerd 1.7 as well as 2.x: Ubuntu 24.04 installs 2.2 (noble-updates),
+# and a node that has 1.7 (no updates pocket) still works, so it is the default.
 DEFAULT_KUBERNETES = "1.35.6"
 # Minimum containerd accepted on a node (k8s 1.35 recommends 1.7.28+, 2.1.5+ or 2.2.0+).
 DEFAULT_CONTAINERD = "1.7.28"
@@ -23,7 +24,8 @@ PAUSE_VERSIONS = {31: "3.10", 32: "3.10", 33: "3.10", 34: "3.10.1", 35: "3.10.1"
 
 # kubeadm's v1beta4 config API (which labctl renders) exists since 1.31; 1.36 is the newest minor known here.
 KUBERNETES_MINORS = {
-    # minor: end of life (ISO date), from the Kubernetes release calendar
+    # minor: end of life (ISO date), from the Kubernetes release history (https://kubernetes.io/releases/;
+    # reference/k8s-bootstrap.md "Versions" for 1.31 and 1.32)
     31: "2025-10-28",
     32: "2026-02-28",
     33: "2026-06-28",
@@ -31,6 +33,10 @@ KUBERNETES_MINORS = {
     35: "2027-02-28",
     36: "2027-06-28",
 }
+
+# Minors before the catalogue's, for the refusal's wording only: their end of life from the Kubernetes release
+# history (https://kubernetes.io/releases/ , "End of Life" per minor). Anything older ended before these.
+KUBERNETES_EOL_BEFORE_CATALOGUE = {29: "2025-02-28", 30: "2025-06-28"}
 
 # The image the cirruslabs Linux VMs ship with: its disk is 20 GB and Tart disks only grow.
 IMAGE_DISK_GB = 20

@@ -1,6 +1,6 @@
 """What a phase gets to work with: the lab model, its state, the provider, one transport per node, facts.
 
-Everything heavy is created on first use (importing paramiko or the kubernetes client costs ~0.5-0.9 s), and
+Everything heavy is created on first use (importing paramiko costs ~0.45 s), and
 every factory can be replaced, which is how the simulated lab plugs in its nodes and API servers.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -43,6 +44,8 @@ class Context:
         self._kube_factory = kube_factory
         self._notify = notify or (lambda text: None)
         self._lock = threading.Lock()
+        # set on Ctrl-C: transports start no new connection or command (see abort)
+        self.cancelled = threading.Event()
         self._node_locks: dict[str, threading.Lock] = {}
         self._transports: dict[str, Transport] = {}
         self._facts: dict[str, Any] = {}
@@ -70,7 +73,8 @@ class Context:
     # -- nodes -----------------------------------------------------------------------------------------------
     def _per_node(self, name: str) -> threading.Lock:
         with self._lock:
-            return self._node_locks.setdefault(name, threading.Lock())
+            # re-entrant: a transport factory asks ctx.address(node) while transport() holds the node's lock
+            return self._node_locks.setdefault(name, threading.RLock())
 
     def transport(self, name: str) -> Transport:
         """One connection per node, opened on first use and reused by every later step. Before the first one, every
@@ -92,17 +96,23 @@ class Context:
                 self._transports[name] = factory(self, node)
             return self._transports[name]
 
-    def address(self, node: Node) -> str | None:
+    def address(self, node: Node, running: bool = False) -> str | None:
         """The node's address, asked of the provider once per run (each `tart ip` is a process and a lease lookup).
+        `running=True`: the caller has just seen the VM running, so the provider need not look again (Provider.ip).
 
         An address only changes when the VM stops and starts again, and everything that does that calls
         drop_transport, which forgets it.
         """
+        # the node's lock for the whole look: two steps that ask at once (the vms check, the address check before
+        # the first connection) wait for one answer instead of asking twice
         with self._per_node(node.name):
-            cached = self._addresses.get(node.name)
+            return self._address(node, running)
+
+    def _address(self, node: Node, running: bool) -> str | None:
+        cached = self._addresses.get(node.name)
         if cached:
             return cached
-        address = self.provider.ip(node, wait=0)
+        address = self.provider.ip(node, wait=0, running=True) if running else self.provider.ip(node, wait=0)
         if address:
             # without a shared network (QEMU user mode) every VM is 127.0.0.1 and that is fine: SSH goes by port
             shared = self.provider.network_problem() is None
@@ -128,9 +138,12 @@ class Context:
 
         def look() -> bool:
             vms = self.provider.list()
-            for _, node in self.lab.nodes:
-                if node.name in vms and vms[node.name].running:
-                    self.address(node)
+            running = [node for _, node in self.lab.nodes if node.name in vms and vms[node.name].running]
+            # all at once: each answer is a provider call or two (`tart get` + `tart ip`, ~0.1 s each on a Mac)
+            # and a sequential loop put 10 nodes' worth of them before the first connection of every run
+            with ThreadPoolExecutor(max_workers=max(1, len(running)), thread_name_prefix="address") as pool:
+                # the first error (e.g. two nodes at one address) is raised
+                list(pool.map(lambda node: self.address(node, running=True), running))
             return True
 
         self.once("check-addresses", look)
@@ -150,12 +163,20 @@ class Context:
             cached = self._facts.get(name)
         if cached is not None and not refresh:
             return cached
-        from .remote.facts import gather
+        # one probe at a time per node: the steps that start together (a node's own check, its peers' checks that
+        # compare machine-ids) wait for the probe under way instead of running their own. A lock of its own, not
+        # the node's: the probe opens the transport, which takes node locks while learning every address.
+        with self._per_node(f"facts:{name}"):
+            with self._per_node(name):
+                cached = self._facts.get(name)
+            if cached is not None and not refresh:
+                return cached
+            from .remote.facts import gather
 
-        facts = gather(self.transport(name))
-        with self._per_node(name):
-            self._facts[name] = facts
-        return facts
+            facts = gather(self.transport(name))
+            with self._per_node(name):
+                self._facts[name] = facts
+            return facts
 
     def invalidate(self, name: str) -> None:
         with self._per_node(name):
@@ -192,6 +213,20 @@ class Context:
 
     def debug(self, message: str, exc: BaseException | None = None) -> None:
         log.debug(message, exc_info=exc)
+
+    def abort(self) -> None:
+        """Ctrl-C, after the grace period: close every node's connection under the steps still using it, so each
+        blocked remote call ends now (their steps end as cancelled). Nothing new is started: `cancelled` is set."""
+        self.cancelled.set()
+        with self._lock:
+            transports = list(self._transports.values())
+        for transport in transports:
+            abort = getattr(transport, "abort", None)
+            try:
+                if abort is not None:
+                    abort()
+            except Exception as exc:  # best effort: the process is ending anyway
+                log.debug("aborting %s failed", transport, exc_info=exc)
 
     def close(self) -> None:
         for name in list(self._transports):

@@ -18,6 +18,8 @@ import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
+from . import redact
+from .errors import FileError, LabctlError
 from .state import write_atomic
 
 if TYPE_CHECKING:
@@ -44,10 +46,27 @@ def _locked(state: LabState):
 
 
 def _read(state: LabState) -> dict:
+    """The stored credentials; every password read is registered for redaction (labctl/redact.py)."""
+    path = state.root / FILE
     try:
-        return json.loads((state.root / FILE).read_text())
+        data = json.loads(path.read_text())
     except FileNotFoundError:
         return {}
+    except OSError as exc:
+        raise FileError(path, exc, "read") from None
+    except ValueError:
+        data = None
+    if not isinstance(data, dict) or not all(
+            isinstance(table, dict) and all(isinstance(e, dict) and isinstance(e.get("password"), str)
+                                            for e in table.values()) for table in data.values()):
+        # Not rebuilt on its own: new passwords would lock everyone out of the stacks' logins without a word.
+        raise LabctlError(
+            f"{path} is damaged (not the {{cluster: {{name: {{user, password, created}}}}}} JSON labctl writes)",
+            hint=f"restore it from a backup; or move it away and run `labctl install`: it generates new passwords "
+            f"and puts them into the stacks' Secrets",
+        )
+    redact.register(*(e["password"] for table in data.values() for e in table.values()))
+    return data
 
 
 def read_all(state: LabState) -> dict[str, dict[str, dict[str, str]]]:
@@ -67,6 +86,7 @@ def ensure(state: LabState, cluster: str, cred: Credential) -> dict[str, str]:
             entry = {"user": cred.user, "password": secrets.token_urlsafe(18),
                      "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
             data[cluster][cred.name] = entry
+            redact.register(entry["password"])
             state.ensure()
             write_atomic(state.root / FILE, json.dumps(data, indent=2, sort_keys=True) + "\n", 0o600)
         return entry

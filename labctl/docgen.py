@@ -146,7 +146,7 @@ def markdown() -> str:
 
 
 def _reserve() -> str:
-    from .model import NODE_RESERVE_CPU_M, NODE_RESERVE_MEMORY_MIB
+    from .stack_validation import NODE_RESERVE_CPU_M, NODE_RESERVE_MEMORY_MIB
 
     return f"{NODE_RESERVE_CPU_M}m CPU and {NODE_RESERVE_MEMORY_MIB} MiB"
 

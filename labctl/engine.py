@@ -7,7 +7,9 @@ thread pool, and reports everything as events.
 
 Dependencies: a step waits for the steps of the phases named in `after` that it touches:
 - node phase after node phase: the same node only, so every node moves through the pipeline at its own pace;
-- anything after a cluster phase, or a cluster phase after a node phase: the whole cluster;
+- a cluster phase after a node phase: the nodes it names in `needs_nodes` (init: the first control plane), else
+  the whole cluster;
+- anything after a cluster phase: the whole cluster;
 - a lab phase, or anything after one: everything.
 Inside one phase a cluster's nodes run in waves (`Phase.waves`): e.g. control planes one at a time, then workers
 together. A failed step blocks only the steps that depend on it, so one cluster's failure leaves the others going.
@@ -19,167 +21,30 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from .errors import LabctlError, UsageError
+# the data and the Phase contract live in steps.py; phases and callers import them from here too
+from .steps import (  # noqa: F401
+    CannotCheck,
+    Check,
+    Event,
+    Phase,
+    Scope,
+    Selection,
+    Status,
+    Step,
+    StepResult,
+    Summary,
+    Target,
+)
 
 if TYPE_CHECKING:
-    from .model import Cluster, Lab, Node
+    from .model import Lab
 
-Scope = Literal["node", "cluster", "lab"]
-Status = Literal["unchanged", "changed", "failed", "blocked", "cancelled", "would-change", "unknown", "pending"]
-
-
-@dataclass(frozen=True)
-class Target:
-    cluster: str | None = None
-    node: str | None = None
-    item: str | None = None  # one of a cluster phase's items (`Phase.items`), e.g. a stack
-
-    def __str__(self) -> str:
-        if self.item:
-            return f"{self.cluster}/{self.item}"
-        return self.node or self.cluster or "lab"
-
-
-@dataclass(frozen=True)
-class Check:
-    done: bool
-    detail: str = ""
-
-
-class CannotCheck(LabctlError):
-    """A check could not look at the world (the provider is missing, the node is not up yet...).
-
-    In a plan the step is shown as `unknown` with this reason; during a run it is a failure.
-    """
-
-
-class Phase:
-    """The contract every phase file implements. Subclass, set the attributes, implement check and apply."""
-
-    name: str = ""
-    scope: Scope = "node"
-    after: tuple[str, ...] = ()
-    description: str = ""
-
-    def applies(self, lab: Lab, cluster: Cluster) -> bool:
-        """Does this phase run on this cluster at all? (e.g. istio only where the cluster declares it)"""
-        return True
-
-    def items(self, lab: Lab, cluster: Cluster) -> list[str] | None:
-        """Cluster phases: None for one step per cluster, or the names of one step each (e.g. its stacks)."""
-        return None
-
-    def item_requires(self, lab: Lab, cluster: Cluster, item: str) -> list[str]:
-        """The items of the same phase and cluster that `item` waits for (e.g. the stacks it requires)."""
-        return []
-
-    def cross_cluster(self, lab: Lab, cluster: Cluster, item: str | None) -> list[tuple[str, str]]:
-        """(phase, cluster) pairs in OTHER clusters this step waits for when they are selected (e.g. Argo CD on one
-        cluster registering the others needs their API servers)."""
-        return []
-
-    def waves(self, cluster: Cluster) -> list[list[Node]]:
-        """Node phases: groups of nodes run one group after another; nodes inside a group run in parallel."""
-        return [list(cluster.nodes)]
-
-    def check(self, ctx, target: Target) -> Check:  # pragma: no cover - interface
-        raise NotImplementedError
-
-    def apply(self, ctx, target: Target) -> str | None:  # pragma: no cover - interface
-        """Make check() true. Returns a short note of what changed (shown in the summary)."""
-        raise NotImplementedError
-
-
-@dataclass(eq=False)
-class Step:
-    phase: Phase
-    target: Target
-    deps: set[Step] = field(default_factory=set)
-    # the deps this step waits for but does not need to succeed (another cluster's steps: Argo CD registers the
-    # clusters that made it; one that failed must not block a stack on a healthy cluster)
-    soft: set[Step] = field(default_factory=set)
-
-    @property
-    def id(self) -> str:
-        where = "/".join(p for p in (self.target.cluster, self.target.node, self.target.item) if p) or "lab"
-        return f"{self.phase.name}:{where}"
-
-    def __repr__(self) -> str:
-        return f"Step({self.id})"
-
-
-@dataclass
-class StepResult:
-    step: Step
-    status: Status
-    detail: str = ""
-    error: BaseException | None = None
-    elapsed: float = 0.0
-
-    def as_dict(self) -> dict:
-        t = self.step.target
-        return {
-            "step": self.step.id,
-            "phase": self.step.phase.name,
-            "cluster": t.cluster,
-            "node": t.node,
-            "status": self.status,
-            "detail": self.detail,
-            "elapsed": round(self.elapsed, 3),
-        }
-
-
-@dataclass
-class Event:
-    """What the UI, the NDJSON output and the logs are fed with."""
-
-    kind: Literal["plan", "start", "note", "result", "finish"]
-    step: Step | None = None
-    status: Status | None = None
-    detail: str = ""
-    elapsed: float = 0.0
-
-    def as_dict(self) -> dict:
-        out: dict = {"event": self.kind, "time": round(time.time(), 3)}
-        if self.step is not None:
-            t = self.step.target
-            out.update(step=self.step.id, phase=self.step.phase.name, cluster=t.cluster, node=t.node)
-        if self.status:
-            out["status"] = self.status
-        if self.detail:
-            out["detail"] = self.detail
-        if self.kind == "result":
-            out["elapsed"] = round(self.elapsed, 3)
-        return out
-
-
-@dataclass
-class Summary:
-    results: list[StepResult]
-    elapsed: float = 0.0
-    interrupted: bool = False
-
-    def count(self, status: Status) -> int:
-        return sum(1 for r in self.results if r.status == status)
-
-    @property
-    def ok(self) -> bool:
-        return not self.interrupted and all(r.status in ("unchanged", "changed") for r in self.results)
-
-    @property
-    def failed(self) -> list[StepResult]:
-        return [r for r in self.results if r.status == "failed"]
-
-
-@dataclass
-class Selection:
-    only: list[str] = field(default_factory=list)
-    start: str | None = None  # --from
-    skip: list[str] = field(default_factory=list)
-    clusters: list[str] = field(default_factory=list)
+# After Ctrl-C, running steps get this long (seconds) to finish the command they are in before their connections
+# are closed under them; a second Ctrl-C skips the rest of it.
+GRACE_SECONDS = 5.0
 
 
 # ---- building the step graph -------------------------------------------------------------------------------
@@ -252,7 +117,16 @@ def build_steps(lab: Lab, phases: list[Phase], sel: Selection | None = None) -> 
                 found = [s for s in dep_steps.get(step.target.cluster, []) if s.target.node == step.target.node]
             else:
                 found = list(dep_steps.get(step.target.cluster, []))
-            return found or [s for d in dep_phase.after for s in needs(step, d)]
+                wanted = step.phase.needs_nodes(lab, lab.cluster(step.target.cluster))
+                if dep_phase.scope == "node" and wanted is not None:  # a cluster step after a node phase
+                    found = [s for s in found if s.target.node in wanted]
+            if found:
+                return found
+            # what stands in: without the ones already before another (cni on a one-node cluster waits on init,
+            # which comes after that node's kubepkgs), so `plan` names the real wait
+            stand_in = {s for d in dep_phase.after for s in needs(step, d)}
+            before = {a for s in stand_in for a in _ancestors(s)}
+            return [s for s in stand_in if s not in before]
 
         for cname, group in per_cluster.items():
             for step in group:
@@ -265,6 +139,18 @@ def build_steps(lab: Lab, phases: list[Phase], sel: Selection | None = None) -> 
                             step.soft.update(steps[dep_name].get(other, []))
                 ordered.append(step)
     return ordered
+
+
+def _ancestors(step: Step) -> set[Step]:
+    """Every step `step` waits for, directly or through others."""
+    seen: set[Step] = set()
+    todo = list(step.deps)
+    while todo:
+        s = todo.pop()
+        if s not in seen:
+            seen.add(s)
+            todo.extend(s.deps)
+    return seen
 
 
 # ---- running ---------------------------------------------------------------------------------------------------
@@ -293,6 +179,16 @@ def _blocked_by(failed: Step, dependents: dict[Step, list[Step]]) -> list[Step]:
     return seen
 
 
+def _by_sigint(exc: BaseException) -> bool:
+    """Did a local child process (tart, qemu-img) die of SIGINT? A Ctrl-C in the terminal reaches the whole process
+    group, and the child may die before labctl's main thread has handled the same Ctrl-C."""
+    from .errors import CommandError
+
+    if isinstance(exc, CommandError) and getattr(exc, "node", None):
+        return False  # a node's command: the terminal's SIGINT never reaches it
+    return getattr(exc, "returncode", None) in (-2, 130)  # killed by SIGINT, or exited 128+SIGINT
+
+
 def _describe(exc: BaseException) -> str:
     text = str(exc) if isinstance(exc, LabctlError) else f"{type(exc).__name__}: {exc}"
     hint = getattr(exc, "hint", None)
@@ -314,7 +210,10 @@ class Engine:
         self.fail_fast = fail_fast
         self.emit = emit or (lambda e: None)
         self.record = record or (lambda r: None)
-        self.cancel = threading.Event()
+        # the context's event when it has one: its transports then start nothing new once it is set
+        self.cancel: threading.Event = getattr(ctx, "cancelled", None) or threading.Event()
+        self._recorded: set[Step] = set()
+        self._record_lock = threading.Lock()
 
     # plan: checks only, dependencies first; a step whose dependencies are not done is `pending`
     def plan(self, steps: list[Step]) -> Summary:
@@ -335,7 +234,8 @@ class Engine:
             return StepResult(step, status, check.detail, None, time.monotonic() - t0)
 
         # Checks of independent steps run in parallel; a step is looked at once all its deps have been.
-        self._schedule(steps, look, results, planning=True)
+        if self._schedule(steps, look, results, planning=True):
+            raise KeyboardInterrupt  # a plan cut short has nothing to show; the CLI says "interrupted"
         return Summary([results[s] for s in steps], time.monotonic() - start)
 
     def run(self, steps: list[Step]) -> Summary:
@@ -369,10 +269,22 @@ class Engine:
                 result = StepResult(step, "changed", note or check.detail)
         except BaseException as exc:  # noqa: BLE001 - every failure becomes a result; KeyboardInterrupt too
             self.ctx.debug(f"step {step.id} failed", exc)
-            result = StepResult(step, "failed", _describe(exc), exc)
+            # After Ctrl-C a step fails because it was stopped (its connection closed, its tart child got the
+            # terminal's SIGINT too): that is a cancellation, and the next run resumes it.
+            status: Status = "cancelled" if self.cancel.is_set() or _by_sigint(exc) else "failed"
+            result = StepResult(step, status, ("interrupted: " if status == "cancelled" else "") + _describe(exc), exc)
         result.elapsed = time.monotonic() - t0
-        self.record(result)
+        self._record(result)
         return result
+
+    def _record(self, result: StepResult) -> None:
+        """Record a step's result once: a step still running when the run was interrupted is recorded as
+        cancelled by the scheduler, and whatever it reports later is not recorded over that."""
+        with self._record_lock:
+            if result.step in self._recorded:
+                return
+            self._recorded.add(result.step)
+        self.record(result)
 
     def _schedule(self, steps: list[Step], work, results: dict[Step, StepResult], planning: bool) -> bool:
         """Run `work(step)` for every step once its dependencies are finished. Returns True if interrupted."""
@@ -381,6 +293,13 @@ class Engine:
         ready = [s for s in steps if not waiting[s]]
         running: dict[Future, Step] = {}
         stop = False
+
+        def go(fut: Future, step: Step) -> None:
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(work(step))
+                except BaseException as exc:  # noqa: BLE001 - handed to the scheduler like Executor.submit does
+                    fut.set_exception(exc)
 
         def finish(step: Step, result: StepResult) -> None:
             nonlocal stop
@@ -414,7 +333,10 @@ class Engine:
                     step = ready.pop(0)
                     if step in results:
                         continue
-                    running[pool.submit(work, step)] = step
+                    # The future is known before the step can start: a Ctrl-C between the two never loses a step.
+                    fut: Future = Future()
+                    running[fut] = step
+                    pool.submit(go, fut, step)
                 if not running:
                     break
                 done, _ = wait(running, timeout=0.5, return_when=FIRST_COMPLETED)
@@ -422,17 +344,38 @@ class Engine:
                     step = running.pop(fut)
                     finish(step, fut.result())
         except KeyboardInterrupt:
-            # Ctrl-C: start nothing new, let running steps finish their current command (consistent state);
-            # the next run resumes from the live checks.
+            # Ctrl-C: start nothing new (no step, no connection, no command); running steps get GRACE_SECONDS to
+            # finish the command they are in, then their connections are closed under them. A second Ctrl-C skips
+            # the wait. Every step is idempotent and checked first, so the next run resumes from the live world.
             interrupted = True
             self.cancel.set()
-            self.emit(Event("note", detail=f"interrupted: waiting for {len(running)} running step(s) to finish"))
-            for fut, step in list(running.items()):
-                try:
-                    finish(step, fut.result())
-                except KeyboardInterrupt:
-                    break
+            abort = getattr(self.ctx, "abort", None) or (lambda: None)
+            try:
+                if running:
+                    self.emit(Event("note", detail=f"interrupted: stopping {len(running)} running step(s) "
+                                                   "(Ctrl-C again to stop at once)"))
+                    self._drain(running, finish, GRACE_SECONDS)
+                if running:
+                    abort()  # closes their connections: whatever they were waiting on ends now
+                    self._drain(running, finish, 1.0)
+            except KeyboardInterrupt:  # a second Ctrl-C: stop waiting
+                abort()
+            for step in list(running.values()):  # still going (a local process, a kube request)
+                result = StepResult(step, "cancelled" if not planning else "unknown", "interrupted while running")
+                if not planning:
+                    self._record(result)
+                finish(step, result)
+            running.clear()
         finally:
             pool.shutdown(wait=not interrupted, cancel_futures=True)
         return interrupted
+
+    @staticmethod
+    def _drain(running: dict[Future, Step], finish, seconds: float) -> None:
+        """Collect the results of running steps for up to `seconds`."""
+        deadline = time.monotonic() + seconds
+        while running and (left := deadline - time.monotonic()) > 0:
+            done, _ = wait(running, timeout=left, return_when=FIRST_COMPLETED)
+            for fut in done:
+                finish(running.pop(fut), fut.result())
 

@@ -43,14 +43,29 @@ class ConfigError(LabctlError):
     """clusters.json is unreadable or invalid; carries every problem found, not just the first."""
 
     exit_code = 2
+    # A broken or hostile file can have thousands of problems: the message names the first ones (fixing those
+    # usually fixes the rest) and each line stays short, so the output is bounded whatever the input is.
+    MAX_SHOWN = 50
+    MAX_LINE = 300
 
     def __init__(self, source: str, problems: list[Problem]):
         self.source = source
         self.problems = problems
         count = len(problems)
         lines = [f"{source}: {count} problem{'s' if count != 1 else ''}"]
-        lines += [f"  - {p}" for p in problems]
+        lines += [_clip(f"  - {p}", self.MAX_LINE) for p in problems[: self.MAX_SHOWN]]
+        if count > self.MAX_SHOWN:
+            lines.append(f"  … and {count - self.MAX_SHOWN} more (fix these first and run validate again)")
         super().__init__("\n".join(lines), hint="fix the fields named above and run `labctl validate` again")
+
+
+# A path or message may carry the file's own characters (a key with a newline): shown escaped, one line each.
+_CONTROL = {c: f"\\x{c:02x}" for c in [*range(32), 127]}
+
+
+def _clip(text: str, limit: int) -> str:
+    text = text[: limit * 4].translate(_CONTROL)
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 class LockedError(LabctlError):
@@ -92,3 +107,42 @@ class CommandError(LabctlError):
 
 class StepError(LabctlError):
     """A phase found something it must not fix on its own (e.g. a disk shrink, a NotReady joined node)."""
+
+
+class FileError(LabctlError):
+    """A file of the lab (under .labctl/, a kubeconfig, the debug log) could not be written or read.
+
+    Names the file, what went wrong (strerror) and the filesystem it is on (its mount point), and says what to do
+    for the usual causes: a full disk (ENOSPC, EDQUOT), a read-only filesystem (EROFS), missing permissions.
+    """
+
+    def __init__(self, path, exc: OSError, doing: str = "write"):
+        import errno
+        import os
+
+        self.path = str(path)
+        self.errno = exc.errno
+        mount = _mount_point(self.path)
+        why = exc.strerror or str(exc) or type(exc).__name__
+        message = f"cannot {doing} {self.path}: {why} (filesystem mounted at {mount})"
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            hint = f"free some space on the filesystem at {mount}, then run the same command again"
+        elif exc.errno == errno.EROFS:
+            hint = f"the filesystem at {mount} is read-only: remount it read-write (or move the lab), then run again"
+        elif exc.errno in (errno.EACCES, errno.EPERM):
+            hint = f"{os.path.dirname(self.path)} must be writable by you; fix its owner or mode, then run again"
+        else:
+            hint = "fix the cause above, then run the same command again"
+        super().__init__(message, hint)
+
+
+def _mount_point(path: str) -> str:
+    """The mount point of the filesystem `path` is on (the nearest existing ancestor that is a mount)."""
+    import os
+
+    current = os.path.abspath(path)
+    while not os.path.exists(current) and current != os.path.dirname(current):
+        current = os.path.dirname(current)
+    while not os.path.ismount(current):
+        current = os.path.dirname(current)
+    return current

@@ -11,10 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import credentials, host, model
+from . import credentials, host, model, redact
 from .context import Context, lab_dir
 from .engine import Engine, Selection, Step, StepResult, Summary, build_steps
-from .errors import LabctlError
+from .errors import FileError, LabctlError
 from .resources import phases_package
 from .state import LabState
 
@@ -31,6 +31,8 @@ class LabSession:
     @classmethod
     def open(cls, config: Path) -> LabSession:
         spec = model.load(config)
+        if spec.ssh_password is not None:  # never in a log or an error, whatever echoes it
+            redact.register(spec.ssh_password.get_secret_value())
         return cls(config, spec, LabState(lab_dir(config) / ".labctl"))
 
     def context(self, notify: Callable[[str], None] | None = None, **options: Any) -> Context:
@@ -95,7 +97,11 @@ def _step_spec(step: Step, hashes: dict[str, str]) -> str | None:
 
 def plan(lab: LabSession, opts: RunOptions, emit=None) -> Summary:
     steps = build_steps(lab.model, phases_for("install"), opts.selection)
-    ctx = lab.context()
+    from .remote.ssh import PROBE_TIMEOUT
+
+    # read-only: short bounds like `status`, so a booting or hung node is `unknown` after seconds, not minutes
+    ctx = lab.context(connect_timeout=PROBE_TIMEOUT, answer_timeout=PROBE_TIMEOUT, request_timeout=PROBE_TIMEOUT,
+                      kube_retries=0)
     try:
         return Engine(ctx, parallel=opts.workers(lab.model), emit=emit).plan(steps)
     finally:
@@ -129,8 +135,11 @@ def run(
     hashes = spec_hashes(lab.model)
 
     def record(result: StepResult) -> None:
-        lab.state.record_step(result.step.id, result.status, result.detail, result.elapsed,
-                              _step_spec(result.step, hashes))
+        try:
+            lab.state.record_step(result.step.id, result.status, result.detail, result.elapsed,
+                                  _step_spec(result.step, hashes))
+        except FileError as exc:  # the step itself is done: it is shown and summarised; the CLI reports this after
+            lab.state.failed_write(exc)
 
     with lab.state.locked(command):
         ctx = lab.context(notify=notify, **(options or {}))
@@ -146,17 +155,23 @@ def run(
                      and (not opts.selection.clusters or k.split("/")[0] in opts.selection.clusters)}
         whole = not opts.selection.only and not opts.selection.start and not opts.selection.skip
         if command == "install" and converged and whole:
-            lab.state.set_specs(converged)
+            try:
+                lab.state.set_specs(converged)
+            except FileError as exc:
+                lab.state.failed_write(exc)
     return summary
 
 
-def install(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None, prune: bool = False) -> Summary:
+def install(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None, prune: bool = False,
+            adopt: bool = False) -> Summary:
+    """adopt: let the vms phase take over existing VMs labctl did not create (labctl/ownership.py)."""
     steps = build_steps(lab.model, phases_for("install"), opts.selection)
     check_budget(lab.model, sorted({s.phase.name for s in steps}))
     require_provider(lab)
     removed = removed_nodes(lab)
     dropped = [s for s in removed_stacks(lab) if not opts.selection.clusters or s[0] in opts.selection.clusters]
-    summary = run(lab, steps, opts, "install", emit=emit, notify=notify, on_start=on_start)
+    summary = run(lab, steps, opts, "install", emit=emit, notify=notify, on_start=on_start,
+                  options={"adopt": True} if adopt else None)
     if prune and (dropped or removed) and summary.ok:
         # after the install, so new workers have joined before the removed ones are drained onto them; stacks
         # first, while the nodes they ran on are still there
@@ -253,6 +268,18 @@ def _prune(ctx: Context, cluster_name: str, node_name: str) -> None:
     from .kube import kubeconfig
     from .remote.credentials import forget_host
 
+    from . import ownership
+
+    # never drain nor delete a VM labctl did not create; a removed worker whose VM is already gone has nothing left
+    # to protect (its Node and records are still cleaned up)
+    vm_exists = ctx.provider.get(node_name) is not None
+    if vm_exists and not ownership.owns(ctx.state, cluster_name, node_name):
+        raise StepError(
+            f"{node_name}: no longer in clusters.json, but its VM was not created by labctl; nothing was drained or "
+            "deleted",
+            hint=f"if `{node_name}` is your own VM, leave it: it is not part of the lab. If it is this lab's old "
+            f"worker (e.g. .labctl was lost), delete it yourself (`tart delete {node_name}`) and `kubectl delete "
+            f"node {node_name}`, then run `labctl install --prune` again")
     cluster = ctx.lab.cluster(cluster_name)
     if kubeconfig.read(ctx.state, cluster_name) is not None:
         kube = ctx.kube(cluster)
@@ -264,8 +291,10 @@ def _prune(ctx: Context, cluster_name: str, node_name: str) -> None:
             ctx.note(f"{node_name}: draining, then deleting its Node")
             kube.drain(node_name)
             kube.delete_node(node_name)
-    ctx.provider.own(node_name)
-    ctx.provider.delete(node_name)
+    if vm_exists:
+        ctx.provider.own(node_name)
+        ctx.provider.delete(node_name)
+    ownership.release(ctx.state, node_name)
     forget_host(ctx.state, node_name)
     ctx.state.forget([f"{cluster_name}/{node_name}"])
     for path in (ctx.state.node_log(node_name), ctx.state.logs / f"{node_name}.tart.log",
@@ -299,7 +328,7 @@ def shutdown(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start
     steps = build_steps(lab.model, phases_for("shutdown"), opts.selection)
     require_provider(lab)
     # Only ask a guest to power off if it answers right away; a dead one is stopped by the provider instead.
-    options: dict[str, Any] = {"connect_timeout": 10, "drain": drain}
+    options: dict[str, Any] = {"connect_timeout": 10, "answer_timeout": 10, "drain": drain}
     if grace_seconds is not None:
         options["grace_seconds"] = grace_seconds
     return run(lab, steps, opts, "shutdown", emit=emit, notify=notify, on_start=on_start, options=options)
@@ -322,7 +351,7 @@ def destroy(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=
     require_provider(lab)
     everything = not opts.selection.clusters
     summary = run(lab, steps, opts, "destroy", emit=emit, notify=notify, on_start=on_start,
-                  options={"connect_timeout": 10})
+                  options={"connect_timeout": 10, "answer_timeout": 10})
     gone = [c.name for c in lab.model.clusters
             if (everything or c.name in opts.selection.clusters)
             and all(r.status in ("changed", "unchanged") for r in summary.results if r.step.target.cluster == c.name)]
@@ -351,8 +380,8 @@ def _forget_clusters(lab: LabSession, clusters: list[str], everything: bool) -> 
             for child in lab.state.root.iterdir():
                 if child.name != "lock":
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
+            lab.state.remove_lock()  # while holding it (see LabState.locked)
     if everything:
-        (lab.state.root / "lock").unlink(missing_ok=True)
         try:
             lab.state.root.rmdir()
         except OSError:

@@ -115,9 +115,9 @@ class KubeletServingCsrs(Hook):
                 "type": "Approved", "status": "True", "reason": "LabctlApprove",
                 "message": "labctl: the node's own name and addresses"}]
             name = csr["metadata"]["name"]
-            kube._raw(f"approve CSR {name}", "PUT",
-                      f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}/approval",
-                      body={**csr, "status": status}, content_type="application/json")
+            kube._call(f"approve CSR {name}", "PUT",
+                       f"/apis/certificates.k8s.io/v1/certificatesigningrequests/{name}/approval",
+                       body={**csr, "status": status}, content_type="application/json")
             ctx.note(f"{cluster.name}: approved {why}")
 
 

@@ -76,6 +76,8 @@ def ssh_banner(host: str, port: int, timeout: float) -> Probe:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
             banner = sock.recv(256).decode(errors="replace").strip()
+    except TimeoutError:  # a frozen guest: the kernel accepts the connection, nothing answers on it
+        return Probe(False, f"no answer within {timeout:g} s from SSH at {host}:{port}")
     except OSError as exc:
         return Probe(False, f"no SSH at {host}:{port} ({exc.strerror or exc})")
     if not banner.startswith("SSH-"):
@@ -126,9 +128,14 @@ def _cluster(ctx, cluster: Cluster, vms: dict, timeout: float, pool) -> ClusterS
     def node_probe(node):
         vm = vms.get(node.name)
         state = vm.state if vm else "absent"
-        address = provider.ip(node, wait=0) if vm and vm.running else None
+        try:
+            # once per run (Context.address; the list above saw it running, so no `tart get` first), and handed to
+            # ssh_address, which would otherwise ask tart again
+            address = ctx.address(node, running=True) if vm and vm.running else None
+        except LabctlError as exc:  # e.g. two nodes report one address (a stale lease): say so on this node's row
+            return node, state, None, Probe(False, exc.message.splitlines()[0])
         if address:
-            host, port = provider.ssh_address(node)
+            host, port = provider.ssh_address(node, address)
             ssh = ssh_banner(host, port, timeout)
         else:
             ssh = Probe(False, "VM not running" if vm else "no VM: `labctl install` creates it")
@@ -198,7 +205,7 @@ def collect(lab: LabSession, clusters: list[str] | None = None, timeout: float =
     from .lab import chosen_clusters
 
     names = chosen_clusters(lab, clusters or [])
-    ctx = lab.context(request_timeout=timeout, connect_timeout=timeout, kube_retries=0)
+    ctx = lab.context(request_timeout=timeout, connect_timeout=timeout, answer_timeout=timeout, kube_retries=0)
     try:
         vms = ctx.provider.list()
         chosen = [lab.model.cluster(name) for name in names]

@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import IO, Literal
 
 from .engine import Event, Summary
+from .redact import redact
 
 Mode = Literal["rich", "plain", "json", "quiet"]
 
@@ -124,13 +125,14 @@ class Reporter:
                 self._print(f"    {extra}", "red")
 
     def _print(self, text: str, style: str = "") -> None:
+        text = redact(text)  # the one way to the terminal: no secret a step echoed gets through
         if self.mode == "plain" or self.mode == "quiet":
             print(text, file=self.stream, flush=True)
         else:
             self.console.print(text, style=style or None, markup=False)
 
     def _write_json(self, data: dict) -> None:
-        self.stream.write(json.dumps(data) + "\n")
+        self.stream.write(redact(json.dumps(data)) + "\n")
         self.stream.flush()
 
     def _render_live(self):

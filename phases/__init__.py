@@ -22,6 +22,7 @@ ORDER = {
     ],
     "boot": [
         "boot",  # start stopped VMs (control planes first) and wait for their addresses
+        "swap",  # swap that came back at boot turned off, and what turned it on disabled
         "addresses",  # a control plane or node whose address changed: certificates, kubeconfigs, hosts entries
         "ready",  # uncordon what `shutdown --drain` cordoned, wait until every node is Ready
         "stackhooks",  # what installed stacks know about moved nodes: kubelet serving CSRs, Argo CD destinations

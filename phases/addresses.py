@@ -1,9 +1,11 @@
 """addresses (boot): after the VMs came back, the cluster works at whatever addresses DHCP gave them.
 
 check: the cluster's nodes still hold the addresses their kubeadm files, certificates and /etc/hosts name, and the
-       host's kubeconfig points at the first control plane's current address.
+       host's kubeconfig (and every copy `kubeconfig --merge` made) points at the first control plane's current
+       address.
 apply: repair what moved (init.reconcile_addresses: hosts lines, kubelet node-ip, control-plane manifests and
-       certificates, kubeconfigs; Cilium follows through the stable API name), then wait for the API.
+       certificates, kubeconfigs), then wait for the API; when a hosts line changed, restart Cilium's agents and
+       operator (their /etc/hosts is a copy taken at container start: cni.restart_agents) and wait until ready.
 A cluster labctl never initialised (no kubeconfig here) has nothing to repair: `labctl install` is what it needs.
 """
 
@@ -12,7 +14,7 @@ from __future__ import annotations
 from labctl.engine import Check, Phase, Target
 from labctl.kube import kubeconfig, node_address
 
-from . import init
+from . import cni, init
 
 
 class Addresses(Phase):
@@ -30,7 +32,10 @@ class Addresses(Phase):
         repairs = init.pending_repairs(ctx, cluster)
         if repairs:
             return Check(False, "; ".join(str(r) for r in repairs))
-        problem = init.kubeconfig_problem(ctx, cluster, node_address(ctx, cluster.masters[0]))
+        if cni.restart_pending(ctx, cluster):
+            return Check(False, "Cilium still resolves the API name to the old address: restart pending")
+        problem = init.kubeconfig_problem(ctx, cluster, node_address(ctx, cluster.masters[0])) or \
+            init.merged_problem(ctx, cluster)
         return Check(problem is None, problem or "addresses unchanged")
 
     def apply(self, ctx, target: Target) -> str:

@@ -7,6 +7,7 @@ apply: start it and wait for its address. boot never creates a VM: a missing one
 
 from __future__ import annotations
 
+from labctl import ownership
 from labctl.engine import Check, Phase, Target
 from labctl.errors import StepError
 
@@ -27,9 +28,11 @@ class Boot(Phase):
         if vm is None:
             raise StepError(f"{node.name}: there is no VM for this node",
                             hint="`labctl install` creates the VMs that are missing")
+        if not ownership.owns(ctx.state, target.cluster, node.name):  # never start a VM labctl did not create
+            raise ownership.not_ours(node.name)
         if not vm.running:
             return Check(False, f"VM is {vm.state}: start it")
-        address = ctx.provider.ip(node, wait=0)
+        address = ctx.provider.ip(node, wait=0, running=True)  # seen running just above
         return Check(bool(address), f"running at {address}" if address else "running, no address yet")
 
     def apply(self, ctx, target: Target) -> str:

@@ -1,12 +1,14 @@
-"""destroy: the lab's VMs are gone. Only VMs named in clusters.json are ever touched.
+"""destroy: the lab's VMs are gone. Only VMs named in clusters.json that labctl created are ever touched.
 
-check: the VM does not exist.
+check: the VM does not exist, or it is not labctl's (labctl/ownership.py): a VM of the user's that carries a node's
+       name is left alone, and said so.
 apply: stop it (tart refuses to delete a running VM) and delete it, then forget its pinned SSH host key: a new VM
        under the same name will have a new one.
 """
 
 from __future__ import annotations
 
+from labctl import ownership
 from labctl.engine import Check, Phase, Target
 
 
@@ -17,14 +19,19 @@ class Destroy(Phase):
 
     def check(self, ctx, target: Target) -> Check:
         vm = ctx.provider.get(target.node)
+        if vm is not None and not ownership.owns(ctx.state, target.cluster, target.node):
+            return Check(True, ownership.left_alone(target.node))
         return Check(vm is None, "no VM" if vm is None else f"VM is {vm.state}: delete it")
 
     def apply(self, ctx, target: Target) -> str:
         from labctl.remote.credentials import forget_host
 
         _, node = ctx.node(target.node)
+        if not ownership.owns(ctx.state, target.cluster, node.name):  # never delete a VM labctl did not create
+            raise ownership.not_ours(node.name)
         ctx.drop_transport(node.name)
         ctx.provider.delete(node)
+        ownership.release(ctx.state, node.name)
         forget_host(ctx.state, node.name)
         return "deleted"
 

@@ -2,7 +2,7 @@
 
 check: the control plane is initialised (kubeadm's own markers, reference §3: manifests/kube-apiserver.yaml AND
        admin.conf), its /etc/hosts sends the stable API name to it, and .labctl/kubeconfig/<cluster>.yaml points at
-       its current address and trusts its CA.
+       its current address and trusts its CA, as do the copies `labctl kubeconfig --merge` put in the user's files.
 apply: a node without a control plane gets the hosts line, the rendered config and `kubeadm init`. There is no
        `kubeadm reset` anywhere: a node where kubeadm ran but left no complete control plane is reported, not wiped.
        An initialised control plane whose address changed (DHCP after a reboot) is repaired in place instead
@@ -27,6 +27,8 @@ from labctl.kube import (
 )
 from labctl.remote.facts import ADMIN_CONF, HOSTS, KUBEADM_FLAGS, MANIFESTS
 from labctl.render import render, script
+
+from . import cni
 
 INIT_CONFIG = "/etc/labctl/kubeadm-init.yaml"  # kept: the address repair regenerates certificates from it
 CA_CERT = "/etc/kubernetes/pki/ca.crt"
@@ -70,15 +72,29 @@ def address_probe(cluster):
 
 def kubeconfig_problem(ctx, cluster, address: str) -> str | None:
     """Why the host's kubeconfig for `cluster` cannot be used as it is, or None."""
-    local = kubeconfig.read(ctx.state, cluster.name)
+    try:
+        local = kubeconfig.read(ctx.state, cluster.name)
+    except kubeconfig.DamagedKubeconfig as exc:
+        return exc.message  # fetched anew from the control plane by apply
     if local is None:
         return "no kubeconfig on this machine yet"
+    merged = kubeconfig.merged_problem(ctx.state)
+    if merged:
+        return merged  # writing this cluster's kubeconfig rebuilds merged.yaml from the clusters' files
     if kubeconfig.server(local) != api_url(address):
         return f"the kubeconfig points at {kubeconfig.server(local)}, the control plane is at {address}"
     ca = ctx.transport(cluster.masters[0].name).get(CA_CERT, sudo=True)
     if not kubeconfig.same_pem(ca, kubeconfig.ca_pem(local)):
         return "the kubeconfig on this machine is for another cluster (its CA differs)"
     return None
+
+
+def merged_problem(ctx, cluster) -> str | None:
+    """Which user kubeconfigs (`labctl kubeconfig --merge`) still hold an old copy of the cluster's entries, or None."""
+    stale = kubeconfig.stale_merged(ctx.state, cluster.name)
+    if not stale:
+        return None
+    return f"context {kubeconfig.context_name(cluster.name)} in {', '.join(map(str, stale))} is out of date"
 
 
 def fetch_kubeconfig(ctx, cluster, address: str) -> str:
@@ -115,6 +131,8 @@ def repair_addresses(ctx, cluster, only: list[str] | None = None) -> list[str]:
     """Bring the kubeadm files and hosts lines of `cluster` (or of the nodes in `only`) in line with the nodes'
     current addresses. Returns what was changed, one line per action."""
     repairs = pending_repairs(ctx, cluster, only)
+    if any(r.kind == "hosts" for r in repairs):
+        cni.mark_restart(ctx, cluster, True)  # before the change: a run stopped after it still restarts Cilium
     for repair in repairs:
         transport = ctx.transport(repair.node)
         ctx.note(f"repairing {repair}")
@@ -143,8 +161,15 @@ def reconcile_addresses(ctx, cluster, repair: bool = True) -> list[str]:
     problem = kubeconfig_problem(ctx, cluster, address)
     if problem:
         done.append(f"kubeconfig {fetch_kubeconfig(ctx, cluster, address)} ({problem})")
+    for line in kubeconfig.sync_merged(ctx.state, cluster.name):  # the copies `kubeconfig --merge` made follow
+        ctx.note(f"{cluster.name}: {line}")
+        done.append(line)
     kube = ctx.kube(cluster)
     kube.wait_for("the API server answers", lambda: (kube.nodes() is not None, "answering"), timeout=API_WAIT)
+    if cni.restart_pending(ctx, cluster):
+        if restarted := cni.restart_agents(ctx, cluster):
+            done.append(restarted)
+        cni.mark_restart(ctx, cluster, False)
     return done
 
 
@@ -153,6 +178,11 @@ class Init(Phase):
     scope = "cluster"
     after = ("kubepkgs",)
     description = "kubeadm init on the first control plane; kubeconfig on this machine"
+
+    def needs_nodes(self, lab, cluster) -> list[str]:
+        # kubeadm init runs on the first control plane only: the other nodes' packages install beside it, and
+        # their joins wait for both (join is `after` kubepkgs and init).
+        return [cluster.masters[0].name]
 
     def check(self, ctx, target: Target) -> Check:
         cluster = ctx.lab.cluster(target.cluster)
@@ -165,7 +195,7 @@ class Init(Phase):
             return Check(False, f"kubeadm init on {master.name} ({address})")
         if hosts_address(facts.text(HOSTS), endpoint_host(cluster.name)) != address:
             return Check(False, f"{master.name}: /etc/hosts does not send {endpoint_host(cluster.name)} to {address}")
-        problem = kubeconfig_problem(ctx, cluster, address)
+        problem = kubeconfig_problem(ctx, cluster, address) or merged_problem(ctx, cluster)
         if problem:
             return Check(False, problem)
         return Check(True, f"control plane on {master.name} at {address}")
@@ -189,7 +219,7 @@ class Init(Phase):
             transport.run(hosts_entry(cluster, address), sudo=True, timeout=60)
             transport.put(INIT_CONFIG, init_config(ctx.lab, cluster, address).encode(), 0o600, sudo=True)
             ctx.note(f"{master.name}: kubeadm init (pulls the control-plane images first)")
-            run = script("init.kubeadm", "cluster/kubeadm-init.sh.j2", config_path=INIT_CONFIG,
+            run = script("init.kubeadm", "cluster/kubeadm-init.sh.j2", config_path=INIT_CONFIG, skip_token_print=True,
                          **init_params(ctx.lab, cluster, address))
             try:
                 transport.run(run, sudo=True, timeout=INIT_TIMEOUT)

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import string
 
+from labctl import redact
 from labctl.engine import Check, Phase, Target
 from labctl.errors import StepError
 from labctl.kube import API_PORT, endpoint_host, hosts_address, node_address
@@ -57,21 +59,32 @@ def join_config(cluster, node, address: str, token: str, ca_hash: str, certifica
     return render("kubeadm/join.yaml.j2", **join_params(cluster, node, address, token, ca_hash, certificate_key))
 
 
+def new_token() -> str:
+    """A bootstrap token, "[a-z0-9]{6}.[a-z0-9]{16}" from a CSPRNG, as `kubeadm token create [token]` takes it
+    (https://kubernetes.io/docs/reference/setup-tools/kubeadm/kubeadm-token/)."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(6)) + "." + \
+        "".join(secrets.choice(alphabet) for _ in range(16))
+
+
 def _credentials(ctx, cluster) -> tuple[str, str]:
-    """A fresh bootstrap token and the CA hash, from the first control plane (once per cluster per run)."""
+    """A fresh bootstrap token and the CA hash, from the first control plane (once per cluster per run).
+
+    labctl makes the token and registers it for redaction before kubeadm stores (and prints) it, so it never
+    reaches the node log, the terminal or the debug log (labctl/redact.py)."""
+    token = new_token()
+    redact.register(token, token.split(".", 1)[1])
     transport = ctx.transport(cluster.masters[0].name)
     run = script("join.token", "cluster/join-token.sh.j2", cluster=cluster.name, ttl=TOKEN_TTL,
-                 description="labctl join")
-    lines = transport.run(run, sudo=True, timeout=120).stdout.strip().splitlines()
-    token = lines[-1].strip() if lines else ""
-    if not (len(token) == 23 and token[6] == "."):
-        raise StepError(f"{cluster.masters[0].name}: `kubeadm token create` printed no token ({token!r})")
+                 description="labctl join", token=token)
+    transport.run(run, sudo=True, timeout=120)
     return token, ca_cert_hash(transport.get(CA_CERT, sudo=True))
 
 
 def _certificate_key(ctx, cluster) -> str:
     """Upload the control-plane certificates under a new key (they expire after 2 h, so once per run)."""
     key = secrets.token_hex(32)  # what `kubeadm certs certificate-key` prints: 32 random bytes, hex
+    redact.register(key)  # before upload-certs prints it back ("Using certificate key: ...")
     run = script("join.upload-certs", "cluster/upload-certs.sh.j2", cluster=cluster.name, certificate_key=key)
     ctx.transport(cluster.masters[0].name).run(run, sudo=True, timeout=120)
     return key
@@ -86,8 +99,19 @@ def _state(ctx, cluster, node) -> tuple[str, str]:
         return "absent", "not joined yet"
     api_address = node_address(ctx, cluster.masters[0])
     if hosts_address(facts.text(HOSTS), endpoint_host(cluster.name)) != api_address:
+        if ctx.kube(cluster).node(node.name) is None:
+            # A moved control plane keeps its Nodes; one that has none of this node was made anew (its VM was
+            # deleted and `init` ran again): repairing the address would leave the kubelet trusting the old CA,
+            # and waiting for it to register would take the whole REGISTER_WAIT, per node.
+            return "broken", _never_registered(cluster, node)
         return "stale", f"/etc/hosts does not send {endpoint_host(cluster.name)} to {api_address}"
     return _api_state(ctx, cluster, node)
+
+
+def _never_registered(cluster, node) -> str:
+    return (f"joined {cluster.name} once (kubelet.conf) but the cluster has no Node of this name: its "
+            f"control plane was created anew since (was {cluster.masters[0].name}'s VM deleted?), or the Node was "
+            "deleted")
 
 
 def _api_state(ctx, cluster, node) -> tuple[str, str]:
@@ -95,7 +119,7 @@ def _api_state(ctx, cluster, node) -> tuple[str, str]:
     kube = ctx.kube(cluster)
     info = kube.node(node.name)
     if info is None:
-        return "broken", "kubelet.conf exists but the cluster has no Node of this name (it joined elsewhere?)"
+        return "broken", _never_registered(cluster, node)
     address = node_address(ctx, node)
     if info.internal_ip and info.internal_ip != address:
         return "stale", f"the Node reports {info.internal_ip}, the VM is at {address}"
@@ -110,7 +134,7 @@ def _api_state(ctx, cluster, node) -> tuple[str, str]:
 class Join(Phase):
     name = "join"
     scope = "node"
-    after = ("init",)
+    after = ("kubepkgs", "init")  # its own node's packages (init waits only for the first control plane's)
     description = "control planes one at a time, then workers in parallel"
 
     def applies(self, lab, cluster) -> bool:

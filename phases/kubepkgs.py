@@ -6,7 +6,8 @@ on the node with `apt-cache madison`. The packages are held so an `apt upgrade` 
 control plane.
 
 Without internet (e.g. the real-VM test, which reaches only Debian's mirror) the script fails with
-"cannot reach pkgs.k8s.io ..." before it writes anything: the key is downloaded and dearmored into a temporary
+"cannot reach pkgs.k8s.io ..." before it writes anything (an apt step that fails for another reason, or finds apt
+busy, gets its own message: labctl/remote/apt.py): the key is downloaded and dearmored into a temporary
 directory first, the source list is written only after that, and it is taken back if `apt-get update` cannot
 read the repository.
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 from labctl.engine import Check, Phase, Target
 from labctl.errors import CommandError, StepError
+from labctl.remote import apt
 from labctl.remote.base import Script
 from labctl.remote.facts import (
     KUBE_KEYRING,
@@ -91,6 +93,7 @@ def params(kubernetes: str, pending: list[Action]) -> dict:
         "keyring": KUBE_KEYRING,
         "list_file": KUBE_LIST,
         "source_line": source_line(kubernetes),
+        **apt.params(),
     }
 
 
@@ -130,6 +133,9 @@ class KubePackages(Phase):
                     hint="the node needs outbound HTTPS to pkgs.k8s.io (check its network and DNS: "
                     "`curl -I https://pkgs.k8s.io` on the node)",
                 ) from exc
+            failure = apt.failure(exc, f"installing kubeadm/kubelet/kubectl {kubernetes}")
+            if failure is not None:
+                raise failure from exc
             if exc.returncode == EXIT_NOT_IN_REPO:
                 raise StepError(
                     f"{target.node}: Kubernetes {kubernetes} is not in pkgs.k8s.io v{minor(kubernetes)}\n{exc.tail}",

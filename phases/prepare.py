@@ -29,6 +29,7 @@ from labctl.remote.facts import (
     MODULES_CONF,
     SYSCTL_CONF,
     SYSCTLS,
+    ZRAM_GENERATOR_MASK,
     Action,
     NodeFacts,
     describe,
@@ -41,16 +42,28 @@ WANT_SYSCTLS = {key: "1" for key in SYSCTLS}
 UNSET_MACHINE_IDS = ("", "uninitialized")
 
 
-def actions(facts: NodeFacts, name: str, peer_machine_ids: Mapping[str, str] | None = None) -> list[Action]:
-    """What differs on this node, in the order the script applies it. Empty: nothing to do."""
+def swap_actions(facts: NodeFacts) -> list[Action]:
+    """Swap on now, and everything that would turn it on at the next boot (the kubelet does not start with swap
+    on: reference/k8s-bootstrap.md §1): fstab entries, .swap units, services that run swapon themselves
+    (SWAP_SERVICES, e.g. zram-tools' zramswap.service), zram-generator. Also boot's check (phases/swap.py)."""
     out: list[Action] = []
-
     if facts.swap.devices:
         out.append(Action("swapoff", f"swap is on ({', '.join(facts.swap.devices)})"))
     if facts.fstab_swap:
         out.append(Action("swap-fstab", f"{FSTAB} turns swap on at boot ({', '.join(facts.fstab_swap)})"))
     if facts.swap_units_to_mask:
         out.append(Action("swap-units", f"swap units not masked ({', '.join(facts.swap_units_to_mask)})"))
+    if facts.swap_services_to_disable:
+        out.append(Action("swap-services", f"{', '.join(facts.swap_services_to_disable)} turns swap on at boot"))
+    if facts.zram_generator_devices:
+        devices = ", ".join(f"/dev/{d}" for d in facts.zram_generator_devices)
+        out.append(Action("zram-generator", f"zram-generator makes swap on {devices} at boot"))
+    return out
+
+
+def actions(facts: NodeFacts, name: str, peer_machine_ids: Mapping[str, str] | None = None) -> list[Action]:
+    """What differs on this node, in the order the script applies it. Empty: nothing to do."""
+    out: list[Action] = swap_actions(facts)
 
     not_loaded = [m for m in MODULES if not facts.modules.get(m)]
     listed = facts.conf_lines(MODULES_CONF)
@@ -105,6 +118,9 @@ def params(facts: NodeFacts, name: str, pending: list[Action]) -> dict:
         "actions": [a.name for a in pending],
         "node_name": name,
         "swap_units": facts.swap_units_to_mask,
+        "swap_services": facts.swap_services_to_disable,
+        "zram_devices": facts.zram_generator_devices,
+        "zram_generator_mask": ZRAM_GENERATOR_MASK,
         "modules": list(MODULES),
         "modules_conf": MODULES_CONF,
         "sysctls": dict(WANT_SYSCTLS),

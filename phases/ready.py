@@ -30,7 +30,7 @@ def _waiting(ctx, cluster) -> list[str]:
 class Ready(Phase):
     name = "ready"
     scope = "cluster"
-    after = ("addresses",)
+    after = ("addresses", "swap")  # the kubelet does not start while swap is on
     description = "uncordon what shutdown drained, wait until every node is Ready"
 
     def check(self, ctx, target: Target) -> Check:

@@ -21,6 +21,7 @@ import tomlkit
 from labctl import catalog
 from labctl.engine import Check, Phase, Target
 from labctl.errors import CommandError, StepError
+from labctl.remote import apt
 from labctl.remote.base import Script
 from labctl.remote.facts import (
     CONTAINERD_CONFIG,
@@ -171,6 +172,7 @@ def params(facts: NodeFacts, kubernetes: str, minimum: str, pending: list[Action
         "crictl_yaml": CRICTL_YAML,
         "crictl": crictl_yaml(),
         "socket": CONTAINERD_SOCKET.removeprefix("unix://"),
+        **apt.params(),
     }
 
 
@@ -218,11 +220,15 @@ class Runtime(Phase):
         try:
             ctx.transport(target.node).run(run, sudo=True, timeout=900)  # apt on a slow mirror takes minutes
         except CommandError as exc:
+            failure = apt.failure(exc, "installing containerd")
+            if failure is not None:
+                raise failure from exc
             if exc.returncode == EXIT_TOO_OLD:
                 raise StepError(
                     f"{target.node}: the distribution's containerd is older than versions.containerd "
                     f"{ctx.lab.versions.containerd}\n{exc.tail}",
-                    hint="use a base image whose distribution ships a newer containerd (Ubuntu 24.04 has 1.7.x), "
+                    hint="use a base image whose distribution ships a newer containerd (Ubuntu 24.04 has 2.2 in "
+                    "noble-updates), "
                     "or lower versions.containerd in clusters.json if you accept an unsupported runtime",
                 ) from exc
             raise

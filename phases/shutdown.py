@@ -1,6 +1,7 @@
-"""shutdown: every VM of the lab powered off, cleanly.
+"""shutdown: every VM of the lab powered off, cleanly. Only VMs named in clusters.json that labctl created are touched.
 
-check: the VM is not running (or does not exist).
+check: the VM is not running (or does not exist), or it is not labctl's (labctl/ownership.py): a VM of the user's
+       that carries a node's name is neither asked to power off nor stopped, and said so.
 apply: ask the guest to power off over SSH when it answers (a clean systemd shutdown); the provider then waits for
        it, sends SIGUSR2 to `tart run` (an ACPI shutdown request) when the guest did not go, and pulls the plug with
        `tart stop` only as the last resort; the result says which it took. Workers go first, control planes last, so
@@ -9,6 +10,7 @@ apply: ask the guest to power off over SSH when it answers (a clean systemd shut
 
 from __future__ import annotations
 
+from labctl import ownership
 from labctl.engine import Check, Phase, Target
 from labctl.errors import CommandError, TransportError
 from labctl.kube import kubeconfig
@@ -42,10 +44,14 @@ class Shutdown(Phase):
         vm = ctx.provider.get(target.node)
         if vm is None:
             return Check(True, "no VM")
+        if not ownership.owns(ctx.state, target.cluster, target.node):
+            return Check(True, ownership.left_alone(target.node))
         return Check(not vm.running, "stopped" if not vm.running else "running: power it off")
 
     def apply(self, ctx, target: Target) -> str:
         cluster, node = ctx.node(target.node)
+        if not ownership.owns(ctx.state, target.cluster, node.name):  # never drain nor stop a VM labctl did not create
+            raise ownership.not_ours(node.name)
         drained = ""
         if ctx.options.get("drain") and node.role == "worker" and kubeconfig.read(ctx.state, cluster.name):
             # pods move to the workers still up; `boot` uncordons exactly the nodes labctl drained

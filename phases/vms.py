@@ -4,11 +4,13 @@ check: the VM exists, its size matches clusters.json, it is running, and the pro
        provider checks Running first: a stopped VM's old DHCP lease is no address).
 apply: make sure the base image is there (once per run, not once per node), clone if absent, resize (a running VM
        is stopped and started again for that, announced), start, and wait for the address.
+A VM of that name that labctl did not create is refused (labctl/ownership.py) unless the run adopts (`--adopt`).
 Waiting for SSH is the next phase's business.
 """
 
 from __future__ import annotations
 
+from labctl import ownership
 from labctl.engine import Check, Phase, Target
 from labctl.errors import ProviderError
 from labctl.providers.base import shrink_error
@@ -43,13 +45,18 @@ class Vms(Phase):
         vm = ctx.provider.get(node.name)
         if vm is None:
             return Check(False, f"no VM yet: clone {ctx.lab.base_image}")
+        if not ownership.owns(ctx.state, target.cluster, node.name):
+            if ctx.options.get("adopt"):
+                return Check(False, f"VM {node.name} exists and was not created by labctl: adopt it (--adopt)")
+            return Check(False, f"VM {node.name} exists but labctl did not create it: refused (see --adopt)")
         differences = _differences(vm, node)
         if differences:
             restart = " (stop, resize, start)" if vm.running else ""
             return Check(False, ", ".join(differences) + restart)
         if not vm.running:
             return Check(False, f"VM is {vm.state}: start it")
-        address = ctx.provider.ip(node, wait=0)
+        # seen running just above; Context.address keeps the answer for the run (the connections reuse it)
+        address = ctx.address(node, running=True)
         if not address:
             return Check(False, "running, but no IP address yet")
         return Check(True, f"running at {address}")
@@ -63,10 +70,18 @@ class Vms(Phase):
         if vm is None:
             ctx.once(f"image:{ctx.lab.base_image}", lambda: _ensure_image(ctx))
             ctx.note(f"{node.name}: cloning {ctx.lab.base_image}")
-            provider.create(node)
+            if not provider.create(node):  # someone made one with that name in the meantime
+                raise ownership.not_ours(node.name)
+            ownership.claim(ctx.state, node.name, "created")
             done.append("cloned")
             done += provider.configure(node)  # a fresh clone has the image's size
-        elif differences := _differences(vm, node):
+        elif not ownership.owns(ctx.state, target.cluster, node.name):
+            if not ctx.options.get("adopt"):
+                raise ownership.not_ours(node.name)
+            ownership.claim(ctx.state, node.name, "adopted")
+            ctx.note(f"{node.name}: adopting the existing VM (--adopt)")
+            done.append("adopted")
+        if vm is not None and (differences := _differences(vm, node)):
             if node.disk < vm.disk:  # refused before anything is stopped: a shrink is a mistake in clusters.json
                 raise shrink_error(node.name, node.disk, vm.disk)
             if running:
@@ -87,9 +102,10 @@ def start(ctx, node) -> str:
 
 
 def wait_for_address(ctx, node) -> str:
-    """The running VM's address, waiting up to the provider's ip_wait_seconds (e.g. for a DHCP lease)."""
+    """The running VM's address, waiting up to the provider's ip_wait_seconds (e.g. for a DHCP lease). Called once
+    the VM runs (the caller saw it, or started it and `start` returned only once it was running)."""
     wait = ctx.provider.ip_wait_seconds
-    address = ctx.provider.ip(node, wait=wait)
+    address = ctx.provider.ip(node, wait=wait, running=True)
     if not address:
         raise ProviderError(
             f"{node.name}: running, but no IP address after {wait} s",

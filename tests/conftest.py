@@ -47,7 +47,7 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> CliResult:
     try:
         with redirect_stdout(out), redirect_stderr(err):
             try:
-                main()
+                main(hard_exit=False)
                 code = 0
             except SystemExit as exc:
                 code = int(exc.code or 0)

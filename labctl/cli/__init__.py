@@ -15,7 +15,11 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import typer
+try:
+    import typer  # the slow part of starting up: a Ctrl-C lands here more often than anywhere else before main()
+except KeyboardInterrupt:
+    sys.stderr.write("interrupted\n")
+    raise SystemExit(130) from None
 
 app = typer.Typer(
     name="labctl",
@@ -51,20 +55,35 @@ def _setup_logging(verbose: int) -> None:
     for handler in list(logger.handlers):  # one command per process normally; tests run many in one
         logger.removeHandler(handler)
         handler.close()
-    try:
-        from logging.handlers import RotatingFileHandler
+    from ..redact import Formatter
 
+    try:
         path = debug_log_path()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        file_handler = RotatingFileHandler(path, maxBytes=5_000_000, backupCount=2)
-        file_handler.setFormatter(logging.Formatter("%(asctime)s %(threadName)s %(levelname)s %(message)s"))
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        file_handler = _private_log(path)
+        file_handler.setFormatter(Formatter("%(asctime)s %(threadName)s %(levelname)s %(message)s"))
         logger.addHandler(file_handler)
     except OSError:
         pass  # a read-only home must not stop labctl
     if verbose >= 2:
         stderr = logging.StreamHandler(sys.stderr)
         stderr.setLevel(logging.DEBUG)
+        stderr.setFormatter(Formatter())
         logger.addHandler(stderr)
+
+
+def _private_log(path: Path) -> logging.Handler:
+    """The debug log at `path`, rotated at 5 MB (two old files kept), 0600 across rotations too: it may hold the
+    output of node commands."""
+    from logging.handlers import RotatingFileHandler  # here, not at start-up: `labctl --help` logs nothing
+
+    from ..state import private_opener
+
+    class PrivateLog(RotatingFileHandler):
+        def _open(self):
+            return open(self.baseFilename, self.mode, encoding=self.encoding, errors=self.errors, opener=private_opener)
+
+    return PrivateLog(path, maxBytes=5_000_000, backupCount=2)
 
 
 @app.callback()
@@ -86,14 +105,20 @@ def reporter():
     return Reporter(pick_mode(G.json, G.quiet), verbose=G.verbose)
 
 
-def run_flow(flow, lab, opts, verb: str) -> None:
-    """Run one command's flow with live progress, print the summary, exit non-zero unless all went well."""
+def run_flow(flow, lab, opts, verb: str, warnings: list[str] = ()) -> None:
+    """Run one command's flow with live progress, print the summary, exit non-zero unless all went well.
+
+    warnings: validation.warnings() of the lab, printed once before the flow (a note event each in --json)."""
     ui = reporter()
+    for warning in warnings:
+        ui.note(f"warning: {warning}")
     try:
         summary = flow(lab, opts, emit=ui, notify=ui.note, on_start=ui.start)
     finally:
         ui.stop()
     ui.summary(summary, verb, logs_hint=str(lab.state.logs))
+    if lab.state.write_failures:  # the steps ran and are shown above; what labctl could not keep comes last
+        raise next(iter(lab.state.write_failures.values()))
     if not summary.ok:
         raise typer.Exit(130 if summary.interrupted else 1)
 
@@ -110,12 +135,14 @@ def open_lab():
 
 def _print_error(exc: BaseException) -> None:
     from ..errors import LabctlError
+    from ..redact import redact
 
     if isinstance(exc, LabctlError):
         text, hint, code = exc.message, exc.hint, exc.exit_code
     else:
         text = f"internal error: {type(exc).__name__}: {exc}"
         hint, code = f"the traceback is in {debug_log_path()} (or run with -v)", 1
+    text, hint = redact(text), hint and redact(hint)
     if G.json:
         sys.stdout.write(json.dumps({"event": "error", "error": text, "hint": hint, "exit_code": code}) + "\n")
     sys.stderr.write(f"error: {text}\n")
@@ -127,7 +154,42 @@ def _print_error(exc: BaseException) -> None:
         traceback.print_exception(exc, file=sys.stderr)
 
 
-def main() -> None:
+def main(hard_exit: bool = True) -> None:
+    """The `labctl` entry point. Exit codes: 0 ok, 1 failed, 2 bad input, 130 interrupted (Ctrl-C).
+
+    After Ctrl-C the engine gives running steps a few seconds, then leaves any that are still blocked (a local
+    process, a request) behind; with `hard_exit` the process then ends at once instead of waiting for those threads
+    at interpreter exit (in-process test runners pass False). State stays consistent either way: every state file
+    is replaced atomically and the lock is released by the kernel when the process ends."""
+    try:
+        code = _run()
+    except KeyboardInterrupt:  # a Ctrl-C while an error or the summary was being printed
+        code = 130
+    if code == 130:
+        try:
+            sys.stderr.write("interrupted\n")
+        except KeyboardInterrupt:
+            pass
+        if hard_exit:
+            _exit_now(130)
+    sys.exit(code or 0)
+
+
+def _exit_now(code: int) -> None:
+    """End the process now: flush what was printed and logged, skip the join of left-behind worker threads."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # nothing left to interrupt
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except Exception:  # noqa: BLE001 - a closed pipe must not turn the exit into a traceback
+            pass
+    logging.shutdown()
+    os._exit(code)
+
+
+def _run() -> int:
     try:  # Typer ≥ 0.25 vendors click; older releases depend on it
         from typer._click.exceptions import ClickException, UsageError
     except ImportError:  # pragma: no cover
@@ -141,7 +203,6 @@ def main() -> None:
         exc.show()
         code = 2 if isinstance(exc, UsageError) else exc.exit_code
     except (typer.Abort, KeyboardInterrupt):
-        sys.stderr.write("interrupted\n")
         code = 130
     except typer.Exit as exc:
         code = exc.exit_code
@@ -149,11 +210,23 @@ def main() -> None:
         logging.getLogger("labctl").debug("command failed", exc_info=exc)
         _print_error(exc)
         code = exc.exit_code
+    except OSError as exc:  # a file labctl could not read or write that no layer below named: still a plain error
+        logging.getLogger("labctl").debug("command failed", exc_info=exc)
+        if exc.filename is None:
+            logging.getLogger("labctl").error("internal error", exc_info=exc)
+            _print_error(exc)
+            code = 1
+        else:
+            from ..errors import FileError
+
+            error = FileError(exc.filename, exc, "use")
+            _print_error(error)
+            code = error.exit_code
     except Exception as exc:  # noqa: BLE001 - the one place that turns surprises into a clean message
         logging.getLogger("labctl").error("internal error", exc_info=exc)
         _print_error(exc)
         code = 1
-    sys.exit(code or 0)
+    return code or 0
 
 
 from . import commands, doctor, lifecycle, status  # noqa: E402,F401  (registers the commands on `app`)

@@ -41,11 +41,12 @@ def init(force: bool = typer.Option(False, "--force", help="Overwrite an existin
 @app.command()
 def validate() -> None:
     """Check clusters.json: every problem at once, each with its JSON path; show the resource budget."""
-    from .. import host, model
+    from .. import host, validation
 
     lab = open_lab().model
+    validation.check_supported(lab, str(G.config))
     budget = host.budget(lab)
-    warnings = model.warnings(lab)
+    warnings = validation.warnings(lab)
     if not budget.memory_fits:
         warnings.append(f"this host cannot run the whole lab at once: {budget.describe()}")
     if G.json:
@@ -82,9 +83,10 @@ def plan(
     """Show what `install` would change: every step's check against the live lab. Changes nothing."""
     from ..lab import RunOptions, plan as make_plan, spec_changes
 
-    from ..model import warnings
+    from ..validation import check_supported, warnings
 
     lab = open_lab()
+    check_supported(lab.model, str(G.config))
     summary = make_plan(lab, RunOptions(_selection(only, start, skip, cluster)))
     changes = spec_changes(lab) + [f"note: {w}" for w in warnings(lab.model)]
     if G.json:
@@ -109,13 +111,18 @@ def install(
     dry_run: bool = typer.Option(False, "--dry-run", help="Only plan (same as `labctl plan`)."),
     prune: bool = typer.Option(False, "--prune", help="Drain and delete workers, and uninstall stacks, that clusters.json no longer declares."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (install never asks today; for scripts)."),
+    adopt: bool = typer.Option(False, "--adopt", help="Manage (resize, start, later delete) existing VMs that carry "
+                               "a node's name but were not created by labctl; without it they are refused."),
 ) -> None:
     """Create or converge the lab: run every phase whose check is not satisfied, clusters in parallel."""
     from ..lab import RunOptions, install as run_install
+    from ..validation import check_supported, warnings
 
     if dry_run:
         return plan(only, start, skip, cluster)
     from functools import partial
 
     opts = RunOptions(_selection(only, start, skip, cluster), parallel, fail_fast)
-    run_flow(partial(run_install, prune=prune), open_lab(), opts, "install")
+    lab = open_lab()
+    check_supported(lab.model, str(G.config))
+    run_flow(partial(run_install, prune=prune, adopt=adopt), lab, opts, "install", warnings=warnings(lab.model))

@@ -123,14 +123,22 @@ def kubeconfig_cmd(
         raise LabctlError("no kubeconfig yet for " + ", ".join(chosen),
                           hint="`labctl install` writes one per cluster once its control plane is up")
     if merge:
-        target = Path(os.environ.get("KUBECONFIG", "").split(os.pathsep)[0] or Path.home() / ".kube" / "config")
-        written = kubeconfig.export(lab.state, installed, target)
+        # kubectl's own choice of file, so `kubectl --context labctl-<cluster>` finds what was written
+        written = kubeconfig.export(lab.state, installed, os.environ.get("KUBECONFIG"), Path.home())
+        targets = sorted({str(path) for _, path in written})
         if G.json:
-            emit_json({"kubeconfig": str(target), "contexts": written})
+            emit_json({"kubeconfig": targets[0] if len(targets) == 1 else targets,
+                       "contexts": [name for name, _ in written]})
         else:
-            typer.echo(f"merged {', '.join(written)} into {target} (your other contexts are untouched)")
+            for target in targets:
+                names_there = ", ".join(name for name, path in written if str(path) == target)
+                typer.echo(f"merged {names_there} into {target} (your other contexts are untouched; labctl keeps "
+                           "them current after address changes)")
         return
     files = [kubeconfig.cluster_path(lab.state, c) for c in installed] if cluster else [kubeconfig.merged_path(lab.state)]
+    if not cluster and (problem := kubeconfig.merged_problem(lab.state)):
+        raise LabctlError(problem, hint="`labctl install --from init` rebuilds it from the clusters' own kubeconfigs; "
+                          "meanwhile `labctl kubeconfig --cluster NAME` prints one cluster's")
     if path:
         typer.echo(os.pathsep.join(str(f) for f in files))
     else:

@@ -17,7 +17,7 @@ manifests incl. etcd's URLs, the API server and etcd certificates, the controlle
 which point at the local API server) and every kubelet's `--node-ip`. The host itself reaches the API by address
 (the Mac does not read the nodes' /etc/hosts), which the API server certificate carries as a SAN.
 
-Nothing here imports the kubernetes package: `labctl --help` must stay fast.
+Nothing here imports urllib3 or PyYAML (client.py does on first use): `labctl --help` must stay fast.
 """
 
 from __future__ import annotations

@@ -4,11 +4,11 @@ Built from `.labctl/kubeconfig/<cluster>.yaml`; the client is (re)built on first
 (after `init` wrote it, or after an address repair pointed it elsewhere), so one facade serves a whole run.
 
 Two choices worth knowing:
-- The kubernetes package is imported inside the methods: importing it costs ~0.85 s and `labctl --help` must not pay.
-- Responses are read as plain JSON (`_preload_content=False`), not as the client's generated models: the 37.x models
-  validate with pydantic and refuse a whole list when one object lacks a field they declare required, and the
-  checks here need a handful of fields. Patches name their content type explicitly (the generated default for a
-  dict body is json-patch, which a dict is not).
+- Every request goes by path through `rest.RestClient` (urllib3 with the kubeconfig's certificates), one choke point
+  (`_call`): the `kubernetes` package's first use cost ~1 s per process (rest.py says why and how it was measured).
+- Responses are read as plain JSON, not as generated models: the checks here need a handful of fields, and the
+  kubernetes client's 37.x models refuse a whole list when one object lacks a field they declare required. Patches
+  name their content type explicitly (merge patch, or server-side apply).
 """
 
 from __future__ import annotations
@@ -24,10 +24,12 @@ from pathlib import Path
 
 from ..errors import LabctlError, StepError
 from . import kubeconfig
+from .rest import ConfigError, RestClient
 
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply; a JSON body is valid YAML
 FIELD_MANAGER = "labctl"
+RESTARTED_AT = "kubectl.kubernetes.io/restartedAt"
 
 class KubeError(LabctlError):
     """The cluster's API could not be asked (unreachable, refused, answered with an error)."""
@@ -167,6 +169,10 @@ def _evictable(pod: dict) -> bool:
     return not mirror and not finished and not any(o.get("kind") == "DaemonSet" for o in owners)
 
 
+def _apps(namespace: str, plural: str, name: str) -> str:
+    return f"/apis/apps/v1/namespaces/{namespace}/{plural}/{name}"
+
+
 def client_for(ctx, cluster) -> Kube:
     """The facade for `cluster` (Context.kube caches one per cluster per run). `status` asks for short timeouts."""
     return Kube(cluster.name, kubeconfig.cluster_path(ctx.state, cluster.name),
@@ -182,12 +188,13 @@ class Kube:
         # costs one timeout per question, not four
         self.retries = retries
         self._lock = threading.Lock()
-        self._api = None
+        self._rest: RestClient | None = None
         self._stamp: tuple[int, int] | None = None
         self._resources: dict[tuple[str, str], tuple[str, bool]] = {}  # discovery hits (misses are asked again)
 
     # -- plumbing ---------------------------------------------------------------------------------------------
-    def _client(self):
+    def _client(self) -> RestClient:
+        """The REST client for the kubeconfig as it is now (rebuilt when the file changed). Raises KubeError."""
         try:
             st = self.path.stat()
         except FileNotFoundError:
@@ -196,48 +203,64 @@ class Kube:
                 hint=f"the `init` phase writes it: `labctl install --cluster {self.cluster} --from init`",
             ) from None
         with self._lock:
-            if self._api is None or self._stamp != (st.st_mtime_ns, st.st_size):
-                from kubernetes import client, config
+            if self._rest is None or self._stamp != (st.st_mtime_ns, st.st_size):
+                import yaml
 
-                cfg = client.Configuration()
-                config.load_kube_config(config_file=str(self.path), client_configuration=cfg, persist_config=False)
-                if self.retries is not None:
-                    cfg.retries = self.retries
-                self._api, self._stamp = client.ApiClient(cfg), (st.st_mtime_ns, st.st_size)
-            return self._api
+                hint = f"`labctl install --cluster {self.cluster} --from init` fetches it again from the control plane"
+                try:
+                    config = yaml.safe_load(self.path.read_bytes())
+                    if not isinstance(config, dict):
+                        raise ConfigError(f"{self.path} is not a kubeconfig (no mapping at the top)")
+                    rest = RestClient(config, self.path, self.retries)
+                except (yaml.YAMLError, ConfigError, OSError, ValueError) as exc:
+                    raise KubeError(f"{self.cluster}: the kubeconfig cannot be used: {exc}", hint=hint) from None
+                if self._rest is not None:
+                    self._rest.close()
+                self._rest, self._stamp = rest, (st.st_mtime_ns, st.st_size)
+            return self._rest
 
-    def _call(self, what: str, api: str, method: str, *args, **kwargs) -> dict | None:
-        """One API request → its JSON body, or None for 404. Every other failure is a KubeError."""
-        from kubernetes import client
-
-        api_client = self._client()
-        fn = getattr(getattr(client, api)(api_client), method)
+    def _call(self, what: str, method: str, path: str, query: list[tuple[str, str]] | None = None,
+              body: dict | None = None, content_type: str | None = None) -> dict | None:
+        """One API request by path → its JSON body, or None for 404. Every other failure is a KubeError: with the
+        HTTP `status` when the API answered (409 for a conflicting patch, 429 for a refused eviction, ...), with a
+        hint when it did not answer within `request_timeout` seconds."""
+        rest = self._client()
         try:
-            response = fn(*args, _preload_content=False, _request_timeout=self.request_timeout, **kwargs)
-        except client.ApiException as exc:
-            if exc.status == 404:
-                return None
-            raise KubeError(f"{self.cluster}: {what}: the API answered {exc.status} {exc.reason}: "
-                            f"{(exc.body or '')[:300]}", status=exc.status) from None
+            response = rest.request(method, path, query, body, content_type, timeout=self.request_timeout)
         except Exception as exc:  # noqa: BLE001 - urllib3 connection, TLS and timeout errors have no common base
             raise KubeError(
-                f"{self.cluster}: {what}: the API server at {api_client.configuration.host} did not answer ({exc})",
+                f"{self.cluster}: {what}: the API server at {rest.server} did not answer ({exc})",
                 hint="is the control plane VM running and at that address? `labctl status` shows both",
             ) from None
-        return json.loads(response.data or b"{}")
+        if response.status == 404:
+            return None
+        if response.status >= 400:
+            raise KubeError(f"{self.cluster}: {what}: the API answered {response.status} {response.reason}: "
+                            f"{response.message()[:300]}", status=response.status)
+        try:
+            return response.json()
+        except ValueError:
+            raise KubeError(f"{self.cluster}: {what}: the API answered {response.status} with something that is "
+                            f"not JSON: {response.data[:200]!r}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            if self._rest is not None:
+                self._rest.close()
+            self._rest = None
 
     # -- nodes ------------------------------------------------------------------------------------------------
     def nodes(self) -> list[NodeInfo]:
-        body = self._call("list nodes", "CoreV1Api", "list_node") or {}
+        body = self._call("list nodes", "GET", "/api/v1/nodes") or {}
         return [NodeInfo.from_object(item) for item in body.get("items", [])]
 
     def node(self, name: str) -> NodeInfo | None:
-        obj = self._call(f"read node {name}", "CoreV1Api", "read_node", name)
+        obj = self._call(f"read node {name}", "GET", f"/api/v1/nodes/{name}")
         return NodeInfo.from_object(obj) if obj else None
 
     def patch_node(self, name: str, patch: dict) -> NodeInfo:
         """A JSON merge patch (RFC 7386). Put metadata.resourceVersion in it to make it conditional."""
-        obj = self._call(f"patch node {name}", "CoreV1Api", "patch_node", name, patch, _content_type=MERGE_PATCH)
+        obj = self._call(f"patch node {name}", "PATCH", f"/api/v1/nodes/{name}", body=patch, content_type=MERGE_PATCH)
         if obj is None:
             raise KubeError(f"{self.cluster}: node {name} does not exist")
         return NodeInfo.from_object(obj)
@@ -260,7 +283,7 @@ class Kube:
         return self.patch_node(name, {"spec": {"unschedulable": None}})
 
     def delete_node(self, name: str) -> bool:
-        return self._call(f"delete node {name}", "CoreV1Api", "delete_node", name) is not None
+        return self._call(f"delete node {name}", "DELETE", f"/api/v1/nodes/{name}") is not None
 
     def drain(self, name: str, timeout: float = 120) -> int:
         """Cordon the node (marked as labctl's doing) and evict its pods; returns how many were evicted.
@@ -269,8 +292,8 @@ class Kube:
         the kubelet's own. Evictions respect PodDisruptionBudgets; a refused one (429) is retried until `timeout`.
         """
         self.patch_node(name, {"metadata": {"annotations": {DRAINED: "true"}}, "spec": {"unschedulable": True}})
-        body = self._call(f"list pods on {name}", "CoreV1Api", "list_pod_for_all_namespaces",
-                          field_selector=f"spec.nodeName={name}") or {}
+        body = self._call(f"list pods on {name}", "GET", "/api/v1/pods",
+                          [("fieldSelector", f"spec.nodeName={name}")]) or {}
         pods = [p["metadata"] for p in body.get("items", []) if _evictable(p)]
         for meta in pods:
             eviction = {"apiVersion": "policy/v1", "kind": "Eviction",
@@ -278,8 +301,8 @@ class Kube:
 
             def evicted(meta=meta, eviction=eviction):
                 try:
-                    self._call(f"evict {meta['namespace']}/{meta['name']}", "CoreV1Api",
-                               "create_namespaced_pod_eviction", meta["name"], meta["namespace"], eviction)
+                    self._call(f"evict {meta['namespace']}/{meta['name']}", "POST",
+                               f"/api/v1/namespaces/{meta['namespace']}/pods/{meta['name']}/eviction", body=eviction)
                 except KubeError as exc:
                     if exc.status == 429:  # a PodDisruptionBudget says not now
                         return False, str(exc)
@@ -299,62 +322,33 @@ class Kube:
 
     # -- workloads --------------------------------------------------------------------------------------------
     def daemonset_ready(self, namespace: str, name: str) -> Readiness:
-        obj = self._call(f"read daemonset {namespace}/{name}", "AppsV1Api", "read_namespaced_daemon_set", name,
-                         namespace)
+        obj = self._call(f"read daemonset {namespace}/{name}", "GET", _apps(namespace, "daemonsets", name))
         return daemonset_readiness(obj, f"DaemonSet {namespace}/{name}")
 
     def deployment_ready(self, namespace: str, name: str) -> Readiness:
-        obj = self._call(f"read deployment {namespace}/{name}", "AppsV1Api", "read_namespaced_deployment", name,
-                         namespace)
+        obj = self._call(f"read deployment {namespace}/{name}", "GET", _apps(namespace, "deployments", name))
         return deployment_readiness(obj, f"Deployment {namespace}/{name}")
 
     def statefulset_ready(self, namespace: str, name: str) -> Readiness:
-        obj = self._call(f"read statefulset {namespace}/{name}", "AppsV1Api", "read_namespaced_stateful_set", name,
-                         namespace)
+        obj = self._call(f"read statefulset {namespace}/{name}", "GET", _apps(namespace, "statefulsets", name))
         return statefulset_readiness(obj, f"StatefulSet {namespace}/{name}")
 
+    def rollout_restart(self, namespace: str, kind: str, name: str) -> bool:
+        """`kubectl rollout restart`: stamp the pod template with the annotation kubectl uses
+        (`kubectl.kubernetes.io/restartedAt`, RFC 3339; kubectl's polymorphichelpers/objectrestarter.go), so the
+        controller replaces every pod as in a rollout. `kind` is "DaemonSet" or "Deployment". False when it does
+        not exist; KubeError for any other failure."""
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
+        path = self._path("apps/v1", kind, namespace, name)
+        return self._call(f"restart {kind} {namespace}/{name}", "PATCH", path, body=patch,
+                          content_type=MERGE_PATCH) is not None
+
     def ciliumnodes(self) -> list[str]:
-        body = self._call("list ciliumnodes", "CustomObjectsApi", "list_cluster_custom_object",
-                          "cilium.io", "v2", "ciliumnodes") or {}
+        body = self._call("list ciliumnodes", "GET", "/apis/cilium.io/v2/ciliumnodes") or {}
         return sorted(item["metadata"]["name"] for item in body.get("items", []))
 
     # -- any object: discovery, server-side apply, readiness ------------------------------------------------------
-    def _raw(self, what: str, method: str, path: str, query: list[tuple[str, str]] | None = None,
-             body: dict | None = None, content_type: str | None = None) -> dict | None:
-        """One request by path (for kinds the generated API classes do not know) → JSON body, or None for 404."""
-        api_client = self._client()
-        headers = {"Accept": "application/json"}
-        if content_type:
-            headers["Content-Type"] = content_type
-        # the body stays a dict: the REST layer serialises it once for JSON and +yaml content types alike
-        method_, url, headers, _, _ = api_client.param_serialize(
-            method=method, resource_path=path, query_params=query or [], header_params=headers,
-            auth_settings=["BearerToken"])
-        from kubernetes import client
-
-        try:
-            response = api_client.call_api(method_, url, header_params=headers, body=body,
-                                           _request_timeout=self.request_timeout)
-            data = response.read()
-        except client.ApiException as exc:  # pragma: no cover - call_api does not raise for HTTP errors in 37.x
-            raise KubeError(f"{self.cluster}: {what}: the API answered {exc.status}", status=exc.status) from None
-        except Exception as exc:  # noqa: BLE001 - urllib3 connection, TLS and timeout errors have no common base
-            raise KubeError(
-                f"{self.cluster}: {what}: the API server at {api_client.configuration.host} did not answer ({exc})",
-                hint="is the control plane VM running and at that address? `labctl status` shows both",
-            ) from None
-        if response.status == 404:
-            return None
-        if response.status >= 400:
-            text = (data or b"").decode(errors="replace")
-            try:
-                text = json.loads(text).get("message", text)
-            except ValueError:
-                pass
-            raise KubeError(f"{self.cluster}: {what}: the API answered {response.status}: {text[:300]}",
-                            status=response.status)
-        return json.loads(data or b"{}")
-
     def resource(self, api_version: str, kind: str) -> tuple[str, bool] | None:
         """(plural, namespaced) of a kind as the API server serves it now, from discovery; None when it does not
         (e.g. a custom resource whose CRD is not there yet). Not cached across calls that miss: a CRD may arrive."""
@@ -362,7 +356,7 @@ class Kube:
             if (api_version, kind) in self._resources:
                 return self._resources[(api_version, kind)]
         path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-        body = self._raw(f"discover {api_version}", "GET", path) or {}
+        body = self._call(f"discover {api_version}", "GET", path) or {}
         found = None
         for res in body.get("resources", []):
             if res.get("kind") == kind and "/" not in res.get("name", ""):
@@ -387,13 +381,13 @@ class Kube:
         """One object as JSON, or None when it (or its kind) does not exist."""
         if self.resource(api_version, kind) is None:
             return None
-        return self._raw(f"read {kind} {namespace}/{name}", "GET", self._path(api_version, kind, namespace, name))
+        return self._call(f"read {kind} {namespace}/{name}", "GET", self._path(api_version, kind, namespace, name))
 
     def list(self, api_version: str, kind: str, namespace: str = "", label_selector: str = "") -> list[dict]:
         if self.resource(api_version, kind) is None:
             return []
         query = [("labelSelector", label_selector)] if label_selector else []
-        body = self._raw(f"list {kind}", "GET", self._path(api_version, kind, namespace), query) or {}
+        body = self._call(f"list {kind}", "GET", self._path(api_version, kind, namespace), query) or {}
         return body.get("items", [])
 
     def apply(self, obj: dict, namespace: str = "") -> dict:
@@ -407,7 +401,7 @@ class Kube:
         if "/namespaces/" in path and not meta.get("namespace"):
             obj = {**obj, "metadata": {**meta, "namespace": ns or "default"}}
         what = f"apply {obj['kind']} {ns + '/' if ns else ''}{meta['name']}"
-        out = self._raw(what, "PATCH", path, [("fieldManager", FIELD_MANAGER), ("force", "true")], obj, APPLY_PATCH)
+        out = self._call(what, "PATCH", path, [("fieldManager", FIELD_MANAGER), ("force", "true")], obj, APPLY_PATCH)
         if out is None:  # server-side apply creates what is missing: a 404 is about its namespace
             raise KubeError(f"{self.cluster}: {what}: namespace {ns!r} does not exist",
                             hint="add a Namespace object for it to the stack's manifests, or leave metadata.namespace "
@@ -419,7 +413,7 @@ class Kube:
         if self.resource(api_version, kind) is None:
             return False
         path = self._path(api_version, kind, namespace, name)
-        return self._raw(f"delete {kind} {namespace}/{name}", "DELETE", path,
+        return self._call(f"delete {kind} {namespace}/{name}", "DELETE", path,
                          [("propagationPolicy", "Background")]) is not None
 
     def crd_established(self, name: str) -> Readiness:
@@ -443,20 +437,20 @@ class Kube:
 
     # -- configuration ----------------------------------------------------------------------------------------
     def secret(self, namespace: str, name: str) -> dict[str, bytes] | None:
-        obj = self._call(f"read secret {namespace}/{name}", "CoreV1Api", "read_namespaced_secret", name, namespace)
+        obj = self._call(f"read secret {namespace}/{name}", "GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
         if obj is None:
             return None
         return {k: base64.b64decode(v) for k, v in (obj.get("data") or {}).items()}
 
     def configmap(self, namespace: str, name: str) -> dict[str, str] | None:
-        obj = self._call(f"read configmap {namespace}/{name}", "CoreV1Api", "read_namespaced_config_map", name,
-                         namespace)
+        obj = self._call(f"read configmap {namespace}/{name}", "GET",
+                         f"/api/v1/namespaces/{namespace}/configmaps/{name}")
         return None if obj is None else dict(obj.get("data") or {})
 
     def helm_release(self, namespace: str, name: str) -> HelmRelease | None:
         """The newest revision of a Helm release, read from its Secrets (no helm CLI on the host)."""
-        body = self._call(f"list helm releases {namespace}/{name}", "CoreV1Api", "list_namespaced_secret", namespace,
-                          label_selector=f"owner=helm,name={name}") or {}
+        body = self._call(f"list helm releases {namespace}/{name}", "GET", f"/api/v1/namespaces/{namespace}/secrets",
+                          [("labelSelector", f"owner=helm,name={name}")]) or {}
         items = [i for i in body.get("items", []) if i.get("type", "helm.sh/release.v1") == "helm.sh/release.v1"]
         if not items:
             return None

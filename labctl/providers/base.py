@@ -101,14 +101,17 @@ class Provider(Protocol):
     def delete(self, node) -> bool:
         """Stop (if needed) and delete the VM. True when there was one."""
 
-    def ip(self, node, wait: int = 0) -> str | None:
-        """The VM's current IPv4 address, or None; never a stale address of a stopped VM."""
+    def ip(self, node, wait: int = 0, *, running: bool = False) -> str | None:
+        """The VM's current IPv4 address, or None; never a stale address of a stopped VM. `wait`: seconds to wait
+        for a lease. `running=True`: the caller has just seen the VM running (its own `get`, or `start` returned),
+        so a provider that looks first (Tart: one `tart get` process) need not look again."""
 
     def own(self, name: str) -> None:
         """Allow changes to a VM that is no longer in clusters.json but was the lab's (prune)."""
 
-    def ssh_address(self, node) -> tuple[str, int]:
-        """Where SSH for this node answers (host, port)."""
+    def ssh_address(self, node, address: str | None = None) -> tuple[str, int]:
+        """Where SSH for this node answers (host, port). `address`: the node's address as ip() gave it earlier in
+        this run (Context.address caches it), so that a provider whose SSH host is that address asks no more."""
 
     def network_problem(self) -> str | None:
         """Why the VMs share no network that ip() addresses are on (so no cluster can be formed); None: they do."""

@@ -58,7 +58,7 @@ from pathlib import Path
 from typing import Literal
 
 from ..errors import ProviderError
-from ..state import write_atomic
+from ..state import private_opener, write_atomic
 from .base import VM, LabVMs, shrink_error
 
 log = logging.getLogger("labctl")
@@ -526,7 +526,7 @@ class QemuProvider(LabVMs):
         s = self.settings
         return self.local_path(s.leases) if s.leases else Path(f"/var/lib/libvirt/dnsmasq/{s.bridge}.status")
 
-    def ip(self, node, wait: int = 0) -> str | None:
+    def ip(self, node, wait: int = 0, *, running: bool = False) -> str | None:
         """None when QEMU does not run. network user: 127.0.0.1, the host end of the SSH forward, which exists as
         soon as QEMU does. network bridge: the address the bridge's DHCP server leased to the VM's lab NIC, waiting
         up to `wait` seconds for it (the guest asks once it has booted)."""
@@ -549,7 +549,7 @@ class QemuProvider(LabVMs):
                 return address
             time.sleep(min(2.0, max(self.POLL, deadline - time.monotonic())))
 
-    def ssh_address(self, node) -> tuple[str, int]:
+    def ssh_address(self, node, address: str | None = None) -> tuple[str, int]:  # noqa: ARG002 - SSH is forwarded
         name = node if isinstance(node, str) else node.name
         if self._pid(name) is None:
             raise ProviderError(f"{name}: not running, so SSH does not answer", hint="`labctl boot` starts it")
@@ -789,7 +789,7 @@ class QemuProvider(LabVMs):
                 self._write_meta(name, meta)
         argv = self.command(name, meta, accel, port)
         console = self.log_path(name)
-        with open(console, "ab") as f:
+        with open(console, "ab", opener=private_opener) as f:  # 0600 before QEMU appends the guest's console
             f.write(f"\n--- {time.strftime('%Y-%m-%dT%H:%M:%S')} labctl: {accel.name} ({accel.reason})\n"
                     f"--- {shlex.join(argv)}\n".encode())
         if accel.warning:

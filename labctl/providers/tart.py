@@ -21,9 +21,12 @@ import time
 from pathlib import Path
 
 from ..errors import ProviderError
-from ..state import write_atomic
+from ..state import private_opener, write_atomic
 from .base import VM, LabVMs, shrink_error
 
+# A Tart VM has its own address on the host's network, and the guest's sshd listens on the standard port there. A
+# module constant, not an option: tests/integration/test_hung_node_cli.py points it at a throwaway sshd.
+SSH_PORT = 22
 NOT_FOUND = "tart not found: install it with `brew install cirruslabs/cli/tart`; validate/plan/schema work without it"
 
 # What tart's exit codes mean (reference/tart-cli.md, "Exit codes and errors").
@@ -123,11 +126,12 @@ class TartProvider(LabVMs):
         data = self._json(done, name)
         return VM(name, _state(data), cpu=int(data["CPU"]), memory=int(data["Memory"]), disk=int(data["Disk"]))
 
-    def ip(self, node, wait: int = 0) -> str | None:
+    def ip(self, node, wait: int = 0, *, running: bool = False) -> str | None:
         name = node if isinstance(node, str) else node.name
-        vm = self.get(name)
-        if vm is None or not vm.running:
-            return None  # the dhcp resolver hands out a stopped VM's old lease: never trust it
+        if not running:  # the dhcp resolver hands out a stopped VM's old lease: never trust it
+            vm = self.get(name)
+            if vm is None or not vm.running:
+                return None
         argv = ["ip", name, "--wait", str(int(wait))]
         resolver = self._resolver()
         if resolver != "dhcp":  # tart's default; older tarts have no --resolver at all
@@ -158,11 +162,12 @@ class TartProvider(LabVMs):
     def log_path(self, node) -> Path:
         return self._dir("logs") / f"{node if isinstance(node, str) else node.name}.tart.log"
 
-    def ssh_address(self, node) -> tuple[str, int]:
-        address = self.ip(node, wait=self.settings.ip_wait_seconds)
+    def ssh_address(self, node, address: str | None = None) -> tuple[str, int]:
+        # each ip() is two tart processes (get, ip): a caller that knows the address this run passes it
+        address = address or self.ip(node, wait=self.settings.ip_wait_seconds)
         if address is None:
             raise ProviderError(f"{node.name}: no IP address (is the VM running?)", hint="`labctl boot` starts it")
-        return address, 22
+        return address, SSH_PORT
 
     def image_cached(self, image: str) -> bool:
         done = self._tart(["list", "--source", "oci", "--format", "json"])
@@ -205,7 +210,7 @@ class TartProvider(LabVMs):
             return False
         argv = [self.tart, "run", name, "--no-graphics", *self._network_flags()]
         log_path = self._dir("logs") / f"{name}.tart.log"
-        with open(log_path, "ab") as log:
+        with open(log_path, "ab", opener=private_opener) as log:  # 0600, like every log: it may echo secrets
             log.write(f"--- {time.strftime('%Y-%m-%dT%H:%M:%S')} labctl: {shlex.join(argv)}\n".encode())
             log.flush()
             offset = log.tell()

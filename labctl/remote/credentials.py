@@ -22,7 +22,7 @@ import threading
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..errors import TransportError
+from ..errors import FileError, LabctlError, TransportError
 from ..state import write_atomic
 from .base import Script
 
@@ -73,7 +73,17 @@ def lab_key(state: LabState) -> paramiko.PKey:
             # The public half first: a private key without its .pub is the state a crash must not leave behind.
             write_atomic(path.with_suffix(".pub"), public + b" labctl\n", 0o644)
             write_atomic(path, private, 0o600)
-    return paramiko.Ed25519Key.from_private_key_file(str(path))
+    try:
+        return paramiko.Ed25519Key.from_private_key_file(str(path))
+    except OSError as exc:
+        raise FileError(path, exc, "read") from None
+    except Exception as exc:  # noqa: BLE001 - paramiko raises SSHException, ValueError or IndexError for a bad file
+        # Not made anew here: the nodes trust this key, and a new one is only installed with the first-contact login.
+        raise LabctlError(
+            f"the lab's SSH key {path} is damaged ({type(exc).__name__}: {exc})",
+            hint=f"restore it from a backup; or move {path} and {path.name}.pub away: the next `labctl install` "
+            "makes a new key and installs it with ssh_password (or ssh_key) from clusters.json",
+        ) from None
 
 
 def authorize_key(key: paramiko.PKey) -> Script:

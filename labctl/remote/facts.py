@@ -11,6 +11,7 @@ apt source lines); this module parses it. containerd's TOML is read with tomllib
 
 from __future__ import annotations
 
+import configparser
 import json
 import re
 import tomllib
@@ -55,10 +56,27 @@ MANIFESTS = tuple(
 KUBEADM_FILES = (ADMIN_CONF, "/etc/kubernetes/super-admin.conf", KUBELET_CONF, BOOTSTRAP_KUBELET_CONF, KUBELET_CONFIG,
                  KUBEADM_FLAGS, "/etc/kubernetes/pki/ca.crt", *MANIFESTS)
 
+# What turns swap on at boot besides /etc/fstab and .swap unit files: services that run `swapon` themselves, so
+# masking the device's .swap unit does not stop them — zram-tools' zramswap.service (/usr/sbin/zramswap), Ubuntu's
+# zram-config.service (init-zram-swapping), dphys-swapfile.service (Debian, Raspberry Pi OS) and swapspace.service
+# (their Debian packages' unit files).
+SWAP_SERVICES = ("zramswap.service", "zram-config.service", "dphys-swapfile.service", "swapspace.service")
+# zram-generator (systemd-zram-generator): a systemd generator that makes one dev-zramN.swap unit, behind
+# systemd-zram-setup@zramN.service, for every [zramN] section of its config, at every boot. Installed at
+# /usr/lib/systemd/system-generators (Debian 12's package: /lib/...). A file of the same name in
+# /etc/systemd/system-generators overrides it; a symlink to /dev/null masks it (systemd.generator(7)).
+# Its config: the first of ZRAM_CONFIGS found, then every drop-in *.conf in ZRAM_DROPIN_DIRS (zram-generator's
+# README and zram-generator.conf(5)).
+ZRAM_GENERATORS = ("/usr/lib/systemd/system-generators/zram-generator", "/lib/systemd/system-generators/zram-generator")
+ZRAM_GENERATOR_MASK = "/etc/systemd/system-generators/zram-generator"
+ZRAM_CONFIGS = ("/run/systemd/zram-generator.conf", "/etc/systemd/zram-generator.conf",
+                "/usr/local/lib/systemd/zram-generator.conf", "/usr/lib/systemd/zram-generator.conf")
+ZRAM_DROPIN_DIRS = tuple(f"{path}.d" for path in ZRAM_CONFIGS)
+
 FILES = (*KUBEADM_FILES, KUBE_KEYRING, CONTAINERD_CONFIG, CLOUD_CFG_DIR, CLOUD_HOSTNAME_CFG)
 TEXTS = (FSTAB, HOSTS, HOSTNAME_FILE, MODULES_CONF, SYSCTL_CONF, CRICTL_YAML, KUBE_LIST)
 
-SCHEMA = 1  # bumped with every change to the JSON the script prints
+SCHEMA = 2  # bumped with every change to the JSON the script prints
 
 
 def probe_params() -> dict[str, Any]:
@@ -72,6 +90,10 @@ def probe_params() -> dict[str, Any]:
         "files": list(FILES),
         "texts": list(TEXTS),
         "containerd_config": CONTAINERD_CONFIG,
+        "swap_services": list(SWAP_SERVICES),
+        "zram_configs": [*ZRAM_CONFIGS, *ZRAM_DROPIN_DIRS],
+        "zram_generators": list(ZRAM_GENERATORS),
+        "zram_generator_mask": ZRAM_GENERATOR_MASK,
     }
 
 
@@ -115,6 +137,10 @@ class Swap(_Facts):
     devices: list[str] = Field(default_factory=list, description="active swap, from /proc/swaps")
     units: list[SwapUnit] = Field(default_factory=list, description="swap units systemd has loaded")
     unit_files: dict[str, str] = Field(default_factory=dict, description="swap unit files and their state")
+    services: dict[str, Service] = Field(default_factory=dict, description="SWAP_SERVICES that are installed")
+    zram_generator: str = Field("", description='"installed", "masked" (ZRAM_GENERATOR_MASK exists) or ""')
+    zram_config: dict[str, str] = Field(default_factory=dict,
+                                        description="zram-generator's config files and drop-ins: path → text")
 
 
 class Containerd(_Facts):
@@ -255,6 +281,42 @@ class NodeFacts(_Facts):
         units = {u.unit for u in self.swap.units if u.active == "active" and u.load != "masked"}
         units |= {name for name, state in self.swap.unit_files.items() if state in ("enabled", "enabled-runtime")}
         return sorted(units)
+
+    @property
+    def swap_services_to_disable(self) -> list[str]:
+        """SWAP_SERVICES that run now or would start at boot, and are not masked yet: each turns swap on by itself."""
+        return sorted(unit for unit, s in self.swap.services.items()
+                      if s.enabled not in OFF_STATES and (s.running or s.enabled not in ("", "disabled")))
+
+    @property
+    def zram_generator_devices(self) -> list[str]:
+        """The zram swap devices ("zram0") zram-generator makes at every boot: the [zramN] sections of its config
+        that are not file systems (no mount-point), while the generator is installed and not masked."""
+        if self.swap.zram_generator != "installed":
+            return []
+        config = self.swap.zram_config
+        texts = [next((config[p] for p in ZRAM_CONFIGS if p in config), "")]
+        # drop-ins override the main file, in the order of their file names across the directories
+        dropins = sorted((p for p in config if p not in ZRAM_CONFIGS), key=lambda p: p.rsplit("/", 1)[-1])
+        texts += [config[p] for p in dropins]
+        parser = configparser.ConfigParser(strict=False, interpolation=None)
+        for text in texts:
+            try:
+                parser.read_string(text)
+            except configparser.Error:
+                continue  # zram-generator refuses an unreadable file too
+        return [name for name in parser.sections() if re.fullmatch(r"zram\d+", name)
+                and "mount-point" not in parser[name]]
+
+    @property
+    def swap_at_boot(self) -> list[str]:
+        """Everything that turns swap on at the next boot, as "what (source)"; empty when swap stays off."""
+        out = [f"{device} ({FSTAB})" for device in self.fstab_swap]
+        out += [f"{unit} (swap unit {state})" for unit, state in sorted(self.swap.unit_files.items())
+                if state in ("enabled", "enabled-runtime")]
+        out += [f"{unit} (service, runs swapon itself)" for unit in self.swap_services_to_disable]
+        out += [f"/dev/{device} (zram-generator)" for device in self.zram_generator_devices]
+        return out
 
     # -- names ---------------------------------------------------------------------------------------------
     @property
@@ -404,6 +466,9 @@ CONTAINERD_LAYOUTS = {
         "sandbox",
     ),
 }
+
+# `systemctl is-enabled` words of a unit that cannot start (systemctl(1)); "" when it is not installed.
+OFF_STATES = ("masked", "masked-runtime", "not-found", "bad")
 
 K8S_REPO = re.compile(r"pkgs\.k8s\.io/core:/stable:/v(\d+\.\d+)/deb")
 _VERSION = re.compile(r"(?<![\d.])v?(\d+)\.(\d+)\.(\d+)")

@@ -7,6 +7,8 @@ to the node's log line by line as it arrives and kept whole for the Result.
 Secrets: the password is sent only as the first-contact SSH password (once, before the lab key is installed) and
 as sudo's password on stdin (`sudo -S`) when the node asks for one. It never appears on a command line, in a log,
 in an error or in .labctl/.
+
+Beside it: sshwait.py (the wait for a booting VM's sshd) and watchdog.py (the answer timer on an open connection).
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import contextlib
 import logging
 import math
 import posixpath
-import random
 import secrets
 import select
 import shlex
@@ -24,12 +25,15 @@ import threading
 import time
 from collections import deque
 from pathlib import Path
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from ..errors import CommandError, TransportError
 from . import credentials
 from .base import Result, Script
 from .credentials import authorize_key, forget_host  # noqa: F401  (destroy and `labctl forget-host` use it)
+from .sshwait import CONNECT_TIMEOUT, ENV_CONNECT_TIMEOUT, connect_timeout_default, wait_for_sshd  # noqa: F401
+from .watchdog import Watchdog
 
 if TYPE_CHECKING:
     import paramiko
@@ -41,7 +45,10 @@ if TYPE_CHECKING:
 if logging.getLogger("paramiko").level == logging.NOTSET:
     logging.getLogger("paramiko").setLevel(logging.CRITICAL)
 
-CONNECT_TIMEOUT = 180.0  # a freshly started VM takes up to a minute or two to bring sshd up
+# Once connected, every protocol exchange (opening a channel, starting a command, an SFTP call, a keepalive asked
+# after this long without output) must be answered within this, or the node counts as hung and the step fails.
+ANSWER_TIMEOUT = 60.0
+PROBE_TIMEOUT = 10.0  # read-only commands (plan): connect and answer bounds; a booting VM is then "unknown"
 KEEPALIVE = 15  # seconds; keeps NAT state alive while a long step prints nothing
 KILL_AFTER = 5  # `timeout` sends TERM at the limit and KILL this much later
 
@@ -69,8 +76,14 @@ mv -f "$tmp" "$dst"
 
 
 def transport_for(ctx, node) -> SSHTransport:
-    host, port = ctx.provider.ssh_address(node)
+    # the address Context.transport learned for this run (None while the VM is still booting: then ssh_address waits)
+    host, port = ctx.provider.ssh_address(node, ctx.address(node))
     lab = ctx.lab
+
+    def vm_running() -> bool:
+        vm = ctx.provider.list().get(node.name)
+        return vm is not None and vm.running
+
     return SSHTransport(
         node.name,
         host,
@@ -80,7 +93,10 @@ def transport_for(ctx, node) -> SSHTransport:
         password=lab.ssh_password.get_secret_value() if lab.ssh_password is not None else None,
         first_key=Path(lab.ssh_key).expanduser() if lab.ssh_key else None,
         # shutdown only wants to know whether the guest answers now; install waits for VMs that are booting
-        connect_timeout=ctx.options.get("connect_timeout", CONNECT_TIMEOUT),
+        connect_timeout=ctx.options.get("connect_timeout") or connect_timeout_default(),
+        answer_timeout=ctx.options.get("answer_timeout", ANSWER_TIMEOUT),
+        vm_running=vm_running,
+        cancelled=getattr(ctx, "cancelled", None),
     )
 
 
@@ -128,11 +144,20 @@ class SSHTransport:
         password: str | None = None,
         first_key: Path | None = None,
         connect_timeout: float = CONNECT_TIMEOUT,
+        answer_timeout: float = ANSWER_TIMEOUT,
+        vm_running: Callable[[], bool] | None = None,
+        cancelled: threading.Event | None = None,
     ):
+        """connect_timeout: seconds to wait for sshd (a booting VM), cut short when `vm_running()` says False;
+        answer_timeout: seconds any exchange on an open connection may go unanswered before the node counts as hung;
+        cancelled: once set (Ctrl-C), no new connection or command is started."""
         self.node, self.host, self.port, self.user = node, host, port, user
         self.state = state
         self.first_key = first_key
         self.connect_timeout = connect_timeout
+        self.answer_timeout = answer_timeout
+        self._vm_running = vm_running
+        self._cancelled = cancelled or threading.Event()
         self._password = password
         self._lock = threading.RLock()  # re-entered when a connection drops during bootstrap
         self._transport: paramiko.Transport | None = None
@@ -144,6 +169,7 @@ class SSHTransport:
 
     # -- the Transport contract ----------------------------------------------------------------------------------
     def run(self, script: Script, *, sudo: bool = False, timeout: float | None = None, check: bool = True) -> Result:
+        self._not_cancelled(script.id)
         rc, out, err, tail = self._exec(self._connected(), script, sudo=sudo, timeout=timeout)
         result = Result(rc, out.decode(errors="replace"), err.decode(errors="replace"))
         if check and rc != 0:
@@ -155,6 +181,7 @@ class SSHTransport:
 
     def put(self, path: str, data: bytes, mode: int = 0o644, *, sudo: bool = False) -> None:
         what = f"put {path}"
+        self._not_cancelled(what)
         sftp = self._sftp_client(what)
         token = secrets.token_hex(6)
         if sudo:
@@ -183,6 +210,7 @@ class SSHTransport:
 
     def get(self, path: str, *, sudo: bool = False) -> bytes:
         what = f"get {path}"
+        self._not_cancelled(what)
         if sudo:
             # quiet: what a root-only file holds (keys, kubeconfigs) does not belong in the node log.
             script = Script(what, f"cat -- {shlex.quote(path)}\n")
@@ -203,6 +231,28 @@ class SSHTransport:
         with self._lock:
             self._drop()
 
+    def abort(self) -> None:
+        """Close the connection without waiting for the lock: wakes every thread blocked on this node (Ctrl-C)."""
+        t = self._transport
+        if t is not None:
+            t.close()
+
+    def _not_cancelled(self, what: str) -> None:
+        if self._cancelled.is_set():
+            raise CommandError(self.node, what, None, "", reason="not started: interrupted")
+
+    def _no_answer(self, what: str, seconds: float) -> TransportError:
+        """The connection was closed because the node stopped answering; the next use reconnects."""
+        with self._lock:
+            self._drop()
+        self.state.log(self.node, f"= {what}: no answer within {seconds:g}s")
+        return TransportError(
+            self.node,
+            f"no answer within {seconds:g} s ({what}; the SSH connection is open but the node stopped responding)",
+            hint="the VM may be frozen or badly overloaded: `labctl status` shows it; restart it with "
+            f"`labctl shutdown` and `labctl boot` (log: {self.state.node_log(self.node)})",
+        )
+
     # -- connecting ----------------------------------------------------------------------------------------------
     def _connected(self) -> paramiko.Transport:
         """The live connection; (re)connects after a first use, a reboot or a dropped connection."""
@@ -220,34 +270,18 @@ class SSHTransport:
         self._sftp = self._transport = None
 
     def _connect(self) -> paramiko.Transport:
-        import paramiko
-
         # Local files first, outside the retry loop: a missing key file is no reason to retry.
         key = credentials.lab_key(self.state)
         first = credentials.load_key(self.node, self.first_key) if self.first_key else None
-        deadline = time.monotonic() + self.connect_timeout
-        delay, attempts = 0.25, 0
-        while True:
-            attempts += 1
-            try:
-                return self._handshake(key, first, deadline)
-            except TransportError:
-                raise  # host key changed or authentication refused: retrying cannot fix either
-            except (OSError, EOFError, paramiko.SSHException) as exc:
-                # Refused, no route, timeouts, banner errors: a booting VM looks like this for a while.
-                last = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise TransportError(
-                    self.node,
-                    f"cannot connect to {self.host}:{self.port} within {self.connect_timeout:g}s "
-                    f"({attempts} attempts; last: {last})",
-                    hint=f"is the VM running and its address current? `labctl status` shows both; "
-                    f"`labctl boot` starts stopped VMs (log: {self.state.node_log(self.node)})",
-                )
-            # Jitter: nodes booted together should not knock in lockstep.
-            time.sleep(min(left, delay * random.uniform(0.5, 1.0)))
-            delay = min(delay * 2, 3.0)
+        return wait_for_sshd(
+            lambda deadline: self._handshake(key, first, deadline),
+            node=self.node,
+            address=f"{self.host}:{self.port}",
+            timeout=self.connect_timeout,
+            vm_running=self._vm_running,
+            cancelled=self._cancelled,
+            log_path=self.state.node_log(self.node),
+        )
 
     def _handshake(self, key: paramiko.PKey, first: paramiko.PKey | None, deadline: float) -> paramiko.Transport:
         import paramiko
@@ -308,25 +342,34 @@ class SSHTransport:
         out, err = _Stream(None if quiet else log, deque(maxlen=0) if quiet else tail), _Stream(log, tail)
         started = time.monotonic()
         # The node enforces the limit (`timeout` kills the whole process group); this is the backstop when it can't.
+        # It counts from before the channel is opened: a node that never opens one is no faster than a slow command.
         deadline = started + timeout + KILL_AFTER + 5 if timeout else None
         chan = None
+        watchdog = Watchdog(t)
         try:
-            chan = t.open_session()
+            # Opening the channel, starting the command and handing it the script are answered at once by a live
+            # sshd; paramiko would wait an hour (open) or forever (exec) for one that is frozen.
+            watchdog.arm(self.answer_timeout)
+            chan = t.open_session(timeout=self.answer_timeout)
             chan.exec_command(command)
             try:
                 chan.sendall(stdin)
                 chan.shutdown_write()
             except OSError:
                 pass  # the command ended without reading its script (e.g. sudo refused); its exit status says why
-            timed_out = not self._collect(chan, out, err, deadline)
+            watchdog.disarm()
+            timed_out = not self._collect(t, chan, out, err, deadline, watchdog)
         except (paramiko.SSHException, EOFError, OSError) as exc:
             timed_out, why = False, f"{type(exc).__name__}: {exc}"
         else:
             why = "the connection closed"
         finally:
-            if chan is not None:
+            watchdog.disarm()
+            if chan is not None and not watchdog.fired:
                 chan.close()
         stdout, stderr = out.finish(), err.finish()
+        if watchdog.fired:
+            raise self._no_answer(script.id, self.answer_timeout)
         elapsed = time.monotonic() - started
         rc = chan.exit_status if chan is not None and chan.exit_status_ready() else -1
         if timed_out or (timeout and rc in (124, 137) and elapsed >= timeout):
@@ -346,17 +389,31 @@ class SSHTransport:
         self.state.log(self.node, f"= {script.id}: exit {rc} ({elapsed:.1f}s)")
         return rc, stdout, stderr, list(tail)
 
-    def _collect(self, chan, out: _Stream, err: _Stream, deadline: float | None) -> bool:
-        """Read both streams until the channel ends. False when the deadline passed first."""
+    def _collect(self, t, chan, out: _Stream, err: _Stream, deadline: float | None, watchdog: Watchdog) -> bool:
+        """Read both streams until the channel ends. False when the deadline passed first.
+
+        A command may print nothing for minutes; after answer_timeout of silence the server is asked a keepalive
+        (OpenSSH answers even refusing it), and one that does not answer either is hung: the watchdog closes the
+        connection, which ends this loop."""
+        heard = time.monotonic()
         while True:
             while chan.recv_ready():
                 out.feed(chan.recv(65536))
+                heard = time.monotonic()
             while chan.recv_stderr_ready():
                 err.feed(chan.recv_stderr(65536))
+                heard = time.monotonic()
             if chan.eof_received or chan.closed:  # all data arrives before EOF, and was just drained
                 break
-            if deadline is not None and time.monotonic() >= deadline:
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
                 return False
+            if now - heard >= self.answer_timeout:
+                watchdog.arm(self.answer_timeout)
+                t.global_request("keepalive@openssh.com", wait=True)  # returns early when the watchdog closes t
+                watchdog.disarm()
+                heard = time.monotonic()
+                continue
             # The channel's fileno wakes on stdout, stderr and EOF; the cap bounds how late a deadline is noticed.
             select.select([chan], [], [], 1.0)
         chan.status_event.wait(5)  # exit-status travels beside EOF
@@ -394,12 +451,19 @@ class SSHTransport:
                 self._sftp = self._sftp_op(what, t.open_sftp_client)
             return self._sftp
 
-    def _sftp_op(self, what: str, fn, *args):
+    def _sftp_op(self, what: str, fn, *args, seconds: float | None = None):
+        """fn(*args) on the SFTP session, answered within `seconds` (default answer_timeout) or TransportError."""
         import paramiko
 
+        seconds = seconds or self.answer_timeout
+        watchdog = Watchdog(self._transport) if self._transport is not None else None
         try:
+            if watchdog is not None:
+                watchdog.arm(seconds)
             return fn(*args)
         except (OSError, EOFError, paramiko.SSHException) as exc:
+            if watchdog is not None and watchdog.fired:
+                raise self._no_answer(what, seconds) from None
             t = self._transport
             if t is None or not t.is_active():
                 with self._lock:
@@ -407,6 +471,9 @@ class SSHTransport:
                 raise CommandError(self.node, what, None, "", reason=f"lost the connection ({exc})") from None
             detail = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
             raise CommandError(self.node, what, None, "", reason=f"failed: {detail}") from None
+        finally:
+            if watchdog is not None:
+                watchdog.disarm()
 
     def _sftp_write(self, what: str, sftp, path: str, data: bytes, mode: int) -> None:
         def write() -> None:
@@ -415,7 +482,8 @@ class SSHTransport:
                 f.set_pipelined(True)
                 f.write(data)
 
-        self._sftp_op(what, write)
+        # a large file may take a while on a slow link: one more second per MB beyond the answer bound
+        self._sftp_op(what, write, seconds=self.answer_timeout + len(data) / 1e6)
 
     @staticmethod
     def _makedirs(sftp, path: str) -> None:

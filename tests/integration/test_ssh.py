@@ -139,7 +139,8 @@ def test_transport_for_builds_from_the_lab_model(sshd, user, lab_state):
     ctx = SimpleNamespace(
         lab=SimpleNamespace(ssh_user=user.name, ssh_password=SecretStr(user.password), ssh_key=None),
         state=lab_state,
-        provider=SimpleNamespace(ssh_address=lambda node: (sshd.host, sshd.port)),
+        provider=SimpleNamespace(ssh_address=lambda node, address=None: (sshd.host, sshd.port)),
+        address=lambda node: None,
         options={"connect_timeout": 7},
     )
     t = transport_for(ctx, SimpleNamespace(name="node-9"))

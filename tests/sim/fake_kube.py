@@ -25,15 +25,21 @@ A generic REST server over an in-memory store (`Store`, the "etcd"), faithful wh
 - Aggregated APIs: an APIService with a `service` routes its group/version to a handler registered in
   `FakeKube.aggregated` while the APIService is Available; otherwise 503 like the real aggregator.
 - Server-side printing: a GET that accepts `as=Table` (what `kubectl get` asks for) gets a meta.k8s.io/v1 Table
-  for the kinds in `PRINTERS` (StorageClass, CertificateSigningRequest, APIService: the real server's columns, so
-  `kubectl get` shows `(default)`, `Approved,Issued`, `True`); for any other kind the plain object or list, which
-  kubectl prints as NAME and AGE.
+  for the kinds in `PRINTERS` (Node, StorageClass, CertificateSigningRequest, APIService: the real server's
+  columns, so `kubectl get nodes -o wide` shows status, roles, addresses and runtime, `kubectl get sc` `(default)`);
+  for any other kind the plain object or list, which kubectl prints as NAME and AGE.
 
 Not simulated: controllers (the simulated lab adds its own: tests/sim/sim_cluster.py, sim_controllers.py), watch
 (405 — poll instead), admission webhooks, finalizers (deletion is immediate), garbage collection by ownerReferences.
 
 Optional TLS with a generated CA and a server certificate for given IP SANs, so the simulated lab can test what
-happens when a node's address changes.
+happens when a node's address changes. Over TLS the server authenticates clients as kube-apiserver's x509
+authenticator does (`--client-ca-file` = the cluster CA, as kubeadm sets it): the client certificate's CN is the
+user and its O entries the groups (`identity`); a client without a certificate is `system:anonymous`, which may read
+only /healthz, /livez, /readyz and /version (the system:public-info-viewer role) and gets 403 Forbidden elsewhere,
+worded as the real authorizer does. One difference: a certificate from another CA is refused in the TLS handshake
+(Python's ssl verifies what it requests), where the real server completes the handshake and answers 401
+Unauthorized; either way the client fails. Plain HTTP stands for an authenticated admin (the old insecure port).
 
 The pieces, each in its own module: tests/sim/kube_resources.py (the resource table, CRDs as objects, errors),
 kube_store.py (the store and selectors), kube_requests.py (the REST semantics of one request, `write_object`),
@@ -53,12 +59,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
-from tests.sim.kube_certs import make_certificates
+from tests.sim.kube_certs import ADMIN, CertificateAuthority, User, admin_client_certificate
 from tests.sim.kube_requests import ApiRequest
 from tests.sim.kube_resources import APISERVICE_PREFIX, APISERVICES, NOT_FOUND, ApiError, version_priority
 from tests.sim.kube_store import Store
 
 Aggregated = Callable[[str, list[str], dict[str, list[str]]], tuple[int, dict]]
+ANONYMOUS: User = ("system:anonymous", ("system:unauthenticated",))
+PUBLIC_PATHS = ("/healthz", "/livez", "/readyz", "/version")  # system:public-info-viewer, bound to anonymous too
 
 
 class FakeKube:
@@ -79,6 +87,8 @@ class FakeKube:
         self.server.daemon_threads = True
         self.port = self.server.server_address[1]
         self.ca_pem: bytes | None = None
+        self.client_cert: tuple[bytes, bytes] | None = None  # (cert, key) kubeconfig() authenticates with over TLS
+        self.ca: CertificateAuthority | None = None  # the CA of the optional TLS (server and client certificates)
         if tls_sans is not None:
             assert workdir is not None, "TLS needs a directory for the key and certificates"
             self._enable_tls(tls_sans, workdir)
@@ -99,41 +109,56 @@ class FakeKube:
 
     def kubeconfig(self, cluster: str = "sim") -> dict:
         entry: dict = {"server": self.url}
+        user: dict = {"token": "sim"}
         if self.ca_pem:
             entry["certificate-authority-data"] = base64.b64encode(self.ca_pem).decode()
+        if self.client_cert:
+            user = {"client-certificate-data": base64.b64encode(self.client_cert[0]).decode(),
+                    "client-key-data": base64.b64encode(self.client_cert[1]).decode()}
         return {
             "apiVersion": "v1", "kind": "Config",
             "clusters": [{"name": cluster, "cluster": entry}],
-            "users": [{"name": f"{cluster}-admin", "user": {"token": "sim"}}],
+            "users": [{"name": f"{cluster}-admin", "user": user}],
             "contexts": [{"name": cluster, "context": {"cluster": cluster, "user": f"{cluster}-admin"}}],
             "current-context": cluster,
         }
 
     def _enable_tls(self, sans: list[str], workdir: Path) -> None:
-        ca_pem, cert_pem, key_pem = make_certificates(sans)
-        self.serve_tls(workdir, "server", cert_pem, key_pem, ca_pem)
+        self.ca = ca = CertificateAuthority.create("sim-kubernetes-ca")
+        cert_pem, key_pem = ca.issue("kube-apiserver", sans)
+        self.client_cert = admin_client_certificate(ca)
+        self.serve_tls(workdir, "server", cert_pem, key_pem, ca.cert_pem)
 
     def serve_tls(self, workdir: Path, name: str, cert_pem: bytes, key_pem: bytes, ca_pem: bytes) -> None:
         """HTTPS from now on with this certificate (sent with its CA's); key and chain are kept in `workdir` as
-        `<name>.key` and `<name>.crt`."""
+        `<name>.key` and `<name>.crt`. Client certificates are asked for and verified against the same CA (kubeadm
+        gives kube-apiserver `--client-ca-file=/etc/kubernetes/pki/ca.crt`, the CA that signed its own). One context
+        for the server: every connection shares it."""
         workdir.mkdir(parents=True, exist_ok=True)
         (workdir / f"{name}.crt").write_bytes(cert_pem + ca_pem)
         (workdir / f"{name}.key").write_bytes(key_pem)
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(workdir / f"{name}.crt", workdir / f"{name}.key")
+        context.load_verify_locations(cadata=ca_pem.decode())
+        # OPTIONAL: a client without a certificate is anonymous (see `serve`); one whose certificate this CA did not
+        # sign fails the handshake.
+        context.verify_mode = ssl.CERT_OPTIONAL
         self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
         self.ca_pem = ca_pem
 
     # -- the API -----------------------------------------------------------------------------------------------
-    def serve(self, method: str, path: str, query: dict[str, list[str]], headers, raw: bytes) -> tuple[int, object]:
-        """One request → (HTTP status, JSON body or text)."""
+    def serve(self, method: str, path: str, query: dict[str, list[str]], headers, raw: bytes,
+              user: User = ADMIN) -> tuple[int, object]:
+        """One request from `user` → (HTTP status, JSON body or text)."""
         try:
-            return self._serve(method, path, query, headers, raw)
+            return self._serve(method, path, query, headers, raw, user)
         except ApiError as exc:
             return exc.code, exc.body()
 
-    def _serve(self, method, path, query, headers, raw):
+    def _serve(self, method, path, query, headers, raw, user=ADMIN):
         parts = [p for p in path.split("/") if p]
+        if user == ANONYMOUS and path.rstrip("/") not in PUBLIC_PATHS:
+            raise self._forbidden(method, path, parts, user[0])
         if path in ("/healthz", "/livez", "/readyz"):
             return 200, "ok"
         if path == "/version":
@@ -162,7 +187,22 @@ class FakeKube:
         route = self._route(parts)
         if route is None:
             raise ApiError(404, "NotFound", NOT_FOUND, {})
-        return ApiRequest(self.store, method, *route, query, headers, raw, self).run()
+        return ApiRequest(self.store, method, *route, query, headers, raw, self, user).run()
+
+    def _forbidden(self, method: str, path: str, parts: list[str], name: str) -> ApiError:
+        """403 as the authorizer words it (apiserver endpoints/handlers/responsewriters forbiddenMessage)."""
+        route = self._route(parts)
+        if route is None:
+            return ApiError(403, "Forbidden", f'forbidden: User "{name}" cannot {method.lower()} path "{path}"', {})
+        res, ns, obj, sub = route
+        verb = {"GET": "get" if obj else "list", "POST": "create", "PUT": "update", "PATCH": "patch",
+                "DELETE": "delete" if obj else "deletecollection"}.get(method, method.lower())
+        where = f'in the namespace "{ns}"' if ns else "at the cluster scope"
+        what = f'{res.qualified} "{obj}"' if obj else res.qualified
+        resource = f"{res.plural}/{sub}" if sub else res.plural
+        return ApiError(403, "Forbidden", f'{what} is forbidden: User "{name}" cannot {verb} resource "{resource}" '
+                                          f'in API group "{res.group}" {where}',
+                        {"name": obj or "", "group": res.group, "kind": res.plural})
 
     def _groups(self) -> dict[str, list[str]]:
         """group → its versions, preferred first (built-ins, CRDs, aggregated APIServices)."""
@@ -228,6 +268,10 @@ class ApiHandler(BaseHTTPRequestHandler):
 
     kube: FakeKube
     protocol_version = "HTTP/1.1"
+    # TCP_NODELAY, as the real API server has it (Go's net package sets it on every TCP connection: net.TCPConn
+    # SetNoDelay, "the default is true"). Without it the headers and the body go as two small writes and Nagle's
+    # algorithm holds the body until the client's delayed ACK: ~40 ms added to every request.
+    disable_nagle_algorithm = True
 
     def log_message(self, *args):  # quiet: tests read the store, not the access log
         pass
@@ -258,8 +302,20 @@ class ApiHandler(BaseHTTPRequestHandler):
         self.kube.store.requests.append((method, url.path))
         if self.kube.fail and (code := self.kube.fail(method, url.path)):
             return self._status(code, "InternalError", "injected failure")
-        status, body = self.kube.serve(method, url.path, parse_qs(url.query), self.headers, raw)
+        status, body = self.kube.serve(method, url.path, parse_qs(url.query), self.headers, raw, self.identity())
         self._send(status, body)
+
+    def identity(self) -> User:
+        """Who sent the request: over TLS, the verified client certificate's CN (user) and O entries (groups),
+        plus system:authenticated, as kube-apiserver's x509 authenticator maps them; anonymous without one."""
+        if not isinstance(self.connection, ssl.SSLSocket):
+            return ADMIN
+        cert = self.connection.getpeercert()
+        if not cert:
+            return ANONYMOUS
+        subject = [pair for rdn in cert.get("subject", ()) for pair in rdn]
+        name = next((v for k, v in subject if k == "commonName"), "")
+        return name, (*(v for k, v in subject if k == "organizationName"), "system:authenticated")
 
     def do_GET(self):
         self._handle("GET")

@@ -20,6 +20,7 @@ Test controls (NOT part of real tart):
   fake/leases.json          bootpd's leases by MAC; they survive a stop, so `tart ip` of a stopped VM prints a stale
                             address, as the real dhcp resolver does
   env FAKE_TART_IP_DELAY        seconds from boot until the guest has a lease (default 0)
+  env FAKE_TART_IP_POLL         seconds between the looks of `ip --wait` (default 1, real tart's)
   env FAKE_TART_SHUTDOWN_DELAY  seconds a graceful shutdown takes (default 0)
   env FAKE_TART_FAIL            JSON {"<command>" or "<command>:<vm>": [exit code, "stderr"]}: that call fails
   env FAKE_TART_RUN_MAX         a `run` powers off by itself after this many seconds (safety net against orphans)
@@ -32,6 +33,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import select
 import signal
 import struct
 import sys
@@ -45,7 +47,14 @@ from pathlib import Path
 GB = 1000**3  # tart's disk sizes are decimal GB
 MIB = 1024**2
 IMAGE_DEFAULTS = {"cpu": 4, "memory_mib": 4096, "disk_gb": 20}
-POLL = 0.02  # the fake's own polling; real tart's `ip --wait` retries about once a second
+POLL = 0.02  # the fake's short waits: a file being rewritten, `tart stop` waiting for the run to end
+# `tart ip --wait` looks once a second, as real tart does (Sources/tart/Commands/IP.swift, resolveIP: "wait a second",
+# Task.sleep(nanoseconds: 1_000_000_000); cirruslabs/tart@994d3a5). FAKE_TART_IP_POLL overrides it for a lab whose
+# clock runs scaled down (benchmarks/install_sim.py): a faster look there would cost more than the real tool does.
+IP_POLL = 1.0
+# A running VM waits for signals, not a timer (the fake's wait ends at once on one); it looks at its control files
+# this often when nothing nudged it (FakeTart.poweroff does, with SIGWINCH).
+RUN_IDLE_LOOK = 1.0
 
 
 class Exit(Exception):
@@ -437,7 +446,7 @@ def cmd_ip(args):
             return
         if time.monotonic() >= deadline:
             raise Exit(1, "no IP address found, is your VM running?")
-        time.sleep(POLL)
+        time.sleep(float(os.environ.get("FAKE_TART_IP_POLL", IP_POLL)))
 
 
 def cmd_run(args):
@@ -459,6 +468,12 @@ def cmd_run(args):
     # Installed first: SIGUSR2's default action would kill the process outright.
     signal.signal(signal.SIGINT, on_sigint)
     signal.signal(signal.SIGUSR2, on_sigusr2)
+    signal.signal(signal.SIGWINCH, lambda signum, frame: None)  # the test's nudge: look at the control files now
+    wake, woken = os.pipe()
+    os.set_blocking(wake, False)
+    os.set_blocking(woken, False)
+    # every signal above ends the wait below at once, even one that lands between the loop's look and the wait
+    signal.set_wakeup_fd(woken)
     config_path = vm_dir(name) / "config.json"
     if not config_path.exists():
         # The one command that exits 1 (and says "Error:") for a missing VM.
@@ -498,7 +513,12 @@ def cmd_run(args):
         elif now > give_up:
             ended.append("poweroff")
         else:
-            time.sleep(POLL)
+            until = min(give_up, graceful[0] + shutdown) if graceful else give_up
+            select.select([wake], [], [], min(max(until - now, 0.0), RUN_IDLE_LOOK))
+            try:
+                os.read(wake, 4096)
+            except BlockingIOError:
+                pass
     with open(ctl / "endings.jsonl", "a") as f:
         f.write(json.dumps({"how": ended[0], "time": time.time()}) + "\n")
     # Every ending exits 0 (even the hard stop): only the record above tells them apart.
@@ -597,7 +617,7 @@ class FakeTart:
         return (self.vm_dir(name) / "config.json").exists()
 
     def config(self, name: str) -> dict:
-        return json.loads((self.vm_dir(name) / "config.json").read_text())
+        return read_json(self.vm_dir(name) / "config.json")  # written in place by `set`: a reader may catch it empty
 
     def disk_gb(self, name: str) -> int:
         return (self.vm_dir(name) / "disk.img").stat().st_size // GB
@@ -617,6 +637,12 @@ class FakeTart:
 
     def poweroff(self, name: str) -> None:
         (self._control(name) / "poweroff").touch()
+        pid = self.running_pid(name)
+        if pid:
+            try:
+                os.kill(pid, signal.SIGWINCH)  # the run waits on signals: this makes it look at once
+            except ProcessLookupError:
+                pass
 
     def ignore_acpi(self, name: str) -> None:
         (self._control(name) / "ignore-acpi").touch()
@@ -635,7 +661,7 @@ class FakeTart:
 
     def boots(self, name: str) -> int:
         path = self._control(name) / "run.json"
-        return json.loads(path.read_text())["boots"] if path.exists() else 0
+        return read_json(path, {}).get("boots", 0)  # a `run` starting now rewrites it in place
 
     def kill_all(self) -> None:
         """Kill every `run` of this home (by the lock it holds, so nothing outside the test is touched)."""

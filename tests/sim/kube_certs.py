@@ -1,5 +1,6 @@
-"""Throwaway PKI for the fake API servers: a `CertificateAuthority` that issues certificates for given IP or DNS
-names, and `make_certificates`, a CA with one server certificate (what FakeKube's optional TLS serves).
+"""Throwaway PKI for the fake API servers: a `CertificateAuthority` that issues server certificates for given IP or
+DNS names and client certificates for a user and its groups (`admin_client_certificate`: admin.conf's), and
+`make_certificates`, a CA with one server certificate.
 
 The simulated lab's clusters use the same CA class (tests/sim/sim_certificates.py: the CA `kubeadm init` makes);
 a node's address change is then a certificate that no longer names it.
@@ -51,9 +52,9 @@ class CertificateAuthority:
                 .sign(key, hashes.SHA256()))
         return cls(cert.public_bytes(serialization.Encoding.PEM), key)
 
-    def issue(self, common_name: str, sans: list[str] = ()) -> tuple[bytes, bytes]:
+    def issue(self, common_name: str, sans: list[str] = (), organizations: list[str] = ()) -> tuple[bytes, bytes]:
         """(cert PEM, key PEM) signed by this CA, valid for a day; `sans` are IPs or DNS names (none: a client
-        certificate)."""
+        certificate); `organizations` are the subject's O entries, which the API server takes as the user's groups."""
         from cryptography import x509
         from cryptography.hazmat.primitives import hashes, serialization
         from cryptography.hazmat.primitives.asymmetric import ec
@@ -63,7 +64,8 @@ class CertificateAuthority:
         key = ec.generate_private_key(ec.SECP256R1())
         now = datetime.datetime.now(datetime.UTC)
         builder = (x509.CertificateBuilder()
-                   .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
+                   .subject_name(x509.Name([*(x509.NameAttribute(NameOID.ORGANIZATION_NAME, o) for o in organizations),
+                                            x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
                    .issuer_name(ca.subject).public_key(key.public_key()).serial_number(x509.random_serial_number())
                    .not_valid_before(now - datetime.timedelta(minutes=5))
                    .not_valid_after(now + datetime.timedelta(days=1)))
@@ -81,6 +83,19 @@ class CertificateAuthority:
 
         key = x509.load_pem_x509_certificate(self.cert_pem).public_key()
         return "sha256:" + hashlib.sha256(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).hexdigest()
+
+
+# The user kubeadm's admin.conf authenticates as: CN kubernetes-admin in the group kubeadm:cluster-admins, bound to
+# cluster-admin (kubeadm >= 1.29; system:masters is left to super-admin.conf — kubeadm CHANGELOG-1.29, "admin.conf
+# and super-admin.conf").
+ADMIN_USER, ADMIN_GROUP = "kubernetes-admin", "kubeadm:cluster-admins"
+User = tuple[str, tuple[str, ...]]  # (name, groups) of whoever sent a request, as the API server authenticated it
+ADMIN: User = (ADMIN_USER, (ADMIN_GROUP, "system:authenticated"))
+
+
+def admin_client_certificate(ca: CertificateAuthority) -> tuple[bytes, bytes]:
+    """(cert PEM, key PEM) of admin.conf's user, from this CA."""
+    return ca.issue(ADMIN_USER, organizations=[ADMIN_GROUP])
 
 
 def make_certificates(sans: list[str]) -> tuple[bytes, bytes, bytes]:

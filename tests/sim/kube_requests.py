@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from tests.sim import kube_tables
+from tests.sim.kube_certs import ADMIN, User
 from tests.sim.kube_normalise import normalise
 from tests.sim.kube_patch import (
     fields_v1,
@@ -48,8 +49,9 @@ class ApiRequest:
     """One resource request: the REST semantics of the real API server, on the store."""
 
     def __init__(self, store: Store, method: str, res: ApiResource, ns: str | None, name: str | None,
-                 sub: str | None, query: dict[str, list[str]], headers, raw: bytes, kube: FakeKube | None = None):
-        self.kube, self.store, self.method = kube, store, method
+                 sub: str | None, query: dict[str, list[str]], headers, raw: bytes, kube: FakeKube | None = None,
+                 user: User = ADMIN):
+        self.kube, self.store, self.method, self.user = kube, store, method, user
         self.res, self.ns, self.name, self.sub = res, ns, name, sub
         self.query, self.headers, self.raw = query, headers, raw
 
@@ -187,9 +189,8 @@ class ApiRequest:
             raise ApiError(409, "AlreadyExists", f'{self.res.qualified} "{self.name}" already exists',
                            {"name": self.name, "group": self.res.group, "kind": self.res.plural})
         if (self.res.group, self.res.plural) == ("certificates.k8s.io", "certificatesigningrequests"):
-            # the requester's identity, set by the server: here always the admin the kubeconfig names
-            obj.setdefault("spec", {}).update(username="kubernetes-admin",
-                                              groups=["kubeadm:cluster-admins", "system:authenticated"])
+            # the requester's identity, set by the server from whoever authenticated (FakeKube: the client certificate)
+            obj.setdefault("spec", {}).update(username=self.user[0], groups=list(self.user[1]))
         return 201, self.view(self.write(obj, None, "Update"))
 
     def put(self):

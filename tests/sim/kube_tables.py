@@ -1,9 +1,10 @@
 """Server-side printing in the fake API server: the Tables `kubectl get` shows.
 
 A GET that accepts `as=Table` (what `kubectl get` asks for) gets a meta.k8s.io/v1 Table for the kinds in `PRINTERS`
-(StorageClass, CertificateSigningRequest, APIService: the real server's columns, so `kubectl get` shows
-`(default)`, `Approved,Issued`, `True`); any other kind gets the plain object or list, which kubectl prints as NAME
-and AGE.
+(Node, StorageClass, CertificateSigningRequest, APIService: the real server's columns, so `kubectl get` shows
+`Ready`/`control-plane`, `(default)`, `Approved,Issued`, `True`); any other kind gets the plain object or list,
+which kubectl prints as NAME and AGE. The server fills every column, the wide ones (priority 1) too; `kubectl get`
+shows those only with `-o wide`.
 """
 
 from __future__ import annotations
@@ -40,6 +41,29 @@ def _age(obj: dict) -> str:
     return _human(max(0, int((datetime.datetime.now(datetime.UTC).replace(tzinfo=None) - created).total_seconds())))
 
 
+def _node_row(obj: dict) -> list:
+    """printNode: Ready/NotReady/Unknown (+SchedulingDisabled), the roles from node-role.kubernetes.io/<role> labels
+    (and kubernetes.io/role), then the wide columns from status.addresses and status.nodeInfo."""
+    spec, status = obj.get("spec") or {}, obj.get("status") or {}
+    ready = next((c for c in status.get("conditions") or [] if c.get("type") == "Ready"), None)
+    shown = ["Unknown" if ready is None else "Ready" if ready.get("status") == "True" else "NotReady"]
+    if spec.get("unschedulable"):
+        shown.append("SchedulingDisabled")
+    labels = obj["metadata"].get("labels") or {}
+    roles = {k.removeprefix("node-role.kubernetes.io/") for k in labels if k.startswith("node-role.kubernetes.io/")}
+    roles |= {labels["kubernetes.io/role"]} if labels.get("kubernetes.io/role") else set()
+    roles.discard("")
+    info = status.get("nodeInfo") or {}
+
+    def address(kind: str) -> str:
+        return next((a["address"] for a in status.get("addresses") or [] if a.get("type") == kind), "<none>")
+
+    return [obj["metadata"]["name"], ",".join(shown), ",".join(sorted(roles)) or "<none>", _age(obj),
+            info.get("kubeletVersion", ""), address("InternalIP"), address("ExternalIP"),
+            info.get("osImage") or "<unknown>", info.get("kernelVersion") or "<unknown>",
+            info.get("containerRuntimeVersion") or "<unknown>"]
+
+
 def _storage_class_row(obj: dict) -> list:
     annotations = obj["metadata"].get("annotations") or {}
     default = "true" in (annotations.get("storageclass.kubernetes.io/is-default-class"),
@@ -73,9 +97,13 @@ def _apiservice_row(obj: dict) -> list:
     return [obj["metadata"]["name"], where, shown, _age(obj)]
 
 
-# (group, plural) → ([(column, type)], the row's cells): the real printers' columns (kubernetes
-# pkg/printers/internalversion, kube-aggregator's APIService table convertor)
-PRINTERS: dict[tuple[str, str], tuple[list[tuple[str, str]], Callable[[dict], list]]] = {
+# (group, plural) → ([(column, type[, priority])], the row's cells): the real printers' columns (kubernetes
+# pkg/printers/internalversion, kube-aggregator's APIService table convertor); priority 1 = only with -o wide
+PRINTERS: dict[tuple[str, str], tuple[list[tuple], Callable[[dict], list]]] = {
+    ("", "nodes"): (
+        [("Name", "string"), ("Status", "string"), ("Roles", "string"), ("Age", "string"), ("Version", "string"),
+         ("Internal-IP", "string", 1), ("External-IP", "string", 1), ("OS-Image", "string", 1),
+         ("Kernel-Version", "string", 1), ("Container-Runtime", "string", 1)], _node_row),
     ("storage.k8s.io", "storageclasses"): (
         [("Name", "string"), ("Provisioner", "string"), ("ReclaimPolicy", "string"), ("VolumeBindingMode", "string"),
          ("AllowVolumeExpansion", "string"), ("Age", "string")], _storage_class_row),
@@ -109,6 +137,6 @@ def table(res: ApiResource, objects: list[dict], include: str, resource_version:
         rows.append(row)
     return {"kind": "Table", "apiVersion": "meta.k8s.io/v1",
             "metadata": {"resourceVersion": str(resource_version)},
-            "columnDefinitions": [{"name": n, "type": t, "format": "name" if n == "Name" else "",
-                                   "description": "", "priority": 0} for n, t in columns],
+            "columnDefinitions": [{"name": c[0], "type": c[1], "format": "name" if c[0] == "Name" else "",
+                                   "description": "", "priority": c[2] if len(c) > 2 else 0} for c in columns],
             "rows": rows}

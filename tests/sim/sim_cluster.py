@@ -3,7 +3,9 @@
 - The API server (`SimApiServer`): one FakeKube per cluster on the first control plane's (loopback) address, port
   6443, with TLS from the cluster CA made at `kubeadm init`; the certificate names the advertise address and the
   stable name `<cluster>-api.labctl.internal`. labctl reaches it only through the kubeconfig it writes from the
-  admin.conf the node serves. A server whose control plane VM is off, hung, or at another address does not answer.
+  admin.conf the node serves, whose client certificate (CN kubernetes-admin, O kubeadm:cluster-admins, from the same
+  CA) is its user; another cluster's certificate is refused (tests/sim/fake_kube.py). A server whose control plane
+  VM is off, hung, or at another address does not answer.
 - IP drift: after `new_ip_on_next_boot` the API server comes back on the new address with its OLD certificate (TLS
   verification fails) until `repair.control-plane` issues a new one from the init config labctl put.
 - At every request (`refresh`) Node objects, Ready conditions, Cilium's workloads and CiliumNodes are derived from
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import json
 import threading
 import time
 from pathlib import Path
@@ -26,14 +29,14 @@ import yaml
 from labctl.kube import API_PORT, endpoint_host
 from tests.sim.fake_kube import ApiHandler, FakeKube
 from tests.sim.fake_tart import read_json
-from tests.sim.kube_certs import CertificateAuthority
+from tests.sim.kube_certs import CertificateAuthority, admin_client_certificate
 from tests.sim.kube_requests import write_object
 from tests.sim.kube_resources import APPS
 from tests.sim.kube_store import Store
 from tests.sim.sim_certificates import KubeletCertificates, b64
 from tests.sim.sim_controllers import KUBE_SYSTEM, Controllers, deployment_object
 from tests.sim.sim_helm import SimHelm
-from tests.sim.sim_node import FRESH, SimNode
+from tests.sim.sim_node import SimNode, containerd_version
 
 if TYPE_CHECKING:
     from tests.sim.sim_lab import SimLab
@@ -58,7 +61,7 @@ class _SimHandler(ApiHandler):
     def _handle(self, method: str) -> None:
         cluster = self.kube.cluster
         if cluster.master.hung.is_set():
-            cluster.master.unhung.wait(60)  # a hung host: the request is taken and never answered
+            cluster.master.swallow(self.connection)
         if not cluster.answers(self.kube):
             self._read_body()
             self.close_connection = True  # no response at all: to the client this is a dead host
@@ -109,6 +112,9 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
         self.csr_records: dict[str, tuple[str, str | None]] = {}  # CSR name → (node, address it asks for)
         self.operator_objects: dict[str, list[tuple[str, str, str, str]]] = {}  # stack → what its operator made
         self.kubelets: dict[str, bool] = {}  # node → its kubelet posts status (as of the last refresh)
+        # (workload, node) → (boot, pod template, API address) of Cilium's host-network container there: the address
+        # its copy of /etc/hosts gives the stable name, taken when the kubelet (re)started it (`_hosts_copy`)
+        self.hosts_copies: dict[tuple[str, str], tuple[int, str, str | None]] = {}
 
     # -- the control plane ---------------------------------------------------------------------------------------
     def api_up(self) -> bool:
@@ -145,7 +151,7 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
         start), kubeadm's ConfigMaps, the `kubernetes` and `kube-dns` Services, CoreDNS, the first Node."""
         with self.lock:
             self.inits += 1
-            self.client_cert = self.ca.issue("kubernetes-admin")
+            self.client_cert = admin_client_certificate(self.ca)
             store = self.store
             service_cidr = (self.cluster_config.get("networking") or {}).get("serviceSubnet", "10.96.0.0/12")
             store.service_cidr = service_cidr
@@ -219,19 +225,24 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
         def kubelet_up(node: SimNode) -> bool:
             # It posts status when its VM runs, it joined, its --node-ip is its address, and it reaches the API by
             # the stable name (its /etc/hosts line points at the control plane's current address).
+            # It does not run while swap is on (failSwapOn, reference/k8s-bootstrap.md §1).
             running, address, _ = states[node.name]
             return (running and api and not node.hung.is_set() and node.joined and node.node_ip == address
+                    and not node.facts["swap"]["devices"]
                     and node.endpoint_ip() == master_address)
 
-        def agent_up(node: SimNode) -> bool:
-            # Cilium's agent reaches the API through k8sServiceHost: the stable name (via /etc/hosts) or an IP
+        def reaches_api(workload: str, node: SimNode) -> bool:
+            # Cilium reaches the API through k8sServiceHost: the stable name (via ITS copy of /etc/hosts) or an IP
             if self.cilium is None or not kubelet_up(node):
                 return False
             host = self.cilium.get("k8sServiceHost", "")
-            return (node.endpoint_ip() if host == endpoint_host(self.name) else host) == master_address
+            if host == endpoint_host(self.name):
+                host = self._hosts_copy(workload, node, states[node.name][2])
+            return host == master_address
 
         up = {n.name: kubelet_up(n) for n in self.nodes}
-        agents = {n.name: agent_up(n) for n in self.nodes}
+        agents = {n.name: reaches_api("cilium", n) for n in self.nodes}
+        operators = {n.name: reaches_api("cilium-operator", n) for n in self.nodes}
         with self.store.lock:
             self.kubelets = dict(up)
             registered = [o for o in self.store.list("api/v1", "nodes") if o["metadata"]["name"] in up]
@@ -249,7 +260,8 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
                     self._set_status("daemonsets", name, {"desiredNumberScheduled": len(names), "numberReady": ready,
                                                           "updatedNumberScheduled": len(names),
                                                           "numberAvailable": ready})
-                for name in ("cilium-operator", "hubble-relay", "hubble-ui"):
+                self._scale("cilium-operator", sum(operators[n] for n in names))
+                for name in ("hubble-relay", "hubble-ui"):
                     self._scale(name, sum(up[n] for n in names))
             self._scale("coredns", sum(agents[n] for n in names))
             if self.ca is not None:
@@ -265,9 +277,13 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
             status = obj.get("status") or {}
             status.update(addresses=[{"type": "InternalIP", "address": node.node_ip},
                                      {"type": "Hostname", "address": node.name}],
+                          # the kubelet's NodeSystemInfo: the runtime as its CRI Version call names it, the OS and
+                          # kernel of the guest (`kubectl get nodes -o wide` shows all four)
                           nodeInfo={"kubeletVersion": "v" + (node.kube_installed or "?"),
-                                    "containerRuntimeVersion": "containerd://1.7.28",
-                                    "osImage": FRESH["os"]["pretty_name"], "architecture": "arm64"})
+                                    "containerRuntimeVersion": "containerd://" + (
+                                        containerd_version(node.facts["containerd"]) or "?"),
+                                    "osImage": node.facts["os"]["pretty_name"], "kernelVersion": node.facts["kernel"],
+                                    "operatingSystem": "linux", "architecture": "arm64"})
         else:  # the node controller's view once the kubelet stops posting
             condition = {"status": "Unknown", "reason": "NodeStatusUnknown",
                          "message": "Kubelet stopped posting node status."}
@@ -283,8 +299,24 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
         if obj != old:
             self.store.put("api/v1", "nodes", obj)
 
+    def _hosts_copy(self, workload: str, node: SimNode, boot: int) -> str | None:
+        """The address the stable API name has in the /etc/hosts of `workload`'s container on `node` (asked only
+        while the kubelet runs pods there). The kubelet writes a host-network container's /etc/hosts as a copy of
+        the node's when it starts the container (kubelet_pods.go ensureHostsFile; kubernetes.io: "can be
+        overwritten during Pod creation/restart") and never again while it runs. It starts a new container after a
+        reboot and when the pod template changes (a rollout restart's annotation, a Helm upgrade); the liveness
+        restarts of a container cut off from the API, minutes later for real, are not modelled."""
+        obj = self.store.get(APPS, "daemonsets" if workload == "cilium" else "deployments", workload, KUBE_SYSTEM)
+        template = json.dumps((obj or {}).get("spec", {}).get("template"), sort_keys=True)
+        held = self.hosts_copies.get((workload, node.name))
+        if held is None or held[:2] != (boot, template):
+            held = self.hosts_copies[(workload, node.name)] = (boot, template, node.endpoint_ip())
+        return held[2]
+
     def _set_status(self, plural: str, name: str, status: dict) -> None:
         obj = self.store.get(APPS, plural, name, KUBE_SYSTEM)
+        if obj is not None:  # the controller has seen the newest spec (e.g. a rollout restart's template)
+            status = {**status, "observedGeneration": obj["metadata"].get("generation", 1)}
         if obj is not None and {**obj["status"], **status} != obj["status"]:
             obj["status"] = {**obj["status"], **status}
             self.store.put(APPS, plural, obj, KUBE_SYSTEM)

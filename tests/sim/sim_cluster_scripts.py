@@ -23,6 +23,12 @@ if TYPE_CHECKING:
     from tests.sim.sim_node import SimNode
 
 
+def _random_token() -> str:
+    alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
+    return "".join(random.choice(alphabet) for _ in range(6)) + "." + \
+        "".join(random.choice(alphabet) for _ in range(16))
+
+
 class ClusterScripts:
     """The cluster scripts of a SimNode (mixed into it: uses its `facts`, `files`, `lab`, `cluster` and the state
     kubeadm leaves: `node_ip`, `advertised`, `cert_sans`, `helm`, `serving_bootstrap`)."""
@@ -78,16 +84,22 @@ class ClusterScripts:
                 f["files"][path] = True
         f["kubelet"] = {**f["kubelet"], "active": "active", "started_at": self.lab.tick()}
         cluster.initialised(self)
-        return 0, (f"[init] Using Kubernetes version: {cc['kubernetesVersion']}\n"
-                   "Your Kubernetes control-plane has initialized successfully!")
+        out = (f"[init] Using Kubernetes version: {cc['kubernetesVersion']}\n"
+               "Your Kubernetes control-plane has initialized successfully!")
+        # kubeadm init makes a 24 h bootstrap token and prints it in the join command, unless --skip-token-print
+        # (https://kubernetes.io/docs/reference/setup-tools/kubeadm/kubeadm-init/)
+        if not p.get("skip_token_print"):
+            token = _random_token()
+            cluster.tokens.add(token)
+            out += f"\n\nkubeadm join {cc['controlPlaneEndpoint']} --token {token} \\\n\t--discovery-token-ca-cert-hash"
+        return 0, out
 
     def _join_token(self, p, address):
         cluster = self.lab.clusters[self.cluster]
         if not f_exists(self, F.ADMIN_CONF):
             return 1, "failed to load admin kubeconfig: open /etc/kubernetes/admin.conf: no such file"
-        alphabet = "abcdefghijklmnopqrstuvwxyz0123456789"
-        token = "".join(random.choice(alphabet) for _ in range(6)) + "." + \
-            "".join(random.choice(alphabet) for _ in range(16))
+        # `kubeadm token create [token]` stores the given token (or makes one) and prints it on its last line
+        token = p.get("token") or _random_token()
         cluster.tokens.add(token)
         return 0, f"W0101 00:00:00.000000    1234 common.go:1] sim: a warning kubeadm prints first\n{token}"
 

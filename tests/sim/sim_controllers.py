@@ -152,13 +152,19 @@ def _schedulable(node: dict, tolerations: list[dict], daemon: bool) -> bool:
     return True
 
 
+def _pod_spec(name: str) -> dict:
+    """A selector and the pod template it matches (what the API validates on every write, e.g. a rollout restart)."""
+    labels = {"k8s-app": name}
+    return {"selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels}}}
+
+
 def deployment_object(name: str, replicas: int) -> dict:
-    return {"metadata": {"name": name, "generation": 1}, "spec": {"replicas": replicas},
+    return {"metadata": {"name": name, "generation": 1}, "spec": {"replicas": replicas, **_pod_spec(name)},
             "status": {"observedGeneration": 1, "replicas": replicas, "updatedReplicas": replicas,
                        "availableReplicas": 0, "readyReplicas": 0}}
 
 
 def daemonset_object(name: str) -> dict:
-    return {"metadata": {"name": name, "generation": 1}, "spec": {},
+    return {"metadata": {"name": name, "generation": 1}, "spec": _pod_spec(name),
             "status": {"observedGeneration": 1, "desiredNumberScheduled": 0, "numberReady": 0,
                        "updatedNumberScheduled": 0}}

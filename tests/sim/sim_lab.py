@@ -51,7 +51,6 @@ import random
 import signal
 import threading
 import time
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -70,7 +69,7 @@ from tests.sim.sim_certificates import KUBELET_SERVING
 from tests.sim.sim_cluster import SimCluster
 from tests.sim.sim_controllers import CILIUM_WORKLOADS, KUBE_SYSTEM
 from tests.sim.sim_helm import decode_release
-from tests.sim.sim_node import SimNode
+from tests.sim.sim_node import SimNode, containerd_runs_with, containerd_version
 from tests.sim.sim_tart import SimTartProvider, TartForkServer
 from tests.sim.sim_transport import BannerServer, SimKilled, SimTransport
 
@@ -123,6 +122,7 @@ class SimLab:
         self.workdir = fake.home.parent / "sim"
         self.latency: dict[str, float] = dict(latency or {})
         self.api_start_seconds = 0.0  # from a control plane VM's boot until its API server answers
+        self.containerd = "2.2"  # the containerd `apt-get install` brings: a key of sim_node.CONTAINERD_PACKAGES
         self.calls: list[Call] = []
         self.unknown: list[str] = []
         self.rules: list[Injected] = []
@@ -173,7 +173,7 @@ class SimLab:
         if not running:
             raise TransportError(node.name, "no route to host (the VM is not running)",
                                  hint="`labctl boot` starts it")
-        host, _ = ctx.provider.ssh_address(node)
+        host, _ = ctx.provider.ssh_address(node, ctx.address(node))
         running, address, boot = sim.observe()
         if not running or address != host:
             raise TransportError(node.name, f"cannot connect to {host}:22")
@@ -289,8 +289,27 @@ class SimLab:
     # -- test controls ---------------------------------------------------------------------------------------------
     def hang(self, node: str) -> None:
         """The guest hangs: SSH connects but never answers, its kubelet stops posting status."""
-        self.nodes[node].unhung.clear()
-        self.nodes[node].hung.set()
+        sim = self.nodes[node]
+        sim.unhung.clear()
+        with sim.state_lock:
+            sim.unanswered = sim.late = 0
+            sim._abandoned = False
+        sim.hung.set()
+
+    def vm_deleted(self, node: str) -> None:
+        """A node's VM is gone with its disk: a first control plane takes its cluster's CA and etcd with it."""
+        self.nodes[node].forget_vm()
+        cluster = self.clusters[self.nodes[node].cluster]
+        if cluster.master.name == node:
+            cluster.stop()
+            cluster.reset()
+
+    def lose_vm(self, node: str) -> None:
+        """The user deletes a node's VM behind labctl's back (`tart stop` + `tart delete`)."""
+        self.fake.tart("stop", node)
+        self.fake.tart("delete", node)
+        self.vm_deleted(node)
+        self.sync()
 
     def unhang(self, node: str) -> None:
         self.nodes[node].hung.clear()
@@ -311,11 +330,7 @@ class SimLab:
                 continue
             f = node.facts
             ctd = f["containerd"]
-            try:
-                dump = tomllib.loads(ctd["config_dump"] or "")
-            except tomllib.TOMLDecodeError:
-                dump = {}
-            cri = dump.get("plugins", {}).get("io.containerd.grpc.v1.cri", {})
+            effective = containerd_runs_with(ctd) or {}
             master = self.clusters[node.cluster].master
             out["nodes"][name] = {
                 "hostname": f["hostname"],
@@ -325,11 +340,9 @@ class SimLab:
                 "modules_persisted": node._conf_lines(F.MODULES_CONF),
                 "sysctl": {k: v for k, v in f["sysctl"].items()},
                 "sysctl_persisted": node._conf_values(F.SYSCTL_CONF),
-                "containerd": {"version": ctd["version_output"].rsplit(" ", 1)[-1] if ctd["installed"] else None,
-                               "running": ctd["service"]["active"] == "active",
-                               "systemd_cgroup": cri.get("containerd", {}).get("runtimes", {}).get("runc", {})
-                               .get("options", {}).get("SystemdCgroup"),
-                               "sandbox": cri.get("sandbox_image")},
+                "containerd": {"version": containerd_version(ctd), "running": ctd["service"]["active"] == "active",
+                               "systemd_cgroup": effective.get("systemd_cgroup"),
+                               "sandbox": effective.get("sandbox")},
                 "crictl": node.text(F.CRICTL_YAML),
                 "packages": {k: (v["version"], v["status"]) for k, v in f["packages"].items()
                              if k in F.KUBE_PACKAGES},

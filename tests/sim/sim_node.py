@@ -13,6 +13,8 @@ from __future__ import annotations
 import copy
 import json
 import secrets
+import select
+import socket
 import threading
 import tomllib
 from pathlib import Path
@@ -21,6 +23,8 @@ from typing import TYPE_CHECKING, Any
 from labctl.kube import endpoint_host, hosts_address
 from labctl.remote import facts as F
 from labctl.remote.base import Script
+from tests.sim import sim_swap
+from tests.sim.sim_apt import AptWorld
 from tests.sim.fake_tart import read_json
 from tests.sim.sim_cluster_scripts import ClusterScripts, f_exists
 
@@ -29,13 +33,74 @@ if TYPE_CHECKING:
 
 FIXTURES = Path(__file__).resolve().parents[1] / "fixtures" / "facts"
 FRESH = json.loads((FIXTURES / "ubuntu-24.04-fresh.json").read_text())
-# What Ubuntu 24.04's containerd 1.7 package brings: its `config default`, and the effective config before labctl
-# configures it (cgroupfs, the old pause image).
-_CONTAINERD = json.loads((FIXTURES / "containerd-1.7-cgroupfs.json").read_text())["containerd"]
-CONTAINERD_VERSION_OUTPUT = _CONTAINERD["version_output"]
-CONTAINERD_DEFAULT = _CONTAINERD["config_default"]
-CONTAINERD_DUMP = _CONTAINERD["config_dump"]
-CONTAINERD_PACKAGE = {"version": "1.7.28-0ubuntu1~24.04.1", "status": "ii "}
+
+
+def _containerd_package(fixture: str, package: dict | None = None, dump_is_default: bool = False) -> dict:
+    """What `apt-get install containerd` brings, from a facts fixture: the package, its `--version` line, its
+    `config default`, and the effective config before labctl configures it (`config dump`)."""
+    facts = json.loads((FIXTURES / f"{fixture}.json").read_text())
+    ctd = facts["containerd"]
+    return {"package": package or facts["packages"]["containerd"], "version_output": ctd["version_output"],
+            "config_default": ctd["config_default"],
+            "config_dump": ctd["config_default"] if dump_is_default else ctd["config_dump"]}
+
+
+# The distribution's containerd, by what `SimLab.containerd` names. Ubuntu 24.04 installs 2.2 from noble-updates
+# (issue 12): config version 3, SystemdCgroup = false in its defaults (present again since 2.2.0, containerd#12101),
+# pause 3.10.1 (reference/k8s-bootstrap.md §1); the package ships no config.toml, so the effective config is the
+# defaults. 1.7 (the noble release pocket) stays a variant: config version 2, cgroupfs, the old pause image.
+CONTAINERD_PACKAGES = {
+    "2.2": _containerd_package("containerd-2.2-ready", dump_is_default=True),
+    "1.7": _containerd_package("containerd-1.7-cgroupfs", {"version": "1.7.28-0ubuntu1~24.04.1", "status": "ii "}),
+}
+# Where containerd reads the runc options and the sandbox image, per config version (reference/k8s-bootstrap.md §1;
+# containerd docs/cri/config.md). The simulation's own table, not labctl's: a wrong path in labctl fails here as it
+# would on a node. containerd 2.x migrates a version 2 file in memory (so the old paths still count there); 1.x
+# refuses a version 3 file.
+CONTAINERD_PATHS = {
+    2: (("io.containerd.grpc.v1.cri", "containerd", "runtimes", "runc", "options"),
+        ("io.containerd.grpc.v1.cri",), "sandbox_image"),
+    3: (("io.containerd.cri.v1.runtime", "containerd", "runtimes", "runc", "options"),
+        ("io.containerd.cri.v1.images", "pinned_images"), "sandbox"),
+}
+
+
+def containerd_runs_with(ctd: dict) -> dict | None:
+    """What containerd runs with, from the node's containerd facts: {"systemd_cgroup", "sandbox", "cri"}; None when
+    it would not start on its config (not TOML, or a config version it does not know)."""
+    try:
+        config = tomllib.loads(ctd["config_dump"] or "")
+    except tomllib.TOMLDecodeError:
+        return None
+    major = int((containerd_version(ctd) or "0").split(".")[0])
+    version = int(config.get("version", 1))
+    if version not in CONTAINERD_PATHS or (version == 3 and major < 2):
+        return None
+
+    def dig(keys: tuple[str, ...]) -> dict:
+        table = config.get("plugins", {})
+        for key in keys:
+            table = table.get(key, {}) if isinstance(table, dict) else {}
+        return table if isinstance(table, dict) else {}
+
+    runc, sandbox_table, sandbox_key = CONTAINERD_PATHS[version]
+    disabled = config.get("disabled_plugins") or []
+    return {"systemd_cgroup": dig(runc).get("SystemdCgroup"), "sandbox": dig(sandbox_table).get(sandbox_key),
+            "cri": not {"cri", "io.containerd.grpc.v1.cri", "io.containerd.cri.v1.runtime"} & set(disabled)}
+
+
+def containerd_version(ctd: dict) -> str | None:
+    """x.y.z of an installed containerd, as its CRI reports it (the third word of `containerd --version`, no v)."""
+    words = (ctd.get("version_output") or "").split()
+    return words[2].lstrip("v") if ctd.get("installed") and len(words) > 2 else None
+
+
+def _receive(conn: socket.socket) -> bytes:
+    """A byte from a connection the guest will never answer (TLS or not): b"" once the client hung up."""
+    try:
+        return conn.recv(1)
+    except (OSError, ValueError):
+        return b""
 
 
 class SimNode(ClusterScripts):
@@ -49,11 +114,31 @@ class SimNode(ClusterScripts):
         self.state_lock = threading.Lock()
         self.hung = threading.Event()
         self.unhung = threading.Event()
+        self.image: dict[str, Any] = FRESH  # the base image's facts its clones start from (a test may give another)
+        self.apt = AptWorld()  # its apt: locks held by unattended-upgrades, a repository apt refuses
+        # Requests a hung guest took and never answered (SSH banners, API requests), and how many of them came after
+        # the client had given up on an earlier one: a client that waits one timeout in all asks nothing late.
+        self.unanswered = self.late = 0
+        self._abandoned = False
         self.fresh()
+
+    def swallow(self, conn: socket.socket) -> None:
+        """A hung guest takes a request on `conn` and never answers it (the kernel completes the TCP handshake); it
+        returns when the node is unhung or the client hangs up. Counted, so that a test can tell one timeout from one
+        per question without timing anything."""
+        with self.state_lock:
+            self.unanswered += 1
+            self.late += self._abandoned
+        while not self.unhung.is_set():
+            readable, _, _ = select.select([conn], [], [], 0.05)
+            if readable and not _receive(conn):
+                with self.state_lock:
+                    self._abandoned = True
+                return
 
     def fresh(self) -> None:
         """A new clone of the base image (after create, or after its VM was deleted)."""
-        self.facts: dict[str, Any] = copy.deepcopy(FRESH)  # hostname "ubuntu" and the image's machine-id: shared
+        self.facts: dict[str, Any] = copy.deepcopy(self.image)  # hostname "ubuntu" and the image's machine-id: shared
         self.files: dict[str, bytes] = {}  # what labctl put, by path
         self.node_ip: str | None = None  # kubelet --node-ip (kubeadm-flags.env)
         self.advertised: str | None = None  # kube-apiserver --advertise-address (first control plane)
@@ -115,13 +200,16 @@ class SimNode(ClusterScripts):
             f["hostname"] = FRESH["hostname"]  # cloud-init puts the image's name back
         else:
             f["hostname"] = (f["texts"].get(F.HOSTNAME_FILE) or f["hostname"]).strip()
+        sim_swap.boot(f, self.lab.tick)
         ctd = f["containerd"]
         if ctd["installed"]:
             enabled = ctd["service"]["enabled"] == "enabled"
             ctd["service"] = {**ctd["service"], "active": "active" if enabled else "inactive",
                               "started_at": self.lab.tick() if enabled else None}
         if f["kubelet"]["enabled"] == "enabled":
-            f["kubelet"] = {**f["kubelet"], "active": "active" if self.node_ip else "activating",
+            # it exits at once while swap is on (failSwapOn, reference/k8s-bootstrap.md §1): systemd restarts it
+            up = self.node_ip and not f["swap"]["devices"]
+            f["kubelet"] = {**f["kubelet"], "active": "active" if up else "activating",
                             "started_at": self.lab.tick()}
 
     # -- facts -----------------------------------------------------------------------------------------------
@@ -154,17 +242,19 @@ class SimNode(ClusterScripts):
 
     @property
     def containerd_ok(self) -> bool:
-        """containerd runs with a CRI and the systemd cgroup driver (the kubelet is told to use systemd)."""
+        """containerd runs with a CRI, and with the cgroup driver the kubelet uses: kubeadm tells the kubelet
+        systemd, but a 1.34+ kubelet on containerd 2.x takes the driver from the CRI instead
+        (KubeletCgroupDriverFromCRI), so there containerd's SystemdCgroup decides and either value works
+        (reference/k8s-bootstrap.md §1)."""
         ctd = self.facts["containerd"]
         if not (ctd["installed"] and ctd["service"]["active"] == "active"):
             return False
-        try:
-            config = tomllib.loads(ctd["config_dump"] or "")
-        except tomllib.TOMLDecodeError:
+        effective = containerd_runs_with(ctd)
+        if effective is None or not effective["cri"]:
             return False
-        runc = config.get("plugins", {}).get("io.containerd.grpc.v1.cri", {}).get("containerd", {}) \
-            .get("runtimes", {}).get("runc", {}).get("options", {})
-        return runc.get("SystemdCgroup") is True and "cri" not in (config.get("disabled_plugins") or [])
+        kubelet_minor = int((self.kube_installed or "0.0").split(".")[1])
+        from_cri = int(containerd_version(ctd).split(".")[0]) >= 2 and kubelet_minor >= 34
+        return effective["systemd_cgroup"] is True or from_cri
 
     def endpoint_ip(self) -> str | None:
         return hosts_address(self.text(F.HOSTS), endpoint_host(self.cluster))
@@ -184,7 +274,14 @@ class SimNode(ClusterScripts):
             return handler(script.params, address)
 
     def _facts(self, p, address):
-        return 0, self.facts_json(address)
+        facts = json.loads(self.facts_json(address))
+        # the script prints its schema and only what its parameters name (a labctl without these asks none of it)
+        facts["schema"] = p["schema"]
+        for key, param in (("services", "swap_services"), ("zram_generator", "zram_generators"),
+                           ("zram_config", "zram_configs")):
+            if param not in p:
+                facts["swap"].pop(key, None)
+        return 0, json.dumps(facts)
 
     def _prepare_apply(self, p, address):
         f, actions = self.facts, p["actions"]
@@ -198,6 +295,7 @@ class SimNode(ClusterScripts):
             for unit in p["swap_units"]:
                 f["swap"]["unit_files"][unit] = "masked"
             f["swap"]["units"] = [{**u, "load": "masked", "active": "inactive"} for u in f["swap"]["units"]]
+        sim_swap.prepare(f, actions, p)
         if "modules" in actions:
             f["modules"] = {m: True for m in p["modules"]}
             f["texts"][p["modules_conf"]] = "# Written by labctl\n" + "\n".join(p["modules"])
@@ -225,12 +323,16 @@ class SimNode(ClusterScripts):
         f, actions = self.facts, p["actions"]
         ctd = f["containerd"]
         restart = "restart" in actions
+        if "install" in actions and (failed := self.apt.wait(p)):
+            return failed
         if "install" in actions:
-            # apt installs, enables and starts it with the package's own config (cgroupfs, old pause image)
-            f["packages"]["containerd"] = dict(CONTAINERD_PACKAGE)
+            # apt installs, enables and starts it with the package's own config (cgroupfs)
+            package = CONTAINERD_PACKAGES[self.lab.containerd]
+            f["packages"]["containerd"] = dict(package["package"])
             f["packages"].setdefault("runc", {"version": "1.3.3-0ubuntu1~24.04.3", "status": "ii "})
-            ctd.update(installed=True, version_output=CONTAINERD_VERSION_OUTPUT, config_default=CONTAINERD_DEFAULT,
-                       config_dump=CONTAINERD_DUMP, config_dump_error="",
+            ctd.update(installed=True, version_output=package["version_output"],
+                       config_default=package["config_default"], config_dump=package["config_dump"],
+                       config_dump_error="",
                        service={"active": "active", "enabled": "enabled", "started_at": self.lab.tick()})
         if "config" in actions and p["config"]:
             if not ctd["installed"]:
@@ -257,6 +359,10 @@ class SimNode(ClusterScripts):
 
     def _kubepkgs_apply(self, p, address):
         f, actions = self.facts, p["actions"]
+        if {"repo", "install", "hold"} & set(actions) and (failed := self.apt.wait(p)):
+            return failed
+        if {"repo", "install"} & set(actions) and (failed := self.apt.read_kubernetes_repo(p)):
+            return failed  # nothing written: the script puts the previous source list back
         if "repo" in actions:
             f["files"][p["keyring"]] = True
             f["texts"][p["list_file"]] = p["source_line"]

@@ -28,7 +28,7 @@ class SimTartProvider(TartProvider):
     call that can start, stop, move or delete a VM the API servers follow, and `ssh_address` names the port of the
     node's simulated SSH server (the real one says 22, which only root could bind here)."""
 
-    POLL = 0.02  # the fake's state changes within its own 20 ms poll; the real default waits 100 ms per look
+    POLL = 0.02  # the fake `run` takes tart's lock as soon as it starts; the real default waits 100 ms per look
 
     def __init__(self, lab, state, sim: SimLab):
         super().__init__(lab, state=state)
@@ -38,8 +38,8 @@ class SimTartProvider(TartProvider):
         self.sim.before_tart(args)
         return super()._tart(args, vm, **kwargs)
 
-    def ip(self, node, wait: int = 0):
-        address = super().ip(node, wait)
+    def ip(self, node, wait: int = 0, *, running: bool = False):
+        address = super().ip(node, wait, running=running)
         self.sim.sync()  # the host learns an address only after the simulated world has it
         return address
 
@@ -61,15 +61,11 @@ class SimTartProvider(TartProvider):
         finally:
             name = node if isinstance(node, str) else node.name
             if name in self.sim.nodes and self.sim.fake.exists(name) is False:
-                self.sim.nodes[name].forget_vm()
-                cluster = self.sim.clusters[self.sim.nodes[name].cluster]
-                if cluster.master.name == name:
-                    cluster.stop()
-                    cluster.reset()
+                self.sim.vm_deleted(name)
             self.sim.sync()
 
-    def ssh_address(self, node) -> tuple[str, int]:
-        host, _ = super().ssh_address(node)
+    def ssh_address(self, node, address: str | None = None) -> tuple[str, int]:
+        host, _ = super().ssh_address(node, address)
         return host, self.sim.ssh_port(node.name, host)
 
 

@@ -535,3 +535,110 @@ def test_selectors_json_patch_and_strategic_merge(kube, tmp_path):
                          "application/strategic-merge-patch+json")
     assert status == 415  # as a real server: no strategic merge for custom resources
     assert raw(api, "GET", "/api/v1/configmaps", query=[("watch", "true")])[0] == 405
+
+
+# ---- who is asking: client certificates over TLS ----------------------------------------------------------------
+
+def https(kube: FakeKube, tmp_path, method: str, path: str, cert: tuple[bytes, bytes] | None = None,
+          body: dict | None = None) -> tuple[int, dict | str]:
+    """One request over TLS with `cert` (PEM cert, key) as the client certificate, or none."""
+    import http.client
+    import ssl
+
+    context = ssl.create_default_context(cadata=kube.ca_pem.decode())
+    if cert is not None:
+        (tmp_path / "client.crt").write_bytes(cert[0])
+        (tmp_path / "client.key").write_bytes(cert[1])
+        context.load_cert_chain(tmp_path / "client.crt", tmp_path / "client.key")
+    conn = http.client.HTTPSConnection(kube.host, kube.port, context=context, timeout=10)
+    try:
+        conn.request(method, path, body=json.dumps(body) if body else None,
+                     headers={"Content-Type": "application/json"})
+        response = conn.getresponse()
+        data = response.read().decode()
+        return response.status, json.loads(data) if "json" in response.getheader("Content-Type", "") else data
+    finally:
+        conn.close()
+
+
+def test_tls_takes_the_client_certificate_as_the_user_and_the_rest_as_anonymous(tmp_path):
+    """kube-apiserver's x509 authenticator: CN = user, O = groups (+ system:authenticated), verified against the
+    cluster CA; no certificate = system:anonymous, allowed only the public-info paths; a certificate from another
+    CA never gets a request through."""
+    import ssl
+
+    from tests.sim.kube_certs import CertificateAuthority
+
+    kube = FakeKube(tls_sans=["127.0.0.1"], workdir=tmp_path / "pki").start()
+    try:
+        from cryptography import x509
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import ec
+
+        request = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(
+            ec.generate_private_key(ec.SECP256R1()), hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+        csr = {"apiVersion": "certificates.k8s.io/v1", "kind": "CertificateSigningRequest",
+               "spec": {"request": base64.b64encode(request).decode(), "signerName": "example.com/x",
+                        "usages": ["client auth"]}}
+        status, made = https(kube, tmp_path, "POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+                             kube.client_cert, {**csr, "metadata": {"name": "by-admin"}})
+        assert status == 201, made
+        assert (made["spec"]["username"], made["spec"]["groups"]) == (
+            "kubernetes-admin", ["kubeadm:cluster-admins", "system:authenticated"])
+        jane = kube.ca.issue("jane", organizations=["devs", "ops"])
+        status, made = https(kube, tmp_path, "POST", "/apis/certificates.k8s.io/v1/certificatesigningrequests",
+                             jane, {**csr, "metadata": {"name": "by-jane"}})
+        assert (made["spec"]["username"], made["spec"]["groups"]) == ("jane", ["devs", "ops", "system:authenticated"])
+
+        assert https(kube, tmp_path, "GET", "/version")[0] == 200
+        assert https(kube, tmp_path, "GET", "/readyz") == (200, "ok")
+        status, body = https(kube, tmp_path, "GET", "/api/v1/nodes")
+        assert (status, body["reason"], body["message"]) == (403, "Forbidden", (
+            'nodes is forbidden: User "system:anonymous" cannot list resource "nodes" in API group "" at the '
+            "cluster scope"))
+        status, body = https(kube, tmp_path, "GET", "/apis/apps/v1/namespaces/default/deployments/web")
+        assert body["message"] == ('deployments.apps "web" is forbidden: User "system:anonymous" cannot get resource '
+                                   '"deployments" in API group "apps" in the namespace "default"')
+        status, body = https(kube, tmp_path, "GET", "/api")
+        assert (status, body["message"]) == (403, 'forbidden: User "system:anonymous" cannot get path "/api"')
+
+        stranger = CertificateAuthority.create("another cluster").issue("kubernetes-admin",
+                                                                         organizations=["kubeadm:cluster-admins"])
+        with pytest.raises((ssl.SSLError, ConnectionError)):
+            https(kube, tmp_path, "GET", "/api/v1/nodes", stranger)
+    finally:
+        kube.stop()
+
+
+def test_nodes_print_as_kubectl_get_nodes_wide_shows_them(kube):
+    """The Node printer of the real server (pkg/printers/internalversion printNode): every column, the wide ones
+    with priority 1."""
+    from tests.sim.kube_requests import ApiRequest
+
+    kube.store.put("api/v1", "nodes", {
+        "metadata": {"name": "a", "labels": {"node-role.kubernetes.io/control-plane": "",
+                                             "node-role.kubernetes.io/etcd": "", "kubernetes.io/role": "infra"}},
+        "spec": {"unschedulable": True},
+        "status": {"conditions": [{"type": "Ready", "status": "True"}],
+                   "addresses": [{"type": "InternalIP", "address": "192.168.64.5"},
+                                 {"type": "ExternalIP", "address": "203.0.113.5"}],
+                   "nodeInfo": {"kubeletVersion": "v1.35.6", "osImage": "Ubuntu 24.04.3 LTS",
+                                "kernelVersion": "6.14.0-35-generic",
+                                "containerRuntimeVersion": "containerd://2.2.0"}}})
+    kube.store.put("api/v1", "nodes", {"metadata": {"name": "b"}, "status": {
+        "conditions": [{"type": "Ready", "status": "Unknown"}]}})
+    kube.store.put("api/v1", "nodes", {"metadata": {"name": "c"}})
+    res = kube.store.resource("api/v1", "nodes")
+    status, listed = ApiRequest(kube.store, "GET", res, None, None, None, {},
+                                {"Accept": "application/json;as=Table;v=v1;g=meta.k8s.io,application/json"},
+                                b"", kube).run()
+    assert status == 200 and listed["kind"] == "Table"
+    assert [(c["name"], c["priority"]) for c in listed["columnDefinitions"]] == [
+        ("Name", 0), ("Status", 0), ("Roles", 0), ("Age", 0), ("Version", 0), ("Internal-IP", 1),
+        ("External-IP", 1), ("OS-Image", 1), ("Kernel-Version", 1), ("Container-Runtime", 1)]
+    rows = {r["cells"][0]: r["cells"][1:3] + r["cells"][4:] for r in listed["rows"]}
+    assert rows == {
+        "a": ["Ready,SchedulingDisabled", "control-plane,etcd,infra", "v1.35.6", "192.168.64.5", "203.0.113.5",
+              "Ubuntu 24.04.3 LTS", "6.14.0-35-generic", "containerd://2.2.0"],
+        "b": ["NotReady", "<none>", "", "<none>", "<none>", "<unknown>", "<unknown>", "<unknown>"],
+        "c": ["Unknown", "<none>", "", "<none>", "<none>", "<unknown>", "<unknown>", "<unknown>"]}

@@ -11,6 +11,11 @@ labctl wrote, .labctl/kubeconfig/<cluster>.yaml, over TLS to the simulated API s
 - `helm list -A` (helm v4 reads the release Secrets through the API) shows the metrics-server release, chart
   metrics-server-3.13.1, deployed, and `helm get values` gives back the values labctl rendered: the simulated
   Helm writes its release Secrets in the format real Helm reads.
+And for two clusters without stacks, with the containerd Ubuntu 24.04 installs (2.2, config version 3) and with 1.7
+(config version 2): `kubectl get nodes -o wide` through each cluster's kubeconfig lists exactly its nodes, Ready,
+with their roles, kubelet version, InternalIP, OS image, kernel and `containerd://<version>` (server-side printing
+and discovery faithful enough for the real client); the API server takes the kubeconfig's client certificate as
+its user, and refuses a certificate from another cluster's CA.
 Skipped where the real clients are not installed (failed under CI=true).
 """
 
@@ -23,9 +28,10 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import yaml
 
-from labctl import model, stacks
-from tests.realclients import real_clients
+from labctl import catalog, model, stacks
+from tests.realclients import RealClients, real_clients
 from tests.sim.test_sim_e2e import labctl, summary_of
 from tests.sim.test_sim_stacks import lab_dir, open_sim, results  # noqa: F401 - lab_dir is a fixture
 
@@ -137,3 +143,60 @@ def test_real_kubectl_and_helm_read_the_installed_lab(lab_dir, fake_tart):  # no
         lab = model.parse(json.dumps(LAB), source="test lab")
         wanted = stacks.resolve(lab, lab.cluster(CLUSTER), "metrics-server", lab_dir).releases[0].values
         assert json.loads(helm("get", "values", "metrics-server", "-n", "kube-system", "-o", "json")) == wanted
+
+
+TWO = {"clusters": [
+    {"name": "alpha", "pod_cidr": "10.10.0.0/16", "service_cidr": "10.96.0.0/16",
+     "nodes": [{"name": "alpha-master", "role": "master", "cpu": 2, "memory": 4096},
+               {"name": "alpha-worker1", "role": "worker", "cpu": 2, "memory": 4096}]},
+    {"name": "beta", "pod_cidr": "10.20.0.0/16", "service_cidr": "10.97.0.0/16", "cilium": {"cluster_id": 2},
+     "nodes": [{"name": "beta-master", "role": "master", "cpu": 2, "memory": 4096}]}]}
+
+
+def kubectl_run(clients: RealClients, home: Path, config: Path, *args: str) -> subprocess.CompletedProcess:
+    """The real kubectl with `config` only (no KUBE* from the environment, its own cache under `home`)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("KUBE")}
+    env["HOME"] = str(home)
+    return subprocess.run([str(clients.kubectl), "--kubeconfig", str(config), "--cache-dir", str(home / "cache"),
+                           "--request-timeout", "20s", *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+@pytest.mark.parametrize("containerd, runtime", [("2.2", r"containerd://2\.2\.\d+"),
+                                                  ("1.7", r"containerd://1\.7\.\d+")])
+def test_real_kubectl_lists_the_nodes_through_labctls_kubeconfigs(lab_dir, fake_tart,  # noqa: F811
+                                                                   containerd, runtime):
+    clients = real_clients()
+    with open_sim(lab_dir, fake_tart, TWO) as sim:
+        sim.containerd = containerd  # what `apt-get install containerd` brings on every node
+        result = labctl("--json", "install")
+        assert result.code == 0, summary_of(result.out)["failed"]
+        configs = {c: lab_dir / ".labctl" / "kubeconfig" / f"{c}.yaml" for c in ("alpha", "beta")}
+        # labctl configured this containerd at its config version's paths (2: io.containerd.grpc.v1.cri,
+        # 3: io.containerd.cri.v1.runtime / cri.v1.images), as the simulated containerd reads them
+        runtimes = {name: node["containerd"] for name, node in sim.world()["nodes"].items()}
+        assert all(r["running"] and r["systemd_cgroup"] is True and r["sandbox"] == "registry.k8s.io/pause:3.10.1"
+                   and r["version"].startswith(containerd + ".") for r in runtimes.values()), runtimes
+
+        for cluster, config in configs.items():
+            done = kubectl_run(clients, lab_dir / "home", config, "get", "nodes", "-o", "wide")
+            assert done.returncode == 0, f"kubectl get nodes -o wide ({cluster}): {done.stderr}"
+            rows = {row["NAME"]: row for row in table(done.stdout)}
+            members = [n["name"] for c in TWO["clusters"] if c["name"] == cluster for n in c["nodes"]]
+            assert sorted(rows) == sorted(members), done.stdout
+            for name, row in rows.items():
+                assert row["STATUS"] == "Ready", row
+                # kubeadm labels the control plane, labctl the workers (phases/nodeconfig.py)
+                assert row["ROLES"] == ("control-plane" if name.endswith("-master") else "worker"), row
+                assert row["VERSION"] == f"v{catalog.DEFAULT_KUBERNETES}", row
+                assert row["INTERNAL-IP"] == sim.address(name) and row["EXTERNAL-IP"] == "<none>", row
+                assert row["OS-IMAGE"] == "Ubuntu 24.04.3 LTS" and row["KERNEL-VERSION"].endswith("-generic"), row
+                assert re.fullmatch(runtime, row["CONTAINER-RUNTIME"]), row
+
+        # beta's admin credentials against alpha's API server: its CA never signed them
+        alpha, beta = (yaml.safe_load(configs[c].read_text()) for c in ("alpha", "beta"))
+        wrong = lab_dir / "wrong.yaml"
+        wrong.write_text(yaml.safe_dump({**alpha, "users": [{**alpha["users"][0], "user": beta["users"][0]["user"]}]}))
+        done = kubectl_run(clients, lab_dir / "home", wrong, "get", "nodes")
+        assert done.returncode != 0 and "alpha-master" not in done.stdout, done.stdout
+        assert "tls: unknown certificate authority" in done.stderr, done.stderr
+

@@ -98,7 +98,7 @@ def converged_world() -> dict:
             "modules_persisted": ["overlay", "br_netfilter"],
             "sysctl": sysctls,
             "sysctl_persisted": sysctls,
-            "containerd": {"version": "1.7.28", "running": True, "systemd_cgroup": True,
+            "containerd": {"version": "2.2.0", "running": True, "systemd_cgroup": True,
                            "sandbox": "registry.k8s.io/pause:3.10.1"},
             "crictl": "runtime-endpoint: unix:///run/containerd/containerd.sock\n"
                       "image-endpoint: unix:///run/containerd/containerd.sock\ntimeout: 10",
@@ -234,15 +234,21 @@ def test_install_then_status_shutdown_boot_with_new_addresses_and_destroy(sim, f
                                                       "cancelled": 0}
     sent = set(sim.script_ids(mark))
     assert sent and not sent & APPLY_SCRIPTS, sent
+    # each node probed once, though every prepare check also reads its peers' machine-ids while they are probed
+    assert sim.script_ids(mark).count("facts") == len(NODES)
     assert not MUTATING & {argv[0] for argv in fake_tart.argvs(tart_mark)}
+    # each running VM's address asked once (`tart ip`), before the first connection and not again for it
+    assert [argv[0] for argv in fake_tart.argvs(tart_mark)].count("ip") == len(NODES)
     assert all(c.helm_revisions == 1 and c.inits == 1 for c in sim.clusters.values())
 
     # -- status and smoke on the healthy lab
-    started = time.monotonic()
-    result = labctl("--json", "status", "--timeout", "2")
-    healthy_seconds = time.monotonic() - started
+    tart_mark = fake_tart.mark()
+    result = labctl("--json", "status", "--timeout", "5")
     report = json.loads(result.out)
     assert result.code == 0 and report["healthy"], result.out
+    # one VM list, and each node's address asked once (not again for its SSH probe; each tart call is a process)
+    asked = [argv[0] for argv in fake_tart.argvs(tart_mark)]
+    assert sorted(asked) == ["ip"] * len(NODES) + ["list"], asked
     assert {c["name"] for c in report["clusters"]} == set(CLUSTERS)
     for c in report["clusters"]:
         assert c["api"]["ok"] and c["cilium"]["ok"] and c["dns"]["ok"]
@@ -257,7 +263,8 @@ def test_install_then_status_shutdown_boot_with_new_addresses_and_destroy(sim, f
     # -- a worker that hangs (SSH connects, never answers; its kubelet stops posting): status says so within one
     # timeout, and only its cluster is unhealthy
     sim.hang("staging-worker1")
-    timeout = 2.0
+    hung = sim.nodes["staging-worker1"]
+    timeout = 5.0
     started = time.monotonic()
     result = labctl("--json", "status", "--timeout", str(timeout))
     elapsed = time.monotonic() - started
@@ -267,9 +274,9 @@ def test_install_then_status_shutdown_boot_with_new_addresses_and_destroy(sim, f
     dead = next(n for n in by_name["staging"]["nodes"] if n["name"] == "staging-worker1")
     assert dead["vm"] == "running" and not dead["ssh"]["ok"] and not dead["ready"]["ok"] and not dead["healthy"]
     assert all(by_name[c]["healthy"] for c in CLUSTERS if c != "staging")
-    # one timeout (the SSH banner that never comes), not one per question; the slack is for a busy test machine
-    assert timeout <= elapsed < healthy_seconds + 1.75 * timeout, (elapsed, healthy_seconds)
-    result = labctl("smoke", "--timeout", "1", "--junit", str(junit))
+    # one timeout (the SSH banner that never comes), not one per question: counted, not timed (a busy machine)
+    assert hung.unanswered == 1 and hung.late == 0 and elapsed >= timeout
+    result = labctl("smoke", "--timeout", str(timeout), "--junit", str(junit))
     assert result.code == 1
     suites = {s.get("name"): s for s in ET.parse(junit).getroot()}
     failures = {case.get("name"): case.find("failure") for case in suites["staging"]}
@@ -278,7 +285,7 @@ def test_install_then_status_shutdown_boot_with_new_addresses_and_destroy(sim, f
     assert all(case.find("failure") is None for name, s in suites.items() if name != "staging" for case in s)
     assert "FAIL staging/nodes-ready" in result.out
     sim.unhang("staging-worker1")
-    assert labctl("--json", "status", "--timeout", "2").code == 0
+    assert labctl("--json", "status", "--timeout", "5").code == 0
 
     # -- shutdown, then boot where DHCP hands two control planes and a worker new addresses
     moved = ["platform-master", "dev-master", "prod-worker1"]
@@ -307,7 +314,7 @@ def test_install_then_status_shutdown_boot_with_new_addresses_and_destroy(sim, f
     for name, node in sim.nodes.items():  # Cilium reaches the API through the hosts line: it follows the master
         cluster = NODES[name][0]
         assert hosts_address(node.text(HOSTS), endpoint_host(cluster)) == after[MASTERS[cluster]]
-    assert labctl("--json", "status", "--timeout", "2").code == 0
+    assert labctl("--json", "status", "--timeout", "5").code == 0
     result = labctl("--json", "install")  # the repair left nothing behind for install to do
     assert result.code == 0 and summary_of(result.out)["counts"]["changed"] == 0
 
@@ -374,6 +381,11 @@ CRASHES = [
     ("kill-after-helm-install", 2, "kill", "cni.helm-install", 4),
     ("ctrl-c-anywhere", 3, "sigint", None, 140),
     ("kill-anywhere", 4, "kill", None, 140),
+    # Ctrl-C at several points of its own (issue 12.7): node prep, kubeadm init and join, the CNI's Helm release
+    ("ctrl-c-in-runtime-apply", 5, "sigint", "runtime.apply", 10),
+    ("ctrl-c-in-kubeadm-init", 6, "sigint", "init.kubeadm", 4),
+    ("ctrl-c-in-kubeadm-join", 7, "sigint", "join.kubeadm", 6),
+    ("ctrl-c-in-helm-install", 8, "sigint", "cni.helm-install", 4),
 ]
 
 
@@ -387,7 +399,10 @@ def test_an_install_killed_at_a_random_step_resumes_to_the_same_end_state(sim, s
     where = f"{mode} at {sim.crashed_at.script} on {sim.crashed_at.node} (ran: {sim.crash.ran})"
     assert result.code == (130 if mode == "sigint" else 1), where
     if mode == "sigint":
-        assert summary_of(result.out)["interrupted"], where
+        assert summary_of(result.out)["interrupted"] and "interrupted" in result.err, where
+        statuses = {e["step"]: e["status"] for e in events(result.out) if e.get("event") == "result"}
+        # the steps running at the Ctrl-C end cancelled, none failed (an interrupt is not a failure of the lab)
+        assert "cancelled" in statuses.values() and "failed" not in statuses.values(), (where, statuses)
     assert summary_of(result.out)["counts"]["changed"] < STEPS, where
 
     sim.revive()
@@ -430,14 +445,17 @@ def test_status_with_a_hung_control_plane_costs_one_timeout(sim):
     """Every API question of `status` is one attempt: urllib3 by default retries a read timeout 3 times, which made a
     hung API server cost four timeouts (found here; status now asks with kube_retries=0)."""
     assert labctl("--json", "install", "--cluster", "dev").code == 0
-    started = time.monotonic()
-    assert labctl("--json", "status", "--cluster", "dev", "--timeout", "2").code == 0
-    healthy_seconds = time.monotonic() - started
+    store = sim.clusters["dev"].store
+    mark = len(store.requests)
+    assert labctl("--json", "status", "--cluster", "dev", "--timeout", "5").code == 0
+    asked_when_healthy = len(store.requests) - mark  # + one SSH banner below
     sim.hang("dev-master")  # the VM runs; SSH and the API server accept connections and never answer
+    master = sim.nodes["dev-master"]
     timeout = 2.0
     started = time.monotonic()
     result = labctl("--json", "status", "--cluster", "dev", "--timeout", str(timeout))
     elapsed = time.monotonic() - started
     cluster = json.loads(result.out)["clusters"][0]
     assert result.code == 1 and not cluster["api"]["ok"] and not cluster["nodes"][0]["ssh"]["ok"]
-    assert elapsed < healthy_seconds + 1.75 * timeout, elapsed
+    # counted, not timed: every question went out at once (none after another had timed out), none twice
+    assert master.late == 0 and master.unanswered <= asked_when_healthy + 1 and elapsed >= timeout

@@ -10,6 +10,7 @@ import base64
 import copy
 import gzip
 import json
+import re
 import shutil
 import stat
 import subprocess
@@ -53,7 +54,6 @@ from tests.sim.fake_kube import FakeKube
 from tests.sim.kube_certs import make_certificates
 from tests.sim.kube_patch import merge_patch
 
-TOKEN = "abcdef.0123456789abcdef"
 SERVICE_IP = "10.96.0.1"
 PHASES = [init.phase, join.phase, cni.phase, nodeconfig.phase]
 HEAVY = {"init.kubeadm", "join.kubeadm", "join.token", "cni.helm-install", "cni.helm-binary"}
@@ -90,6 +90,7 @@ class FakeApi:
         self.cilium: dict[str, Readiness] = {}
         self.cilium_nodes: list[str] = []
         self.patches: list[tuple[str, dict]] = []
+        self.restarts: list[str] = []  # rollout restarts, "Kind ns/name"
         self.down = False
 
     def _up(self):
@@ -131,6 +132,13 @@ class FakeApi:
         return self.cilium.get(name, Readiness(False, f"DaemonSet {ns}/{name} not found", found=False))
 
     deployment_ready = daemonset_ready
+
+    def rollout_restart(self, ns, kind, name):
+        self._up()
+        if name not in self.cilium:
+            return False
+        self.restarts.append(f"{kind} {ns}/{name}")
+        return True
 
     def ciliumnodes(self):
         self._up()
@@ -203,8 +211,8 @@ class World:
             self._set(node, node_ip=p["address"], advertised=p["address"], cert_ips=(SERVICE_IP, p["address"]))
             api.add_node(node, p["address"], labels={"node-role.kubernetes.io/control-plane": ""},
                          taints=[{"key": "node-role.kubernetes.io/control-plane", "effect": "NoSchedule"}])
-        elif s.id == "join.token":
-            return Result(0, f"{TOKEN}\n")
+        elif s.id == "join.token":  # `kubeadm token create [token]` prints the token it stored
+            return Result(0, f"{p['token']}\n")
         elif s.id == "join.kubeadm":
             self.files[node] |= {KUBELET_CONF, KUBELET_CONFIG} | (set(MANIFESTS) if p["control_plane"] else set())
             self._set(node, node_ip=p["address"])
@@ -340,14 +348,14 @@ def test_init_on_a_fresh_node_runs_kubeadm_init_with_the_rendered_config(world, 
     assert hosts.params == {"cluster": "dev", "name": "dev-api.labctl.internal", "address": "192.168.64.13",
                             "hosts_file": "/etc/hosts"}
     assert kubeadm.params == {
-        "config_path": "/etc/labctl/kubeadm-init.yaml", "cluster": "dev", "node": "dev-master",
+        "config_path": "/etc/labctl/kubeadm-init.yaml", "skip_token_print": True, "cluster": "dev", "node": "dev-master",
         "address": "192.168.64.13", "port": 6443, "endpoint_host": "dev-api.labctl.internal",
         "kubernetes_version": "1.35.6", "pod_cidr": "10.20.0.0/16", "service_cidr": "10.97.0.0/16",
         "cri_socket": "unix:///var/run/containerd/containerd.sock",
     }
     assert all(sudo for _, _, sudo in world.runs)
     commands = [line for line in kubeadm.text.splitlines() if not line.lstrip().startswith("#")]
-    assert 'kubeadm init --config "$config"' in commands and not any("reset" in line for line in commands)
+    assert 'kubeadm init --config "$config" --skip-token-print' in commands and not any("reset" in line for line in commands)
     data, mode = world.puts[("dev-master", init.INIT_CONFIG)]
     assert data.decode() == init.init_config(world.lab, dev, "192.168.64.13") and mode == 0o600
 
@@ -488,7 +496,9 @@ def test_control_plane_join_uploads_certificates_once_and_joins_with_the_key(tmp
     m2 = yaml.safe_load(world.puts[("ha-m2", join.JOIN_CONFIG)][0])
     assert m2["controlPlane"] == {"localAPIEndpoint": {"advertiseAddress": "192.168.64.11", "bindPort": 6443},
                                   "certificateKey": key}
-    assert m2["discovery"]["bootstrapToken"]["token"] == TOKEN
+    token = next(s for _, s, _ in world.runs if s.id == "join.token").params["token"]
+    assert re.fullmatch(r"[a-z0-9]{6}\.[a-z0-9]{16}", token)  # kubeadm's token format
+    assert m2["discovery"]["bootstrapToken"]["token"] == token
     assert m2["discovery"]["bootstrapToken"]["caCertHashes"] == [join.ca_cert_hash(world.ca["ha"])]
     assert world.puts[("ha-m2", join.JOIN_CONFIG)][1] == 0o600
     w1 = yaml.safe_load(world.puts[("ha-w1", join.JOIN_CONFIG)][0])
@@ -674,10 +684,14 @@ def test_reconcile_after_boot_repairs_then_does_nothing(world, tmp_path):
                         "dev-master: kubelet --node-ip 192.168.64.13 → 192.168.64.40"]
     assert "dev-worker1: kubelet --node-ip 192.168.64.14 → 192.168.64.41" in done
     assert "control plane address 192.168.64.13 → 192.168.64.40, new API server/etcd certificates" in done[4]
-    assert done[-1].startswith("kubeconfig ") and "points at https://192.168.64.13:6443" in done[-1]
+    assert done[-2].startswith("kubeconfig ") and "points at https://192.168.64.13:6443" in done[-2]
+    # the hosts lines changed under running Cilium pods (their /etc/hosts is a copy): restarted, once
+    assert done[-1] == "restarted DaemonSet cilium, Deployment cilium-operator (new API address)"
+    api = world.apis["dev"]
+    assert api.restarts == ["DaemonSet kube-system/cilium", "Deployment kube-system/cilium-operator"]
     world.runs.clear()
     assert init.reconcile_addresses(ctx, dev) == []
-    assert set(world.ids()) == {"repair.probe"}
+    assert set(world.ids()) == {"repair.probe"} and len(api.restarts) == 2
 
 
 def _run_script(s, tmp_path: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 import threading
@@ -12,7 +13,7 @@ import pytest
 
 from labctl import model
 from labctl.context import Context
-from labctl.engine import Check, Engine, Phase, Selection, Target, build_steps
+from labctl.engine import Check, Engine, Phase, Selection, Target, _ancestors, build_steps
 from labctl.errors import LockedError, UsageError
 from labctl.state import LabState
 from tests.conftest import SHIPPED
@@ -221,7 +222,8 @@ SHAPES = {  # name: (masters, workers) per cluster
 }
 
 
-def shaped(clusters: list[tuple[int, int]]):
+def shaped_raw(clusters: list[tuple[int, int]]) -> dict:
+    """A clusters.json document with one cluster per (masters, workers) pair: c0, c1, ... with unique CIDRs."""
     raw = {"clusters": []}
     for i, (masters, workers) in enumerate(clusters):
         name = f"c{i}"
@@ -229,9 +231,11 @@ def shaped(clusters: list[tuple[int, int]]):
         nodes += [{"name": f"{name}-w{j}", "role": "worker", "cpu": 1, "memory": 1024} for j in range(workers)]
         raw["clusters"].append({"name": name, "pod_cidr": f"10.{10 + i}.0.0/16", "service_cidr": f"10.{100 + i}.0.0/16",
                                 "nodes": nodes})
-    import json
+    return raw
 
-    return model.parse(json.dumps(raw))
+
+def shaped(clusters: list[tuple[int, int]]):
+    return model.parse(json.dumps(shaped_raw(clusters)))
 
 
 @pytest.mark.parametrize("shape", SHAPES)
@@ -257,11 +261,61 @@ def test_an_order_passes_through_a_phase_with_no_step_for_the_target(shape, tmp_
         assert done.index(("init", cluster.name)) < done.index(("cni", cluster.name))
 
 
-def _ancestors(step):
-    seen, todo = set(), list(step.deps)
-    while todo:
-        s = todo.pop()
-        if s not in seen:
-            seen.add(s)
-            todo.extend(s.deps)
-    return seen
+GRAPH_SHAPES = {**SHAPES, "three control planes": [(3, 2), (1, 1)]}  # the graph only: no sim run needed
+
+
+@pytest.mark.parametrize("shape", GRAPH_SHAPES)
+def test_init_waits_for_its_first_control_plane_only_and_join_for_its_own_node(shape):
+    """The real install phases: a worker's (or another control plane's) package install is no ancestor of init, so
+    it goes on beside init; it is one of its own join's, and cni still comes after every node's."""
+    from phases import install_phases
+
+    lab = shaped(GRAPH_SHAPES[shape])
+    by_id = {s.id: s for s in build_steps(lab, install_phases())}
+    for cluster in lab.clusters:
+        c, first = cluster.name, cluster.masters[0].name
+        before_init = {d.id for d in _ancestors(by_id[f"init:{c}"])}
+        assert {f"vms:{c}/{first}", f"kubepkgs:{c}/{first}"} <= before_init, shape
+        assert {d.id for d in by_id[f"init:{c}"].deps} == {f"kubepkgs:{c}/{first}"}, shape
+        before_cni = {d.id for d in _ancestors(by_id[f"cni:{c}"])}
+        for node in cluster.nodes[1:]:
+            assert not any(d.endswith(f"/{node.name}") for d in before_init), (shape, node.name)
+            before_join = {d.id for d in _ancestors(by_id[f"join:{c}/{node.name}"])}
+            assert {f"kubepkgs:{c}/{node.name}", f"init:{c}"} <= before_join, (shape, node.name)
+        assert {f"kubepkgs:{c}/{n.name}" for n in cluster.nodes} <= before_cni, shape
+
+
+class FirstMasterInit(TestPhase):
+    __test__ = False
+
+    def needs_nodes(self, lab, cluster):
+        return [cluster.masters[0].name]
+
+
+def first_master_pipeline(world: World) -> list[Phase]:
+    phases = pipeline(world)
+    phases[2] = FirstMasterInit(world, "init", scope="cluster", after=["prepare"])
+    join = importlib.import_module("phases.join").phase  # the real waves: no step for the first control plane
+    phases[3] = TestPhase(world, "join", after=["prepare", "init"], waves=join.waves)
+    return phases
+
+
+def test_a_workers_failure_before_init_blocks_its_join_not_init(lab, tmp_path):
+    world = World(fail={("prepare", "dev-worker1")})
+    ctx = Context(lab, LabState(tmp_path / ".labctl"))
+    summary = Engine(ctx, parallel=16).run(build_steps(lab, first_master_pipeline(world)))
+    by_id = {r.step.id: r.status for r in summary.results}
+    assert by_id["init:dev"] == "changed"  # the first control plane was ready: init did not wait for the worker
+    assert by_id["join:dev/dev-worker1"] == "blocked" and by_id["cni:dev"] == "blocked"
+    assert by_id["cni:prod"] == "changed"
+
+
+def test_plan_shows_init_waiting_only_for_its_first_control_plane(lab, tmp_path):
+    world = World()
+    world.done |= {("vms", n.name) for _, n in lab.nodes}
+    world.done |= {("prepare", c.masters[0].name) for c in lab.clusters}  # the workers' prepare is still to do
+    summary = Engine(Context(lab, LabState(tmp_path / ".labctl"))).plan(build_steps(lab, first_master_pipeline(world)))
+    by_id = {r.step.id: r for r in summary.results}
+    assert by_id["init:dev"].status == "would-change"  # not pending: nothing it needs is left
+    assert by_id["join:dev/dev-worker1"].status == "pending"
+    assert by_id["join:dev/dev-worker1"].detail == "after init, prepare"

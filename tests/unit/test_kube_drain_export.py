@@ -65,14 +65,15 @@ def test_export_merges_only_labctl_contexts_into_the_users_kubeconfig(tmp_path):
                                     "clusters": [{"name": "work", "cluster": {"server": "https://work"}}],
                                     "users": [{"name": "work", "user": {}}],
                                     "contexts": [{"name": "work", "context": {"cluster": "work", "user": "work"}}]}))
-    assert kubeconfig.export(state, ["dev", "prod"], user) == ["labctl-dev", "labctl-prod"]
+    assert kubeconfig.export(state, ["dev", "prod"], str(user), tmp_path) == [("labctl-dev", user),
+                                                                               ("labctl-prod", user)]
     merged = yaml.safe_load(user.read_text())
     assert [c["name"] for c in merged["contexts"]] == ["work", "labctl-dev", "labctl-prod"]
     assert merged["current-context"] == "work"
     assert user.stat().st_mode & 0o777 == 0o600
     # a recreated dev (new address) replaces only its own entries
     kubeconfig.write(state, "dev", _config("dev", "https://127.0.0.9:6443"))
-    kubeconfig.export(state, ["dev"], user)
+    kubeconfig.export(state, ["dev"], str(user), tmp_path)
     merged = yaml.safe_load(user.read_text())
     servers = {c["name"]: c["cluster"]["server"] for c in merged["clusters"]}
     assert servers == {"work": "https://work", "labctl-dev": "https://127.0.0.9:6443",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from labctl import catalog, host, model
+from labctl import catalog, host, model, validation
 from labctl.errors import ConfigError
 from tests.conftest import FIXTURES, PREDECESSOR, ROOT, SHIPPED, run_cli
 
@@ -141,10 +141,104 @@ def test_budget_never_overcommits_memory_and_reports_cpu_ratio():
     assert not small.memory_fits
 
 
-def test_eol_kubernetes_is_a_warning_not_an_error():
-    lab = model.parse(PREDECESSOR.read_text().replace('"ssh_user"', '"versions": {"kubernetes": "1.32.9"}, "ssh_user"'))
-    assert any("end of life" in w for w in model.warnings(lab, today=date(2026, 11, 22)))
-    assert not any("end of life" in w for w in model.warnings(model.load(SHIPPED), today=date(2026, 11, 22)))
+def _with_kubernetes(version: str) -> str:
+    return PREDECESSOR.read_text().replace('"ssh_user"', f'"versions": {{"kubernetes": "{version}"}}, "ssh_user"')
+
+
+def test_end_of_life_kubernetes_is_refused_with_its_date_but_the_lab_still_loads():
+    # loads: status, shutdown and destroy keep working on a lab whose Kubernetes went end of life
+    lab = model.parse(_with_kubernetes("1.32.9"))
+    assert validation.support_problems(lab, today=date(2026, 2, 28)) == []  # the last day of support
+    [problem] = validation.support_problems(lab, today=date(2026, 3, 1))
+    assert problem.path == "versions.kubernetes" and "end of life on 2026-02-28" in problem.message
+    assert validation.support_problems(model.load(SHIPPED), today=date(2026, 11, 22)) == []
+    with pytest.raises(ConfigError, match="1.29 reached end of life on 2025-02-28"):  # older than the catalogue
+        model.parse(_with_kubernetes("1.29.4"))
+
+
+def test_kubernetes_newer_than_the_catalogue_is_accepted_with_a_warning_in_validate(tmp_path):
+    newer = f"1.{max(catalog.KUBERNETES_MINORS) + 1}.0"
+    lab = model.parse(_with_kubernetes(newer))
+    assert validation.support_problems(lab) == []
+    [warning] = [w for w in validation.warnings(lab) if w.startswith("versions.kubernetes")]
+    assert f"1.{max(catalog.KUBERNETES_MINORS) + 1} is newer" in warning
+    path = tmp_path / "clusters.json"
+    path.write_text(_with_kubernetes(newer))
+    text = run_cli("-c", str(path), "validate")
+    assert text.code == 0 and text.out.count(f"warning: {warning}") == 1
+    doc = json.loads(run_cli("--json", "-c", str(path), "validate").out)
+    assert warning in doc["warnings"]
+
+
+def test_install_prints_the_labs_warnings_once_before_its_steps(monkeypatch, tmp_path):
+    from labctl import lab as lab_module
+    from labctl.engine import Summary
+
+    path = tmp_path / "clusters.json"
+    path.write_text(_with_kubernetes(f"1.{max(catalog.KUBERNETES_MINORS) + 1}.0"))
+    monkeypatch.setattr(lab_module, "install", lambda lab, opts, **kw: Summary([]))
+    for args in ([], ["--json"]):
+        result = run_cli(*args, "-c", str(path), "install")
+        assert result.code == 0, result.err
+        assert result.out.count("warning: versions.kubernetes: ") == 1, result.out
+
+
+def test_tart_argument_limits_are_validation_errors():
+    # Tart's `set --cpu/--disk-size` and `ip --wait` are UInt16 (cirruslabs/tart Sources/tart/Commands)
+    raw = json.loads(PREDECESSOR.read_text())
+    raw["clusters"][0]["nodes"][0].update(cpu=65535, disk=65535)
+    raw["provider"] = {"tart": {"ip_wait_seconds": 65535}}
+    model.parse(json.dumps(raw))  # the largest values Tart takes are fine
+    raw["clusters"][0]["nodes"][0].update(cpu=65536, disk=65536)
+    raw["provider"] = {"tart": {"ip_wait_seconds": 65536}}
+    with pytest.raises(ConfigError) as info:
+        model.parse(json.dumps(raw))
+    assert {p.path for p in info.value.problems} == {
+        "clusters[0].nodes[0].cpu", "clusters[0].nodes[0].disk", "provider.tart.ip_wait_seconds"}
+
+
+def test_a_huge_invalid_value_is_echoed_truncated():
+    raw = json.loads(PREDECESSOR.read_text())
+    raw["clusters"][0]["name"] = "X" * 1_000_000
+    raw["clusters"][0]["pod_cidr"] = "Y" * 1_000_000
+    with pytest.raises(ConfigError) as info:
+        model.parse(json.dumps(raw))
+    assert all(len(p.message) < 300 for p in info.value.problems)
+    assert len(info.value.message) < 2000
+
+
+def test_thousands_of_clashing_clusters_give_a_capped_list_of_problems():
+    raw = json.loads(PREDECESSOR.read_text())
+    raw["clusters"] = raw["clusters"][:1] * 2000
+    with pytest.raises(ConfigError) as info:
+        model.parse(json.dumps(raw))
+    problems = info.value.problems
+    # each clash once per cluster (not once per pair of clusters: that was millions of lines)
+    assert len(problems) < 2000 * 8
+    assert sum(p.path == "clusters[1999].pod_cidr" for p in problems) == 1
+    lines = info.value.message.splitlines()
+    assert len(lines) == 1 + ConfigError.MAX_SHOWN + 1 and lines[-1].startswith(f"  … and {len(problems) - 50} more")
+
+
+def test_many_stacks_with_unknown_requirements_are_reported_without_suggestions():
+    raw = json.loads(PREDECESSOR.read_text())
+    raw["clusters"][0]["stacks"] = [{"name": f"s{i}", "manifests": "m", "requires": ["nope"]} for i in range(500)]
+    with pytest.raises(ConfigError) as info:
+        model.parse(json.dumps(raw))
+    assert sum("requires 'nope'" in p.message for p in info.value.problems) == 500
+
+
+@pytest.mark.parametrize("text, where", [
+    ("[" * 100_000 + "]" * 100_000, "line 1, column 101: nested deeper than 100"),
+    ('{"clusters": [], "x": {"a": 1,\n "a": 2}}', "x.a: duplicate key 'a'"),
+    ('{"clusters": [], "n": 1' + "0" * 5000 + "}", "not a usable JSON number"),
+])
+def test_hostile_text_is_an_input_error_with_its_location(tmp_path, text, where):
+    path = tmp_path / "clusters.json"
+    path.write_text(text)
+    result = run_cli("-c", str(path), "validate")
+    assert result.code == 2 and "Traceback" not in result.err and "internal error" not in result.err
+    assert where in result.err
 
 
 def test_spec_hash_changes_only_for_the_changed_node():

@@ -341,7 +341,7 @@ def test_output_before_the_json_is_tolerated():
         ("bash: line 12: syntax error near unexpected token\n{\"schema\": 1, \"uid\"", "printed no valid JSON"),
         ("", "printed no valid JSON"),
         ("[1, 2]", "not an object"),
-        ('{"schema": 0}', "schema 0, expected 1"),
+        ('{"schema": 0}', "schema 0, expected 2"),
         ('{"schema": 1, "uid": "root"}', "uid"),
         ('{"schema": 1, "surprise": true}', "surprise"),
     ],

@@ -34,7 +34,8 @@ def phase_renders() -> dict[str, str]:
 
     prepare = importlib.import_module("phases.prepare")
     facts = load_facts("ubuntu-24.04-swap")
-    all_prepare = every("swapoff", "swap-fstab", "swap-units", "modules", "sysctl", "hostname", "machine-id")
+    all_prepare = every("swapoff", "swap-fstab", "swap-units", "swap-services", "zram-generator", "modules", "sysctl",
+                        "hostname", "machine-id")
     out["prepare/every-action"] = script("prepare.apply", "node/prepare.sh.j2", **prepare.params(
         facts, "dev-master", all_prepare)).text
     runtime = importlib.import_module("phases.runtime")

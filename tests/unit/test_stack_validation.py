@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from labctl import docgen, model, stacks
+from labctl import docgen, model, stack_validation, stacks
 from labctl.errors import ConfigError
 from tests.conftest import FIXTURES, ROOT, run_cli
 
@@ -168,16 +168,17 @@ def test_every_catalogue_requirement_is_a_catalogue_stack():
 def test_the_fit_message_says_by_how_much_from_the_descriptor_requests():
     d = stacks.catalogue()["metrics-server"]
     cpu_m, mem_mib = stacks.cpu_millis(d.requests["cpu"]), stacks.memory_bytes(d.requests["memory"]) // 2**20
-    worker_mib = model.NODE_RESERVE_MEMORY_MIB + mem_mib // 2  # offers half of what metrics-server requests
+    worker_mib = stack_validation.NODE_RESERVE_MEMORY_MIB + mem_mib // 2  # offers half of what metrics-server requests
     nodes = [{"name": "dev-master", "role": "master", "cpu": 2, "memory": 4096},
              {"name": "dev-worker1", "role": "worker", "cpu": 1, "memory": worker_mib}]
     (problem,) = _problems(_lab(["metrics-server"], nodes))
     offered = mem_mib // 2
     assert problem == (f"clusters[0].stacks: the declared stacks do not fit the cluster's workers: short of "
                        f"{mem_mib - offered} MiB of memory (the stacks request {mem_mib} MiB, the workers offer "
-                       f"{offered} MiB), counting {model.NODE_RESERVE_CPU_M}m CPU and {model.NODE_RESERVE_MEMORY_MIB} "
-                       "MiB per node for the system; add a worker, give the workers more CPU/memory, or drop a stack")
-    assert cpu_m <= 1000 - model.NODE_RESERVE_CPU_M  # only memory is short here
+                       f"{offered} MiB), counting {stack_validation.NODE_RESERVE_CPU_M}m CPU and "
+                       f"{stack_validation.NODE_RESERVE_MEMORY_MIB} MiB per node for the system; add a worker, give the "
+                       "workers more CPU/memory, or drop a stack")
+    assert cpu_m <= 1000 - stack_validation.NODE_RESERVE_CPU_M  # only memory is short here
 
 
 def test_a_cluster_without_workers_offers_every_node():

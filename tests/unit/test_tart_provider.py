@@ -256,6 +256,16 @@ def test_ip_of_a_stopped_vm_is_none_despite_a_stale_lease(provider, lab, fake):
     assert fake.argvs(mark) == [["get", "m1", "--format", "json"]]  # it never asked `tart ip`
 
 
+def test_ip_of_a_vm_the_caller_saw_running_asks_only_tart_ip(provider, lab, fake):
+    """Each tart call is a process (a fresh node's `vms` step made ~13 of them): a caller that has just seen the VM
+    running (its own `get`, or `start` returned) saves the stale-lease guard's `tart get`."""
+    created(provider, lab)
+    provider.start(node(lab, "m1"))
+    mark = fake.mark()
+    assert provider.ip(node(lab, "m1"), wait=5, running=True) == "127.64.0.2"
+    assert fake.argvs(mark) == [["ip", "m1", "--wait", "5"]]
+
+
 # ---- stop / delete -------------------------------------------------------------------------------------------------
 
 def test_stop_sends_sigusr2_to_the_recorded_run(provider, lab, fake, tmp_path):
