@@ -31,15 +31,26 @@ def _ask(conn, op: str, *args, **kwargs):
 class RemoteTransport:
     """The Transport protocol (labctl.remote.base) over one simulated node, like one SSH connection."""
 
-    def __init__(self, node: str):
-        self.node = node
+    def __init__(self, node: str, state):
+        self.node, self._state = node, state
         self._conn = _connect()
         _ask(self._conn, "open", node)
 
     def run(self, script, *, sudo: bool = False, timeout: float | None = None, check: bool = True):
-        return _ask(self._conn, "run", script, sudo=sudo, timeout=timeout, check=check)
+        # logged here, like the SSH transport does: this process registered the secrets the log must not show
+        from labctl.errors import CommandError
+
+        self._state.log(self.node, f"$ {script.id}{' (sudo)' if sudo else ''}")
+        result = _ask(self._conn, "run", script, sudo=sudo, timeout=timeout, check=False)
+        if script.id != "facts":
+            self._state.log(self.node, result.stdout)
+        self._state.log(self.node, f"= {script.id}: exit {result.rc}")
+        if check and result.rc != 0:
+            raise CommandError(self.node, script.id, result.rc, result.stdout)
+        return result
 
     def put(self, path: str, data: bytes, mode: int = 0o644, *, sudo: bool = False) -> None:
+        self._state.log(self.node, f"$ put {path} ({len(data)} bytes, mode {mode:o})")
         _ask(self._conn, "put", path, data, mode, sudo=sudo)
 
     def get(self, path: str, *, sudo: bool = False) -> bytes:
@@ -73,7 +84,7 @@ def _provider(lab, **kwargs):
 
 def _transport(ctx, node):
     ctx.provider.ssh_address(node, ctx.address(node))  # what labctl.remote.ssh.transport_for asks the provider
-    return RemoteTransport(node.name)
+    return RemoteTransport(node.name, ctx.state)
 
 
 def main() -> None:

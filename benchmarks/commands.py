@@ -32,9 +32,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from multiprocessing.connection import Listener
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +42,7 @@ from labctl import lab as flows  # noqa: E402
 from labctl.engine import Selection  # noqa: E402
 from tests.sim.fake_tart import FakeTart  # noqa: E402
 from tests.sim.sim_lab import SimLab, lease_prefix  # noqa: E402
-from tests.sim.sim_transport import SimTransport  # noqa: E402
+from tests.sim.sim_server import SimServer  # noqa: E402
 
 GOALS = {"--help": 0.20, "validate": 0.25, "plan (no tart)": 0.35, "status": 1.50, "install (no-op)": 5.00}
 
@@ -67,49 +65,6 @@ def timed(argv: list[str], env: dict, cwd: Path, runs: int, expect=(0,)) -> list
             raise SystemExit(f"`{' '.join(argv[-3:])}` exited {done.returncode}:\n{done.stdout[-2000:]}"
                              f"\n{done.stderr[-2000:]}")
     return times
-
-
-class SimServer:
-    """Serves the simulated nodes' scripts to the measured labctl process (see _simclient.py)."""
-
-    def __init__(self, sim: SimLab, path: str, authkey: bytes):
-        self.sim, self.latency = sim, 0.0
-        self.listener = Listener(path, family="AF_UNIX", authkey=authkey)
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn = self.listener.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn) -> None:
-        transport: SimTransport | None = None
-        try:
-            while True:
-                op, args, kwargs = conn.recv()
-                try:
-                    if op == "ssh_port":
-                        out = self.sim.ssh_port(*args)
-                    elif op == "open":
-                        node = self.sim.nodes[args[0]]
-                        running, address, boot = node.observe()
-                        if self.latency:
-                            time.sleep(self.latency)  # the modelled SSH handshake
-                        transport = SimTransport(self.sim, node, self.sim.state, address, boot)
-                        out = None
-                    else:
-                        out = getattr(transport, op)(*args, **kwargs)
-                    conn.send(("ok", out))
-                except Exception as exc:  # noqa: BLE001 - handed to the client, which raises it there
-                    conn.send(("err", exc))
-        except (EOFError, OSError):
-            return
-
-    def close(self) -> None:
-        self.listener.close()
 
 
 def main() -> int:

@@ -138,7 +138,30 @@ def build_steps(lab: Lab, phases: list[Phase], sel: Selection | None = None) -> 
                             step.deps.update(steps[dep_name].get(other, []))
                             step.soft.update(steps[dep_name].get(other, []))
                 ordered.append(step)
-    return ordered
+    return _narrow(lab, ordered, sel, [c.name for c in clusters])
+
+
+def _narrow(lab: Lab, steps: list[Step], sel: Selection, clusters: list[str]) -> list[Step]:
+    """Only the steps of --node and --stack (each an unknown name is a UsageError); their dependencies outside the
+    selection are dropped like a phase --only leaves out: the caller vouches for them."""
+    nodes = {n.name for c, n in lab.nodes if c.name in clusters}
+    for name in sel.nodes:
+        if name not in nodes:
+            raise UsageError(f"unknown node {name!r}", hint=f"nodes of the chosen clusters: {', '.join(sorted(nodes))}")
+    if sel.items:
+        items = {s.target.item for s in steps if s.target.item}
+        for name in sel.items:
+            if name not in items:
+                raise UsageError(f"no step for stack {name!r} in the chosen clusters and phases",
+                                 hint=f"stacks there: {', '.join(sorted(items)) or 'none'}")
+    kept = [s for s in steps if (not sel.nodes or s.target.node is None or s.target.node in sel.nodes)
+            and (not sel.items or s.target.item is None or s.target.item in sel.items)]
+    if len(kept) < len(steps):
+        chosen = set(kept)
+        for step in kept:
+            step.deps &= chosen
+            step.soft &= chosen
+    return kept
 
 
 def _ancestors(step: Step) -> set[Step]:

@@ -6,10 +6,13 @@ renders. Tests and the simulated lab call these directly, replacing the context 
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pydantic import SecretStr
 
 from . import credentials, host, model, redact
 from .context import Context, lab_dir
@@ -17,6 +20,10 @@ from .engine import Engine, Selection, Step, StepResult, Summary, build_steps
 from .errors import FileError, LabctlError
 from .resources import phases_package
 from .state import LabState
+
+# The first-contact SSH password from the environment, over clusters.json's: how Terraform's sensitive
+# `ssh_password` variable reaches the labctl its provisioners run, without being written to any file.
+PASSWORD_ENV = "LABCTL_SSH_PASSWORD"
 
 # The simulated lab (tests/sim) plugs its provider, transports and API servers in here.
 CONTEXT_OVERRIDES: dict[str, Any] = {}
@@ -31,6 +38,8 @@ class LabSession:
     @classmethod
     def open(cls, config: Path) -> LabSession:
         spec = model.load(config)
+        if password := os.environ.get(PASSWORD_ENV):  # Terraform's `ssh_password` variable arrives here
+            spec = spec.model_copy(update={"ssh_password": SecretStr(password)})
         if spec.ssh_password is not None:  # never in a log or an error, whatever echoes it
             redact.register(spec.ssh_password.get_secret_value())
         return cls(config, spec, LabState(lab_dir(config) / ".labctl"))
@@ -153,8 +162,7 @@ def run(
         failed_targets = {r.step.target.cluster for r in summary.results if r.status not in ("changed", "unchanged")}
         converged = {k: v for k, v in hashes.items() if k.split("/")[0] not in failed_targets
                      and (not opts.selection.clusters or k.split("/")[0] in opts.selection.clusters)}
-        whole = not opts.selection.only and not opts.selection.start and not opts.selection.skip
-        if command == "install" and converged and whole:
+        if command == "install" and converged and opts.selection.whole:
             try:
                 lab.state.set_specs(converged)
             except FileError as exc:
@@ -340,9 +348,12 @@ def chosen_clusters(lab: LabSession, clusters: list[str]) -> list[str]:
     return [c.name for c in lab.model.clusters if not clusters or c.name in clusters]
 
 
-def destroy_targets(lab: LabSession, clusters: list[str]) -> list[str]:
+def destroy_targets(lab: LabSession, clusters: list[str], nodes: list[str] = ()) -> list[str]:
+    """The VM names a destroy of these clusters (all when none) and nodes (all of them when none) deletes."""
     chosen = chosen_clusters(lab, clusters)
-    return [n.name for c, n in lab.model.nodes if c.name in chosen]
+    steps = build_steps(lab.model, phases_for("destroy"), Selection(clusters=clusters, nodes=list(nodes)))
+    named = {s.target.node for s in steps}
+    return [n.name for c, n in lab.model.nodes if c.name in chosen and n.name in named]
 
 
 def destroy(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None) -> Summary:
@@ -352,11 +363,26 @@ def destroy(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=
     everything = not opts.selection.clusters
     summary = run(lab, steps, opts, "destroy", emit=emit, notify=notify, on_start=on_start,
                   options={"connect_timeout": 10, "answer_timeout": 10})
+    if opts.selection.nodes:  # some nodes only (Terraform's per-node resources): their clusters stay
+        _forget_nodes(lab, [r.step.target for r in summary.results if r.status in ("changed", "unchanged")])
+        return summary
     gone = [c.name for c in lab.model.clusters
             if (everything or c.name in opts.selection.clusters)
             and all(r.status in ("changed", "unchanged") for r in summary.results if r.step.target.cluster == c.name)]
     _forget_clusters(lab, gone, everything=everything and len(gone) == len(lab.model.clusters))
     return summary
+
+
+def _forget_nodes(lab: LabSession, targets: list) -> None:
+    """Remove what labctl kept about destroyed nodes (`Target`s): their logs and recorded specs."""
+    if not targets:
+        return
+    with lab.state.locked("destroy"):
+        for t in targets:
+            for path in (lab.state.node_log(t.node), lab.state.logs / f"{t.node}.tart.log",
+                         lab.state.logs / f"{t.node}.console.log"):
+                path.unlink(missing_ok=True)
+        lab.state.forget([f"{t.cluster}/{t.node}" for t in targets])
 
 
 def _forget_clusters(lab: LabSession, clusters: list[str], everything: bool) -> None:

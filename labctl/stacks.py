@@ -408,24 +408,31 @@ def health(kube, stack: StackDef) -> tuple[bool, str]:
     """How a stack is doing, for `status` and `smoke`: its releases deployed at the pinned versions, every manifest
     object present, and its ready-objects ready. (ok, detail); raises the facade's KubeError when the API cannot be
     asked."""
+    from functools import partial
+
+    from .kube.client import parallel
+
+    def missing(obj: dict) -> str | None:
+        name, namespace = obj["metadata"]["name"], object_namespace(kube, obj, stack.namespace)
+        if kube.resource(obj["apiVersion"], obj["kind"]) is None or \
+                kube.get(obj["apiVersion"], obj["kind"], namespace, name) is None:
+            return f"{obj['kind']} {namespace + '/' if namespace else ''}{name} missing"
+        return None
+
+    # every question at once (one round trip, not one per object); the first problem in declaration order is told
+    lives = parallel(*(partial(kube.helm_release, r.namespace, r.release) for r in stack.releases))
+    absent = parallel(*(partial(missing, obj) for obj in stack.objects))
+    readiness = parallel(*(partial(kube.ready, *entry) for entry in stack.ready))
     versions = []
-    for r in stack.releases:
-        live = kube.helm_release(r.namespace, r.release)
+    for r, live in zip(stack.releases, lives):
         if live is None:
             return False, f"release {r.release} not installed"
         if live.status != "deployed" or live.chart_version != r.version:
             return False, f"release {r.release}: {live.status}, chart {live.chart_version} (want {r.version})"
         versions.append(f"{r.chart} {live.chart_version}")
-    for obj in stack.objects:
-        name = obj["metadata"]["name"]
-        namespace = object_namespace(kube, obj, stack.namespace)
-        if kube.resource(obj["apiVersion"], obj["kind"]) is None or \
-                kube.get(obj["apiVersion"], obj["kind"], namespace, name) is None:
-            return False, f"{obj['kind']} {namespace + '/' if namespace else ''}{name} missing"
-    for kind, namespace, name in stack.ready:
-        readiness = kube.ready(kind, namespace, name)
-        if not readiness:
-            return False, readiness.detail
+    problem = next((p for p in absent if p), None) or next((r.detail for r in readiness if not r), None)
+    if problem:
+        return False, problem
     parts = [*versions]
     if stack.objects:
         parts.append(f"{len(stack.objects)} object{'s' if len(stack.objects) != 1 else ''} present")

@@ -87,6 +87,9 @@ class LabState:
         # Writes that failed without stopping the run (a node log line, a step record): the CLI reports the first
         # after the summary and exits non-zero. One per file: a full disk fails every later line the same way.
         self.write_failures: dict[str, FileError] = {}
+        # `--wait`: wait for another labctl holding the lab's lock instead of exiting (Terraform starts one labctl
+        # per resource, several at once)
+        self.wait_for_lock = False
 
     # -- layout ---------------------------------------------------------------------------------------------
     @property
@@ -254,7 +257,7 @@ class LabState:
             except OSError as exc:
                 raise FileError(self.lock_path, exc) from None
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                fcntl.flock(fd, fcntl.LOCK_EX | (0 if self.wait_for_lock else fcntl.LOCK_NB))
             except BlockingIOError:
                 holder = os.pread(fd, 4096, 0).decode(errors="replace").strip() or "another labctl process"
                 os.close(fd)

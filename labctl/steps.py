@@ -173,3 +173,12 @@ class Selection:
     start: str | None = None  # --from
     skip: list[str] = field(default_factory=list)
     clusters: list[str] = field(default_factory=list)
+    # --node / --stack: only the node steps of these nodes and the item steps (stacks) of these items; cluster steps
+    # without items still run unless --only leaves them out. Terraform's resources each run one such slice.
+    nodes: list[str] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+
+    @property
+    def whole(self) -> bool:
+        """Does this selection run every phase on every target of its clusters?"""
+        return not (self.only or self.start or self.skip or self.nodes or self.items)

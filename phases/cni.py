@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from labctl.engine import Check, Phase, Target
 from labctl.kube import API_PORT, endpoint_host
+from labctl.kube.client import parallel
 from labctl.render import render, script
 
 NAMESPACE = "kube-system"
@@ -53,7 +54,17 @@ def problems(kube, lab, cluster) -> list[str]:
     """Everything that keeps Cilium on `cluster` from being what clusters.json asks for; [] when it is."""
     import yaml
 
-    release = kube.helm_release(NAMESPACE, RELEASE)
+    hubble = cluster.cilium.hubble
+    release, agents, operator, envoy, relay, ui, cilium_nodes, node_list = parallel(
+        lambda: kube.helm_release(NAMESPACE, RELEASE),
+        lambda: kube.daemonset_ready(NAMESPACE, "cilium"),
+        lambda: kube.deployment_ready(NAMESPACE, "cilium-operator"),
+        lambda: kube.daemonset_ready(NAMESPACE, "cilium-envoy"),
+        lambda: kube.deployment_ready(NAMESPACE, "hubble-relay") if hubble else None,
+        lambda: kube.deployment_ready(NAMESPACE, "hubble-ui") if hubble else None,
+        kube.ciliumnodes,
+        kube.nodes,
+    )
     if release is None:
         return ["Cilium is not installed"]
     out: list[str] = []
@@ -63,19 +74,15 @@ def problems(kube, lab, cluster) -> list[str]:
         out.append(f"Cilium chart {release.chart_version}, want {lab.versions.cilium}")
     if release.values != yaml.safe_load(cilium_values(lab, cluster)):
         out.append("Cilium values differ from clusters.json")
-    out += [r.detail for r in (kube.daemonset_ready(NAMESPACE, "cilium"),
-                               kube.deployment_ready(NAMESPACE, "cilium-operator")) if not r.ready]
-    envoy = kube.daemonset_ready(NAMESPACE, "cilium-envoy")
+    out += [r.detail for r in (agents, operator) if not r.ready]
     if envoy.found and not envoy.ready:  # a separate DaemonSet only where the chart runs Envoy outside the agent
         out.append(envoy.detail)
-    if cluster.cilium.hubble:
-        out += [r.detail for r in (kube.deployment_ready(NAMESPACE, "hubble-relay"),
-                                   kube.deployment_ready(NAMESPACE, "hubble-ui")) if not r.ready]
+    out += [r.detail for r in (relay, ui) if r is not None and not r.ready]
     wanted = {n.name for n in cluster.nodes}
-    missing = sorted(wanted - set(kube.ciliumnodes()))
+    missing = sorted(wanted - set(cilium_nodes))
     if missing:
         out.append(f"no CiliumNode for {', '.join(missing)}")
-    nodes = {n.name: n for n in kube.nodes()}
+    nodes = {n.name: n for n in node_list}
     not_ready = sorted(name for name in wanted if name not in nodes or not nodes[name].ready)
     if not_ready:
         out.append(f"not Ready: {', '.join(not_ready)}")

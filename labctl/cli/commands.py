@@ -16,10 +16,16 @@ def names(values: list[str] | None) -> list[str]:
     return [n.strip() for v in values or [] for n in v.split(",") if n.strip()]
 
 
-def _selection(only, start, skip, cluster):
+NODE_HELP = "Only these nodes' node steps (repeatable or comma-separated); cluster steps still run unless --only " \
+    "leaves them out."
+WAIT_HELP = "Wait for another labctl working on this lab instead of exiting (Terraform runs several at once)."
+
+
+def _selection(only, start, skip, cluster, node=None, stack=None):
     from ..engine import Selection
 
-    return Selection(only=names(only), start=start, skip=names(skip), clusters=names(cluster))
+    return Selection(only=names(only), start=start, skip=names(skip), clusters=names(cluster), nodes=names(node),
+                     items=names(stack))
 
 
 @app.command()
@@ -49,6 +55,12 @@ def validate() -> None:
     warnings = validation.warnings(lab)
     if not budget.memory_fits:
         warnings.append(f"this host cannot run the whole lab at once: {budget.describe()}")
+    if (G.config.resolve().parent / "terraform" / "main.tf").exists():
+        from .. import terraform
+
+        if terraform.stale(lab, G.config):
+            warnings.append(f"{terraform.default_dir(G.config)} is stale: it differs from what clusters.json renders "
+                            "now; run `labctl terraform render` (`labctl terraform check` shows the diff)")
     if G.json:
         emit_json({
             "valid": True,
@@ -113,6 +125,10 @@ def install(
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask (install never asks today; for scripts)."),
     adopt: bool = typer.Option(False, "--adopt", help="Manage (resize, start, later delete) existing VMs that carry "
                                "a node's name but were not created by labctl; without it they are refused."),
+    node: list[str] = typer.Option(None, "--node", metavar="NODE", help=NODE_HELP),
+    stack: list[str] = typer.Option(None, "--stack", metavar="STACK", help="Only these stacks' steps (repeatable "
+                                    "or comma-separated)."),
+    wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
 ) -> None:
     """Create or converge the lab: run every phase whose check is not satisfied, clusters in parallel."""
     from ..lab import RunOptions, install as run_install
@@ -122,7 +138,8 @@ def install(
         return plan(only, start, skip, cluster)
     from functools import partial
 
-    opts = RunOptions(_selection(only, start, skip, cluster), parallel, fail_fast)
+    opts = RunOptions(_selection(only, start, skip, cluster, node, stack), parallel, fail_fast)
     lab = open_lab()
+    lab.state.wait_for_lock = wait
     check_supported(lab.model, str(G.config))
     run_flow(partial(run_install, prune=prune, adopt=adopt), lab, opts, "install", warnings=warnings(lab.model))

@@ -7,16 +7,16 @@ import sys
 import typer
 
 from . import G, app, emit_json, open_lab, run_flow
-from .commands import names
+from .commands import WAIT_HELP, names
 
 CLUSTER_HELP = "Only these clusters (repeatable or comma-separated)."
 
 
-def _opts(cluster, parallel=0):
+def _opts(cluster, parallel=0, node=None):
     from ..engine import Selection
     from ..lab import RunOptions
 
-    return RunOptions(Selection(clusters=names(cluster)), parallel)
+    return RunOptions(Selection(clusters=names(cluster), nodes=names(node)), parallel)
 
 
 @app.command()
@@ -47,6 +47,9 @@ def shutdown(
 def destroy(
     cluster: list[str] = typer.Option(None, "--cluster", metavar="CLUSTER", help=CLUSTER_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask; required when not on a terminal."),
+    node: list[str] = typer.Option(None, "--node", metavar="NODE", help="Only these nodes' VMs (repeatable or "
+                                   "comma-separated); their clusters' records stay."),
+    wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
 ) -> None:
     """Delete the lab's VMs (only those in clusters.json) and what labctl kept about them. Safe to run twice."""
     from ..errors import UsageError
@@ -54,8 +57,9 @@ def destroy(
     from ..lab import destroy_targets, require_provider
 
     lab = open_lab()
-    opts = _opts(cluster)
-    targets = destroy_targets(lab, opts.selection.clusters)
+    lab.state.wait_for_lock = wait
+    opts = _opts(cluster, node=node)
+    targets = destroy_targets(lab, opts.selection.clusters, opts.selection.nodes)
     if not yes:
         if not sys.stdin.isatty():
             raise UsageError("destroy deletes VMs and needs confirmation", hint="pass --yes to run it unattended")

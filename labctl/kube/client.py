@@ -21,10 +21,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ..errors import LabctlError, StepError
 from . import kubeconfig
-from .rest import ConfigError, RestClient
+from .rest import POOL_SIZE, ConfigError, RestClient
 
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply; a JSON body is valid YAML
@@ -171,6 +172,19 @@ def _evictable(pod: dict) -> bool:
 
 def _apps(namespace: str, plural: str, name: str) -> str:
     return f"/apis/apps/v1/namespaces/{namespace}/{plural}/{name}"
+
+
+def parallel(*reads: Callable[[], Any]) -> list[Any]:
+    """Run independent API reads at once and return their results in order: a check that asks N questions pays one
+    round trip of latency instead of N (the connection pool holds rest.POOL_SIZE per server). If any read raised,
+    the first such exception (in argument order) is raised once all have finished."""
+    if len(reads) <= 1:
+        return [read() for read in reads]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=min(len(reads), POOL_SIZE), thread_name_prefix="kube-read") as pool:
+        futures = [pool.submit(read) for read in reads]
+    return [f.result() for f in futures]
 
 
 def client_for(ctx, cluster) -> Kube:
