@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import base64
 import json
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -83,8 +84,7 @@ class FakeKube:
         # the APIService `<version>.<group>` is Available (e.g. metrics.k8s.io from the simulated metrics-server)
         self.aggregated: dict[tuple[str, str], Aggregated] = {}
         handler = type("Handler", (ApiHandler,), {"kube": self})
-        self.server = ThreadingHTTPServer((host, port), handler)
-        self.server.daemon_threads = True
+        self.server = _Listener((host, port), handler)
         self.port = self.server.server_address[1]
         self.ca_pem: bytes | None = None
         self.client_cert: tuple[bytes, bytes] | None = None  # (cert, key) kubeconfig() authenticates with over TLS
@@ -262,6 +262,14 @@ def _group(name: str, versions: list[str]) -> dict:
 
 
 # ---- HTTP ----------------------------------------------------------------------------------------------------------
+
+class _Listener(ThreadingHTTPServer):
+    # The listen backlog the real server has: Go listens with the kernel's somaxconn (net/sock_linux.go,
+    # maxListenerBacklog reads /proc/sys/net/core/somaxconn). socketserver's default of 5 drops the SYNs of a client
+    # that opens a dozen connections at once, and each dropped SYN costs that request a 1 s retransmission.
+    request_queue_size = socket.SOMAXCONN
+    daemon_threads = True
+
 
 class ApiHandler(BaseHTTPRequestHandler):
     """HTTP/1.1 around `FakeKube.serve`: records each request in the store and applies `FakeKube.fail` first."""
