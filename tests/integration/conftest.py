@@ -226,3 +226,25 @@ def unused_port() -> int:
 @pytest.fixture
 def lab_state(tmp_path) -> LabState:
     return LabState(tmp_path / "lab" / ".labctl")
+
+
+NODE = "node-1"
+
+
+@pytest.fixture
+def connect(sshd, user, lab_state):
+    """Transports to the test server as the test user (password = the user's, unless given; node NODE unless
+    `node=`); closed at teardown."""
+    from labctl.remote.ssh import SSHTransport
+
+    made: list[SSHTransport] = []
+
+    def make(**kw) -> SSHTransport:
+        kw.setdefault("password", user.password)
+        kw.setdefault("connect_timeout", 10)
+        made.append(SSHTransport(kw.pop("node", NODE), sshd.host, sshd.port, user=user.name, state=lab_state, **kw))
+        return made[-1]
+
+    yield make
+    for t in made:
+        t.close()

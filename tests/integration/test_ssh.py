@@ -21,27 +21,11 @@ from labctl.errors import CommandError, TransportError
 from labctl.remote.base import Script
 from labctl.remote.credentials import lab_key
 from labctl.remote.ssh import SSHTransport, authorize_key, forget_host, transport_for
+from tests.integration.conftest import NODE
 
 pytestmark = pytest.mark.integration
 
-NODE = "node-1"
 WHOAMI = Script("whoami", "id -un\n")
-
-
-@pytest.fixture
-def connect(sshd, user, lab_state):
-    """Transports to the test server as the test user (password = the user's, unless given); closed at teardown."""
-    made: list[SSHTransport] = []
-
-    def make(**kw) -> SSHTransport:
-        kw.setdefault("password", user.password)
-        kw.setdefault("connect_timeout", 10)
-        made.append(SSHTransport(kw.pop("node", NODE), sshd.host, sshd.port, user=user.name, state=lab_state, **kw))
-        return made[-1]
-
-    yield make
-    for t in made:
-        t.close()
 
 
 def mode_of(path: Path) -> int:

@@ -14,31 +14,25 @@ import pytest
 from labctl.errors import TransportError
 from labctl.remote.base import Script
 from labctl.remote.ssh import SSHTransport, transport_for
-from tests.integration.conftest import _descendants, _kill
+from tests.integration.conftest import NODE, _descendants, _kill
 from tests.sim.fake_tart import wait_for
 
 pytestmark = pytest.mark.integration
 
-NODE = "node-1"
 ANSWER = 2.0
 # Only a transport that never gives up reaches this (paramiko's own waits are an hour, or forever).
 NEVER = 120.0
 
 
 @pytest.fixture
-def connect(sshd, user, lab_state):
-    made: list[SSHTransport] = []
+def connect(connect):
+    """The shared transports (tests/integration/conftest.py), with this file's short answer bound."""
 
     def make(**kw) -> SSHTransport:
-        kw.setdefault("password", user.password)
-        kw.setdefault("connect_timeout", 10)
         kw.setdefault("answer_timeout", ANSWER)
-        made.append(SSHTransport(NODE, sshd.host, sshd.port, user=user.name, state=lab_state, **kw))
-        return made[-1]
+        return connect(**kw)
 
-    yield make
-    for t in made:
-        t.close()
+    return make
 
 
 @pytest.fixture
