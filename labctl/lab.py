@@ -104,13 +104,20 @@ def _step_spec(step: Step, hashes: dict[str, str]) -> str | None:
     return hashes.get(f"{t.cluster}/{t.node}" if t.node else (t.cluster or ""))
 
 
-def plan(lab: LabSession, opts: RunOptions, emit=None) -> Summary:
-    steps = build_steps(lab.model, phases_for("install"), opts.selection)
+def _short_bounds() -> dict[str, float]:
+    """SSH bounds (seconds) of the commands that must not wait long on a booting or hung guest: `plan` reports it
+    unknown, `shutdown` and `destroy` power it off through the provider (docs/quickstart.md, "Timeouts")."""
     from .remote.ssh import PROBE_TIMEOUT
 
+    return {"connect_timeout": PROBE_TIMEOUT, "answer_timeout": PROBE_TIMEOUT}
+
+
+def plan(lab: LabSession, opts: RunOptions, emit=None) -> Summary:
+    from .remote.ssh import PROBE_TIMEOUT
+
+    steps = build_steps(lab.model, phases_for("install"), opts.selection)
     # read-only: short bounds like `status`, so a booting or hung node is `unknown` after seconds, not minutes
-    ctx = lab.context(connect_timeout=PROBE_TIMEOUT, answer_timeout=PROBE_TIMEOUT, request_timeout=PROBE_TIMEOUT,
-                      kube_retries=0)
+    ctx = lab.context(**_short_bounds(), request_timeout=PROBE_TIMEOUT, kube_retries=0)
     try:
         return Engine(ctx, parallel=opts.workers(lab.model), emit=emit).plan(steps)
     finally:
@@ -305,9 +312,7 @@ def _prune(ctx: Context, cluster_name: str, node_name: str) -> None:
     ownership.release(ctx.state, node_name)
     forget_host(ctx.state, node_name)
     ctx.state.forget([f"{cluster_name}/{node_name}"])
-    for path in (ctx.state.node_log(node_name), ctx.state.logs / f"{node_name}.tart.log",
-                 ctx.state.logs / f"{node_name}.console.log"):
-        path.unlink(missing_ok=True)
+    ctx.state.forget_node_logs(node_name)
     ctx.note(f"{node_name}: pruned (drained, Node and VM deleted)")
 
 
@@ -336,7 +341,7 @@ def shutdown(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start
     steps = build_steps(lab.model, phases_for("shutdown"), opts.selection)
     require_provider(lab)
     # Only ask a guest to power off if it answers right away; a dead one is stopped by the provider instead.
-    options: dict[str, Any] = {"connect_timeout": 10, "answer_timeout": 10, "drain": drain}
+    options: dict[str, Any] = {**_short_bounds(), "drain": drain}
     if grace_seconds is not None:
         options["grace_seconds"] = grace_seconds
     return run(lab, steps, opts, "shutdown", emit=emit, notify=notify, on_start=on_start, options=options)
@@ -362,7 +367,7 @@ def destroy(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=
     require_provider(lab)
     everything = not opts.selection.clusters
     summary = run(lab, steps, opts, "destroy", emit=emit, notify=notify, on_start=on_start,
-                  options={"connect_timeout": 10, "answer_timeout": 10})
+                  options=_short_bounds())
     if opts.selection.nodes:  # some nodes only (Terraform's per-node resources): their clusters stay
         _forget_nodes(lab, [r.step.target for r in summary.results if r.status in ("changed", "unchanged")])
         return summary
@@ -379,9 +384,7 @@ def _forget_nodes(lab: LabSession, targets: list) -> None:
         return
     with lab.state.locked("destroy"):
         for t in targets:
-            for path in (lab.state.node_log(t.node), lab.state.logs / f"{t.node}.tart.log",
-                         lab.state.logs / f"{t.node}.console.log"):
-                path.unlink(missing_ok=True)
+            lab.state.forget_node_logs(t.node)
         lab.state.forget([f"{t.cluster}/{t.node}" for t in targets])
 
 
@@ -397,9 +400,7 @@ def _forget_clusters(lab: LabSession, clusters: list[str], everything: bool) -> 
         for name in clusters:
             kubeconfig.remove(lab.state, name)
             for node in lab.model.cluster(name).nodes:
-                for path in (lab.state.node_log(node.name), lab.state.logs / f"{node.name}.tart.log",
-                             lab.state.logs / f"{node.name}.console.log"):
-                    path.unlink(missing_ok=True)
+                lab.state.forget_node_logs(node.name)
         lab.state.forget(clusters)
         credentials.forget(lab.state, clusters)
         if everything:

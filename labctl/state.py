@@ -111,6 +111,12 @@ class LabState:
     def node_log(self, node: str) -> Path:
         return self.logs / f"{node}.log"
 
+    def forget_node_logs(self, node: str) -> None:
+        """Delete a node's logs: labctl's own, and its VM's (the `tart run` log, the QEMU console; the providers'
+        log_path)."""
+        for path in (self.node_log(node), self.logs / f"{node}.tart.log", self.logs / f"{node}.console.log"):
+            path.unlink(missing_ok=True)
+
     @property
     def last_good(self) -> Path:
         """A second copy of state.json, written after it: the record survives the loss of either file."""
