@@ -32,8 +32,8 @@ class Addresses(Phase):
         repairs = init.pending_repairs(ctx, cluster)
         if repairs:
             return Check(False, "; ".join(str(r) for r in repairs))
-        if cni.restart_pending(ctx, cluster):
-            return Check(False, "Cilium still resolves the API name to the old address: restart pending")
+        if owed := cni.restart_problem(ctx, cluster):
+            return Check(False, owed)
         problem = init.kubeconfig_problem(ctx, cluster, node_address(ctx, cluster.masters[0])) or \
             init.merged_problem(ctx, cluster)
         return Check(problem is None, problem or "addresses unchanged")

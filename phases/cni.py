@@ -95,8 +95,11 @@ RESTART_PENDING = "cilium_restart_pending"
 RESTARTED = (("DaemonSet", "cilium"), ("Deployment", "cilium-operator"))
 
 
-def restart_pending(ctx, cluster) -> bool:
-    return cluster.name in ctx.state.read().get(RESTART_PENDING, [])
+def restart_problem(ctx, cluster) -> str | None:
+    """What a check reports while a restart is owed (a hosts line was rewritten under running agents), else None."""
+    if cluster.name in ctx.state.read().get(RESTART_PENDING, []):
+        return "Cilium still resolves the API name to the old address: restart pending"
+    return None
 
 
 def mark_restart(ctx, cluster, pending: bool) -> None:
@@ -105,6 +108,15 @@ def mark_restart(ctx, cluster, pending: bool) -> None:
         data[RESTART_PENDING] = names
 
     ctx.state.update(change)
+
+
+def restart_if_pending(ctx, cluster) -> str | None:
+    """restart_agents when a restart is owed, then clear the mark; what it did, or None."""
+    if restart_problem(ctx, cluster) is None:
+        return None
+    restarted = restart_agents(ctx, cluster)
+    mark_restart(ctx, cluster, False)
+    return restarted
 
 
 def restart_agents(ctx, cluster) -> str | None:
@@ -140,8 +152,8 @@ class Cni(Phase):
     def check(self, ctx, target: Target) -> Check:
         cluster = ctx.lab.cluster(target.cluster)
         found = problems(ctx.kube(cluster), ctx.lab, cluster)
-        if restart_pending(ctx, cluster):  # a hosts line was repaired (e.g. by `join`) under running agents
-            found.append("Cilium still resolves the API name to the old address: restart pending")
+        if owed := restart_problem(ctx, cluster):  # a hosts line was repaired (e.g. by `join`) under running agents
+            found.append(owed)
         if found:
             return Check(False, "; ".join(found))
         return Check(True, f"Cilium {ctx.lab.versions.cilium} ready on {len(cluster.nodes)} nodes")
@@ -150,11 +162,9 @@ class Cni(Phase):
         lab = ctx.lab
         cluster = lab.cluster(target.cluster)
         kube = ctx.kube(cluster)
-        if restart_pending(ctx, cluster):
-            restarted = restart_agents(ctx, cluster)
-            mark_restart(ctx, cluster, False)
-            if restarted and not problems(kube, lab, cluster):
-                return restarted
+        restarted = restart_if_pending(ctx, cluster)
+        if restarted and not problems(kube, lab, cluster):
+            return restarted
         transport = ctx.transport(cluster.masters[0].name)
         helm = f"v{lab.versions.helm}"
         transport.run(script("cni.helm-binary", "cluster/helm-binary.sh.j2", version=helm), sudo=True, timeout=300)

@@ -166,10 +166,8 @@ def reconcile_addresses(ctx, cluster, repair: bool = True) -> list[str]:
         done.append(line)
     kube = ctx.kube(cluster)
     kube.wait_for("the API server answers", lambda: (kube.nodes() is not None, "answering"), timeout=API_WAIT)
-    if cni.restart_pending(ctx, cluster):
-        if restarted := cni.restart_agents(ctx, cluster):
-            done.append(restarted)
-        cni.mark_restart(ctx, cluster, False)
+    if restarted := cni.restart_if_pending(ctx, cluster):
+        done.append(restarted)
     return done
 
 
