@@ -149,9 +149,7 @@ def write(state: LabState, cluster: str, config: dict[str, Any]) -> Path:
 
 def merge_entries(into: dict[str, Any], config: dict[str, Any], name: str) -> dict[str, Any]:
     """Replace the cluster/user/context called `name` in `into` with config's; every other entry is kept."""
-    for section in SECTIONS:
-        kept = [item for item in into.get(section) or [] if item.get("name") != name]
-        into[section] = kept + [item for item in config[section] if item.get("name") == name]
+    _replace(into, config, name, SECTIONS)
     if not into.get("current-context"):
         into["current-context"] = name
     return into
@@ -235,9 +233,7 @@ def sync_merged(state: LabState, cluster: str) -> list[str]:
                 continue
             if config is None or _current(into, config, cluster):
                 continue
-            for section in ("clusters", "users"):  # the context (maybe with the user's namespace) is kept
-                into[section] = [i for i in into.get(section) or [] if i.get("name") != name] + \
-                    [i for i in config[section] if i.get("name") == name]
+            _replace(into, config, name, ("clusters", "users"))  # the context (maybe the user's namespace) is kept
             _write_user(path, into)
             lines.append(f"context {name} in {path} now points at {server(config)}")
         except (OSError, LabctlError) as exc:
@@ -247,6 +243,13 @@ def sync_merged(state: LabState, cluster: str) -> list[str]:
     for path in forget:
         _record(state, cluster, path, keep=False)
     return lines
+
+
+def _replace(into: dict[str, Any], config: dict[str, Any], name: str, sections: tuple[str, ...]) -> None:
+    """In these sections, the entries called `name` in `into` become config's; every other entry is kept."""
+    for section in sections:
+        kept = [item for item in into.get(section) or [] if item.get("name") != name]
+        into[section] = kept + [item for item in config[section] if item.get("name") == name]
 
 
 def _holds(config: dict[str, Any], name: str) -> bool:
