@@ -31,7 +31,9 @@ from ..state import LabState, write_atomic
 MERGED = "merged.yaml"
 MERGES = "kubeconfig_merges"  # state.json: cluster → the user kubeconfigs `kubeconfig --merge` wrote its entries to
 SECTIONS = ("clusters", "users", "contexts")
-_merged_lock = threading.Lock()  # clusters are installed in parallel threads; merged.yaml is shared
+# Clusters are installed in parallel threads and share files: merged.yaml, and a user kubeconfig holding several
+# clusters' contexts. Every read-modify-write of one holds this lock, or one cluster's write loses the other's.
+_files_lock = threading.Lock()
 
 
 def context_name(cluster: str) -> str:
@@ -141,7 +143,7 @@ def write(state: LabState, cluster: str, config: dict[str, Any]) -> Path:
     state.kubeconfigs.mkdir(mode=0o700, exist_ok=True)
     path = cluster_path(state, cluster)
     write_atomic(path, _dump(config), 0o600)
-    with _merged_lock:
+    with _files_lock:
         merged = merge_entries(_read_merged(state), config, context_name(cluster))
         write_atomic(merged_path(state), _dump(merged), 0o600)
     return path
@@ -188,10 +190,11 @@ def export(state: LabState, clusters: list[str], kubeconfig_env: str | None, hom
             by_target.setdefault(target, []).append((cluster, config))
     written = []
     for target, entries in by_target.items():
-        into = _read_user(target) or {"apiVersion": "v1", "kind": "Config", "preferences": {}}
-        for cluster, config in entries:
-            merge_entries(into, config, context_name(cluster))
-        _write_user(target, into)
+        with _files_lock:
+            into = _read_user(target) or {"apiVersion": "v1", "kind": "Config", "preferences": {}}
+            for cluster, config in entries:
+                merge_entries(into, config, context_name(cluster))
+            _write_user(target, into)
         for cluster, _ in entries:
             _record(state, cluster, target, keep=True)
             written.append((context_name(cluster), target))
@@ -227,14 +230,15 @@ def sync_merged(state: LabState, cluster: str) -> list[str]:
     lines, forget = [], []
     for path in _recorded(state, cluster):
         try:
-            into = _read_user(path)
-            if into is None or not _holds(into, name):
-                forget.append(path)
-                continue
-            if config is None or _current(into, config, cluster):
-                continue
-            _replace(into, config, name, ("clusters", "users"))  # the context (maybe the user's namespace) is kept
-            _write_user(path, into)
+            with _files_lock:
+                into = _read_user(path)
+                if into is None or not _holds(into, name):
+                    forget.append(path)
+                    continue
+                if config is None or _current(into, config, cluster):
+                    continue
+                _replace(into, config, name, ("clusters", "users"))  # the context (maybe the user's namespace) is kept
+                _write_user(path, into)
             lines.append(f"context {name} in {path} now points at {server(config)}")
         except (OSError, LabctlError) as exc:
             reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
@@ -305,14 +309,15 @@ def remove(state: LabState, cluster: str) -> None:
     name = context_name(cluster)
     for path in _recorded(state, cluster):
         try:
-            into = _read_user(path)
-            if into is not None and _holds(into, name):
-                _drop(into, name)
-                _write_user(path, into)
+            with _files_lock:
+                into = _read_user(path)
+                if into is not None and _holds(into, name):
+                    _drop(into, name)
+                    _write_user(path, into)
         except (OSError, LabctlError):
             pass  # the user's file is theirs: a leftover context there is not worth failing a destroy for
         _record(state, cluster, path, keep=False)
-    with _merged_lock:
+    with _files_lock:
         path = merged_path(state)
         if not path.exists():
             return

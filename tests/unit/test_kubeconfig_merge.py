@@ -132,3 +132,34 @@ def test_a_symlinked_kubeconfig_stays_a_symlink(state, tmp_path):
     kubeconfig.write(state, "dev", _config("dev", "https://10.0.0.9:6443"))
     kubeconfig.sync_merged(state, "dev")
     assert link.is_symlink() and servers(real)["labctl-dev"] == "https://10.0.0.9:6443"
+
+
+def test_two_clusters_refreshing_one_user_file_at_once_both_land(state, tmp_path, monkeypatch):
+    """boot repairs clusters in parallel threads; both refresh the same user kubeconfig. Reading it, each waits (up
+    to 0.5 s) for the other to read too: without one lock around read-modify-write, both read the old file and the
+    second write loses the first's entries (seen in CI: 'context labctl-dev ... is out of date' after a repair)."""
+    import threading
+    user = tmp_path / "kube" / "config"
+    user.parent.mkdir()
+    user.write_text(yaml.safe_dump(WORK))
+    kubeconfig.export(state, ["dev", "prod"], str(user), tmp_path)
+    kubeconfig.write(state, "dev", _config("dev", "https://10.0.0.3:6443"))
+    kubeconfig.write(state, "prod", _config("prod", "https://10.0.0.2:6443"))
+    read_user, both_read = kubeconfig._read_user, threading.Barrier(2, timeout=0.5)
+
+    def slow_read(path):
+        data = read_user(path)
+        try:
+            both_read.wait()
+        except threading.BrokenBarrierError:
+            pass  # the other thread waits for the lock: the point of the fix
+        return data
+
+    monkeypatch.setattr(kubeconfig, "_read_user", slow_read)
+    threads = [threading.Thread(target=kubeconfig.sync_merged, args=(state, c)) for c in ("dev", "prod")]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert servers(user) == {"work": "https://work", "labctl-dev": "https://10.0.0.3:6443",
+                             "labctl-prod": "https://10.0.0.2:6443"}
