@@ -126,7 +126,10 @@ def stack_problems(cluster: dict, cpath: str, base_dir: Path | None) -> list[Pro
                 tip = f"did you mean {near[0]!r}? " if near else ""
                 problems.append(Problem(path, f"stack {name!r} requires {need!r}, which this cluster does not list: "
                                         f"{tip}add {need!r} to its stacks or drop it from `requires`"))
-    cycle = _cycle({name: [need for need, _ in needs if need != name] for name, needs in requires.items()})
+    order = {name: [need for need, _ in needs if need != name] for name, needs in requires.items()}
+    for name in order:  # a descriptor's `after` orders its stack behind the declared ones: a loop would deadlock too
+        order[name] += [a for a in getattr(catalogue.get(name), "after", []) if a in names]
+    cycle = _cycle(order)
     if cycle:
         problems.append(Problem(f"{cpath}.stacks", f"stacks require each other in a circle: {' → '.join(cycle)}; "
                                 "drop one of these requirements"))

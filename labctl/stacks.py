@@ -91,6 +91,9 @@ class Descriptor(_Strict):
     summary: str
     namespace: str
     requires: list[str] = Field(default_factory=list)
+    after: list[str] = Field(
+        default_factory=list, description="stacks installed before this one when the cluster declares them too "
+        "(ordering only, not a requirement): e.g. the demo apps after istio, so their pods start with a sidecar")
     releases: list[Release] = Field(default_factory=list)
     manifests: list[str] = Field(default_factory=list, description="manifest templates, applied in this order")
     ready: list[str] = Field(

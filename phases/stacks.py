@@ -33,7 +33,10 @@ APPLY_FIRST = {"Namespace": 0, "CustomResourceDefinition": 1}  # what other obje
 
 def _requires(cluster, name: str) -> list[str]:
     descriptor = S.catalogue().get(name)
-    return [*(descriptor.requires if descriptor else []), *cluster.stack(name).requires]
+    if descriptor is None:
+        return cluster.stack(name).requires
+    declared = S.installable(cluster)
+    return [*descriptor.requires, *(a for a in descriptor.after if a in declared), *cluster.stack(name).requires]
 
 
 def contains(live, want) -> bool:

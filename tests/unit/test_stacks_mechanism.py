@@ -254,3 +254,19 @@ def test_server_side_apply_into_a_missing_namespace_fails_at_once_and_says_so(tm
         assert kube.get("example.com/v1", "Widget", "web", "w") is None  # a kind nobody serves: absent, no error
     finally:
         server.stop()
+
+
+def test_a_descriptors_after_orders_only_behind_declared_stacks(monkeypatch):
+    """`after` in stack.yaml: installed behind those stacks when the cluster declares them, never a requirement."""
+    from phases.stacks import phase as stacks_phase
+
+    demo = stacks.catalogue()["hpa-demo"].model_copy(update={"after": ["argocd", "jenkins"]})
+    monkeypatch.setitem(stacks.catalogue(), "hpa-demo", demo)
+    lab = model.parse(json.dumps({"clusters": [
+        {"name": "dev", "pod_cidr": "10.20.0.0/16", "service_cidr": "10.97.0.0/16",
+         "stacks": ["hpa-demo", "metrics-server", "argocd"],
+         "nodes": [{"name": "dev-master", "role": "master", "cpu": 2, "memory": 4096},
+                   {"name": "dev-worker1", "role": "worker", "cpu": 8, "memory": 16384}]}]}))
+    steps = {s.id: s for s in build_steps(lab, [Noop("cni"), Noop("nodeconfig"), stacks_phase])}
+    assert {d.id for d in steps["stacks:dev/hpa-demo"].deps} >= {"stacks:dev/metrics-server", "stacks:dev/argocd"}
+    assert not any("jenkins" in d.id for d in steps["stacks:dev/hpa-demo"].deps)  # not declared: no wait, no error
