@@ -17,6 +17,7 @@ import json
 from tests.sim.kube_normalise import default_storage_class
 from tests.sim.kube_resources import APISERVICE_PREFIX, APISERVICES, APPS
 from tests.sim.kube_store import timestamp
+from tests.sim.sim_stack_controllers import pod_rejection, run_controllers
 
 KUBE_SYSTEM = "kube-system"
 # What `cni` installs in kube-system and refresh() keeps up to date from the Cilium agents (not the generic loop).
@@ -61,6 +62,7 @@ class Controllers:
             self._put_status("api/v1", "persistentvolumeclaims", pvc, status)
         for svc in store.list(APISERVICE_PREFIX, APISERVICES):
             self._put_status(APISERVICE_PREFIX, APISERVICES, svc, {"conditions": [self._apiservice(svc)]})
+        run_controllers(self)
         ca = {"ca.crt": self.ca.cert_pem.decode()} if self.ca else {}
         for ns in store.list("api/v1", "namespaces"):
             name = ns["metadata"]["name"]
@@ -87,11 +89,15 @@ class Controllers:
         tolerations = (template.get("spec") or {}).get("tolerations") or []
         generation = meta.get("generation", 1)
         if plural == "daemonsets":
+            if pod_rejection(self, meta.get("namespace", ""), template):
+                return {"observedGeneration": generation, "desiredNumberScheduled": 0, "currentNumberScheduled": 0,
+                        "numberReady": 0, "updatedNumberScheduled": 0, "numberAvailable": 0, "numberMisscheduled": 0}
             n = sum(_schedulable(node, tolerations, True) for node in nodes)
             return {"observedGeneration": generation, "desiredNumberScheduled": n, "currentNumberScheduled": n,
                     "numberReady": n, "updatedNumberScheduled": n, "numberAvailable": n, "numberMisscheduled": 0}
         want = spec.get("replicas", 1)
-        runs = any(_schedulable(node, tolerations, False) for node in nodes)
+        rejected = pod_rejection(self, meta.get("namespace", ""), template)
+        runs = not rejected and any(_schedulable(node, tolerations, False) for node in nodes)
         labels = meta.get("labels") or {}
         if plural == "deployments" and "metrics-server" in (meta["name"], labels.get("app.kubernetes.io/name")):
             runs = runs and bool(self.scrapable())
@@ -107,6 +113,9 @@ class Controllers:
                                                  "reason": "NewReplicaSetAvailable"}]}
             if want > ready:
                 status["unavailableReplicas"] = want - ready
+            if rejected:  # the Deployment controller surfaces its ReplicaSet's FailedCreate like this
+                status["conditions"].append({"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+                                             "message": rejected})
             return status
         revision = f"{meta['name']}-{hashlib.sha256(json.dumps(template, sort_keys=True).encode()).hexdigest()[:10]}"
         return {"observedGeneration": generation, "replicas": want, "readyReplicas": ready, "currentReplicas": want,
