@@ -36,7 +36,6 @@ boot. `LABCTL_QEMU_ACCEL=tcg|kvm` (or provider.qemu.accel) overrides it without 
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import logging
@@ -47,19 +46,19 @@ import shlex
 import shutil
 import signal
 import socket
-import struct
 import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from ..errors import ProviderError
 from ..state import private_opener, write_atomic
 from .base import VM, LabVMs, shrink_error
+from .qemu_accel import PROBE_MARK, PROBE_SECONDS, Accel, _opt, kvm_problem, probe_kvm  # noqa: F401 (re-exported)
+from .qemu_seed import fat_image, seed_files, write_seed  # noqa: F401 (re-exported)
 
 log = logging.getLogger("labctl")
 
@@ -69,8 +68,6 @@ ENV_ACCEL = "LABCTL_QEMU_ACCEL"
 INSTALL_HINT = ("install QEMU: `sudo apt-get install qemu-system-x86 qemu-utils` (Debian/Ubuntu; qemu-system-arm on "
                 "arm64); validate/plan/schema work without it")
 DEFAULT_APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
-KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO, 0x00); the stable KVM API has answered 12 since Linux 2.6.22
-KVM_API_VERSION = 12
 
 
 from ..model import QemuSettings  # noqa: F401  (re-exported: provider.qemu's model)
@@ -92,88 +89,10 @@ class QemuError(ProviderError):
         super().__init__(message, hint)
 
 
-def _opt(value: str | Path) -> str:
-    """A value inside a QEMU -drive/-chardev option string: commas are doubled, or they would split the option."""
-    return str(value).replace(",", ",,")
-
 
 def default_binary() -> str:
     machine = platform.machine().lower()
     return f"qemu-system-{ {'amd64': 'x86_64', 'arm64': 'aarch64'}.get(machine, machine) }"
-
-
-# ---- the accelerator ------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class Accel:
-    name: Literal["kvm", "tcg"]
-    reason: str  # why this one, in words (doctor shows it; the console log records it)
-    warning: str | None = None  # said to the user when labctl had to fall back to TCG
-    probed: bool = True  # False: KVM opens, but there was no image yet to try a boot with (doctor says so)
-
-    def flags(self) -> list[str]:
-        # `-cpu host` is what KVM guests want; TCG emulates, and `max` is the richest CPU it can emulate.
-        return ["-accel", "kvm", "-cpu", "host"] if self.name == "kvm" else ["-accel", "tcg", "-cpu", "max"]
-
-
-def kvm_problem(device: str = "/dev/kvm") -> str | None:
-    """Why KVM cannot be used at all (None: the device opens and speaks the KVM API)."""
-    try:
-        fd = os.open(device, os.O_RDWR | os.O_CLOEXEC)
-    except FileNotFoundError:
-        return f"no {device} (this host offers no hardware virtualization)"
-    except OSError as exc:
-        return f"{device}: {exc.strerror} (add the user to the `kvm` group?)"
-    try:
-        version = fcntl.ioctl(fd, KVM_GET_API_VERSION)
-    except OSError as exc:
-        return f"{device} does not answer KVM_GET_API_VERSION ({exc.strerror})"
-    finally:
-        os.close(fd)
-    return None if version == KVM_API_VERSION else f"{device} speaks KVM API {version}, not {KVM_API_VERSION}"
-
-
-PROBE_SECONDS = {"kernel": 15.0, "disk": 40.0}  # KVM prints "Linux version" within a second or two when it works
-PROBE_MARK = b"Linux version"
-
-
-def probe_kvm(qemu: str, boot: list[str], mode: Literal["kernel", "disk"],
-              timeout: float | None = None) -> str | None:
-    """Boot `boot` (kernel or disk arguments) under KVM for a moment. None when the kernel printed on the console;
-    otherwise why not. The probe never writes to any disk (snapshot=on) and is killed as soon as it has answered."""
-    timeout = PROBE_SECONDS[mode] if timeout is None else timeout
-    with tempfile.TemporaryDirectory(prefix="labctl-kvm-probe-") as tmp:
-        console = Path(tmp) / "console.log"
-        argv = [qemu, *Accel("kvm", "").flags(), "-machine", "q35", "-m", "512", "-smp", "1", "-nodefaults",
-                "-display", "none", "-no-reboot", "-chardev", f"file,id=console,path={_opt(console)}",
-                "-serial", "chardev:console", *boot]
-        try:
-            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE, start_new_session=True)
-        except OSError as exc:
-            return f"cannot run {qemu}: {exc}"
-        deadline = time.monotonic() + timeout
-        try:
-            while time.monotonic() < deadline:
-                if console.exists() and PROBE_MARK in console.read_bytes():
-                    return None
-                if proc.poll() is not None:
-                    err = proc.stderr.read().decode(errors="replace").strip().splitlines() if proc.stderr else []
-                    last = next((line for line in reversed(err) if "error" in line.lower()), err[-1] if err else "")
-                    rc = proc.returncode
-                    how = f"was killed by {signal.Signals(-rc).name}" if rc < 0 else f"exited {rc}"
-                    return f"QEMU {how} under KVM before the guest printed anything" + (
-                        f" ({last.strip()})" if last else "")
-                time.sleep(0.1)
-            return (f"a probe boot under KVM printed nothing on the console within {timeout:g} s "
-                    "(KVM is there but guests hang: typically nested virtualization that does not work)")
-        finally:
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            if proc.stderr:
-                proc.stderr.close()
 
 
 # ---- network bridge: MACs and DHCP leases -------------------------------------------------------------------------
@@ -198,155 +117,6 @@ def lease_address(text: str, mac: str, now: float) -> str | None:
     # dnsmasq writes expiry 0 for an infinite lease; an IPv6 lease has no dots
     live = [(expiry or float("inf"), ip) for expiry, ip in found if (expiry == 0 or expiry > now) and "." in ip]
     return max(live)[1] if live else None
-
-
-# ---- the NoCloud seed -------------------------------------------------------------------------------------------
-
-def seed_files(node: str, user: str, password: str | None, keys: list[str], instance_id: str,
-               macs: dict[str, str] | None = None) -> dict[str, bytes]:
-    """meta-data and user-data of a NoCloud seed: the login user labctl expects, its keys, and the hostname. With
-    `macs` ({"mgmt": MAC, "lab": MAC}: network bridge) also a network-config: DHCP on both NICs, found by MAC (their
-    names differ between images), the lab NIC's default route preferred."""
-    import yaml
-
-    account: dict = {"name": user, "shell": "/bin/bash", "sudo": "ALL=(ALL) NOPASSWD:ALL",
-                     "lock_passwd": password is None}
-    if password is not None:
-        account["plain_text_passwd"] = password
-    if keys:
-        account["ssh_authorized_keys"] = keys
-    config = {"hostname": node, "preserve_hostname": False, "users": [account], "ssh_pwauth": password is not None}
-    meta = {"instance-id": instance_id, "local-hostname": node}
-    files = {
-        "meta-data": yaml.safe_dump(meta, sort_keys=False).encode(),
-        "user-data": ("#cloud-config\n" + yaml.safe_dump(config, sort_keys=False)).encode(),
-    }
-    if macs:
-        network = {"version": 2, "ethernets": {
-            "mgmt": {"match": {"macaddress": macs["mgmt"]}, "dhcp4": True, "dhcp4-overrides": {"route-metric": 500}},
-            "lab": {"match": {"macaddress": macs["lab"]}, "dhcp4": True, "dhcp4-overrides": {"route-metric": 100}},
-        }}
-        files["network-config"] = yaml.safe_dump(network, sort_keys=False).encode()
-    return files
-
-
-def write_seed(path: Path, files: dict[str, bytes], cloud_localds: str | None = None) -> str:
-    """Write a NoCloud seed disk; returns how it was made. cloud-localds when it is installed (the reference tool),
-    else a FAT image written here: no root, no mount, no extra package."""
-    tool = cloud_localds if cloud_localds is not None else shutil.which("cloud-localds")
-    if tool:
-        with tempfile.TemporaryDirectory(prefix="labctl-seed-") as tmp:
-            for name, data in files.items():
-                (Path(tmp) / name).write_bytes(data)
-            argv = [tool, *([f"--network-config={Path(tmp) / 'network-config'}"] if "network-config" in files else []),
-                    str(path), str(Path(tmp) / "user-data"), str(Path(tmp) / "meta-data")]
-            done = subprocess.run(argv, check=False, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                  timeout=60)
-            if done.returncode == 0:
-                os.chmod(path, 0o600)
-                return "cloud-localds"
-            log.debug("cloud-localds failed (%s); writing the seed itself", done.stderr.strip())
-    write_atomic(path, fat_image(files, "CIDATA"), 0o600)  # the password is in it
-    return "fat"
-
-
-SECTOR = 512
-FAT_TOTAL_SECTORS = 2880  # the 1.44 MB floppy geometry: FAT12, understood by every kernel and by blkid
-FAT_SECTORS = 9
-ROOT_ENTRIES = 224
-FAT_DATE = ((2024 - 1980) << 9) | (1 << 5) | 1  # a fixed timestamp keeps the image reproducible
-
-
-def _short_name(name: str, used: set[bytes]) -> bytes:
-    allowed = set("ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789$%'-_@~`!(){}^#&")
-    base, _, ext = name.upper().rpartition(".") if "." in name else (name.upper(), "", "")
-    base = "".join(c if c in allowed else "_" for c in base) or "_"
-    ext = "".join(c if c in allowed else "_" for c in ext)[:3]
-    for n in range(1, 1000):
-        tail = f"~{n}"
-        short = (base[: 8 - len(tail)] + tail).ljust(8).encode() + ext.ljust(3).encode()
-        if short not in used:
-            used.add(short)
-            return short
-    raise ValueError("too many similar names")
-
-
-def _lfn_entries(name: str, short: bytes) -> list[bytes]:
-    checksum = 0
-    for c in short:
-        checksum = (((checksum & 1) << 7) + (checksum >> 1) + c) & 0xFF
-    chars = [ord(c) for c in name]
-    if len(chars) % 13:
-        chars.append(0)
-    chars += [0xFFFF] * (-len(chars) % 13)
-    parts = [chars[i:i + 13] for i in range(0, len(chars), 13)]
-    entries = []
-    for seq, part in enumerate(parts, 1):
-        e = bytearray(32)
-        e[0] = seq | (0x40 if seq == len(parts) else 0)
-        e[1:11] = struct.pack("<5H", *part[0:5])
-        e[11], e[12], e[13] = 0x0F, 0, checksum
-        e[14:26] = struct.pack("<6H", *part[5:11])
-        e[28:32] = struct.pack("<2H", *part[11:13])
-        entries.append(bytes(e))
-    return entries[::-1]  # the last part first, right before the short entry
-
-
-def fat_image(files: dict[str, bytes], label: str) -> bytes:
-    """A FAT12 filesystem image holding `files` in its root directory with long (VFAT) names, labelled `label`."""
-    reserved, fats = 1, 2
-    root_sectors = ROOT_ENTRIES * 32 // SECTOR
-    data_start = reserved + fats * FAT_SECTORS + root_sectors
-    clusters = FAT_TOTAL_SECTORS - data_start
-    image = bytearray(FAT_TOTAL_SECTORS * SECTOR)
-    label11 = label.upper().encode()[:11].ljust(11)
-
-    boot = memoryview(image)[:SECTOR]
-    boot[0:3] = b"\xeb\x3c\x90"
-    boot[3:11] = b"LABCTL  "
-    struct.pack_into("<HBHBHHBHHHII", image, 11, SECTOR, 1, reserved, fats, ROOT_ENTRIES, FAT_TOTAL_SECTORS, 0xF8,
-                     FAT_SECTORS, 18, 2, 0, 0)
-    volume_id = int.from_bytes(hashlib.sha256(b"".join(files.values())).digest()[:4], "little")
-    struct.pack_into("<BBBI11s8s", image, 36, 0x80, 0, 0x29, volume_id, label11, b"FAT12   ")
-    image[510:512] = b"\x55\xaa"
-
-    fat = [0xFF8, 0xFFF]
-    entries = [label11 + bytes([0x08]) + bytes(10) + struct.pack("<HHHI", 0, FAT_DATE, 0, 0)]
-    used: set[bytes] = set()
-    next_cluster = 2
-    for name, data in files.items():
-        count = -(-len(data) // SECTOR)
-        if next_cluster - 2 + count > clusters:
-            raise ValueError("the seed's files do not fit in a FAT12 image")
-        first = next_cluster if count else 0
-        for i in range(count):
-            fat.append(next_cluster + i + 1 if i < count - 1 else 0xFFF)
-            offset = (data_start + next_cluster - 2 + i) * SECTOR
-            image[offset:offset + SECTOR] = data[i * SECTOR:(i + 1) * SECTOR].ljust(SECTOR, b"\0")
-        next_cluster += count
-        short = _short_name(name, used)
-        entries += _lfn_entries(name, short)
-        # name, attr (archive), NT flags, ctime tenths, ctime, cdate, adate, cluster high, mtime, mdate, cluster, size
-        entries.append(short + struct.pack("<BBBHHHHHHHI", 0x20, 0, 0, 0, FAT_DATE, FAT_DATE, 0, 0, FAT_DATE,
-                                           first, len(data)))
-    if len(entries) > ROOT_ENTRIES:
-        raise ValueError("too many files for the seed's root directory")
-    table = bytearray(FAT_SECTORS * SECTOR)
-    for n, value in enumerate(fat):
-        offset = n * 3 // 2
-        if n % 2 == 0:
-            table[offset] = value & 0xFF
-            table[offset + 1] = (table[offset + 1] & 0xF0) | (value >> 8)
-        else:
-            table[offset] = (table[offset] & 0x0F) | ((value & 0x0F) << 4)
-            table[offset + 1] = value >> 4
-    for i in range(fats):
-        start = (reserved + i * FAT_SECTORS) * SECTOR
-        image[start:start + len(table)] = table
-    root = (reserved + fats * FAT_SECTORS) * SECTOR
-    blob = b"".join(entries)
-    image[root:root + len(blob)] = blob
-    return bytes(image)
 
 
 # ---- QMP ------------------------------------------------------------------------------------------------------
