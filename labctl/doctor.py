@@ -3,13 +3,14 @@
 A `fail` is a blocker for the VM commands (install, boot, shutdown, destroy); a `warn` is worth knowing but does not
 stop anything. The checks follow the lab's provider:
   tart: macOS on Apple silicon, tart and its version, softnet when asked for;
-  qemu: Linux, qemu-system-* and qemu-img, the base image (and kernel/initrd), and the accelerator: KVM only if a
+  qemu: Linux, qemu-system-* and qemu-img, the base image (and kernel/initrd; a base image URL not downloaded yet:
+        downloadable, asked with one short HEAD request), and the accelerator: KVM only if a
         short probe boot of the lab's own kernel prints on the console (a KVM that hangs is reported, with the TCG
         fallback), otherwise TCG;
 and for both: memory, CPU overcommit, free disk where the VMs' disks live, clusters.json.
 
-Doctor is offline and reads the host (platform, memory, CPUs, free disk, files on PATH). Its only subprocesses are
-the providers' own tools (`tart --version`; `qemu-system-* --version`, `qemu-img info`, and the KVM probe, at most
+Doctor reads the host (platform, memory, CPUs, free disk, files on PATH); its one network question is that HEAD
+request (offline: a warning). Its only subprocesses are the providers' own tools (`tart --version`; `qemu-system-* --version`, `qemu-img info`, and the KVM probe, at most
 15 s for a kernel or 40 s for a disk image, whose verdict `install` reuses) and `sysctl` on macOS. It never
 crashes on a surprising host: a check that cannot look says so.
 """
@@ -236,24 +237,55 @@ def check_qemu(provider: QemuProvider) -> Finding:
 
 
 def check_images(provider: QemuProvider) -> Finding:
-    """The base image (and kernel/initrd) exist, and no node's disk is smaller than the base image."""
+    """The base image (and kernel/initrd) exist, or a base image URL not downloaded yet is downloadable; no node's
+    disk is smaller than the base image."""
+    from . import images
+
     settings, lab = provider.settings, provider.lab
-    missing = [f"{what} {path}" for what, value in (("base_image", lab.base_image), ("provider.qemu.kernel",
-               settings.kernel), ("provider.qemu.initrd", settings.initrd))
+    url = images.is_url(lab.base_image)
+    missing = [f"{what} {path}" for what, value in (("base_image", None if url else lab.base_image),
+               ("provider.qemu.kernel", settings.kernel), ("provider.qemu.initrd", settings.initrd))
                if value and not (path := provider.local_path(value)).is_file()]
     if missing:
         return Finding("images", "fail", f"not found: {', '.join(missing)}",
-                       "the qemu provider boots local files: a qcow2 cloud image (Debian/Ubuntu genericcloud), or a "
-                       "raw root filesystem with kernel and initrd (tests/realvm/build_image.py builds one)")
-    base = provider.local_path(lab.base_image)
+                       "the qemu provider boots a qcow2 cloud image (a file, or an https:// URL of one, e.g. "
+                       f"{images.ubuntu_cloud_image_or_example()}), or a raw root filesystem with kernel and initrd "
+                       "(tests/realvm/build_image.py builds one)")
+    if url and not provider.image_cached(lab.base_image):
+        return check_download(lab.base_image)
+    base = provider.image_path(lab.base_image)
     info = provider.image_info(base, None)
     size = int(info.get("virtual-size", 0)) / 1024**3
-    detail = f"{base}: {info.get('format', '?')}, {size:.1f} GiB" + (", direct kernel boot" if settings.kernel else "")
+    where = f"{lab.base_image} (downloaded: {base})" if url else str(base)
+    detail = f"{where}: {info.get('format', '?')}, {size:.1f} GiB" + (", direct kernel boot" if settings.kernel else "")
     small = [f"{n.name} ({n.disk} GB)" for _, n in lab.nodes if n.disk < size]
     if small:
         return Finding("images", "fail", f"{detail}; smaller disks than the image: {', '.join(small)}",
                        f"raise those nodes' `disk` to {math.ceil(size)} or more (disks only grow)")
     return Finding("images", "ok", detail)
+
+
+def check_download(url: str) -> Finding:
+    """A base image URL not downloaded yet: one HEAD request (images.HEAD_TIMEOUT) says whether install can download
+    it. Unreachable (offline, a proxy) is a warning: install may run where the network is."""
+    from . import images
+
+    later = f"install downloads it once into {images.cache_dir()} and verifies it against the publisher's SHA256SUMS"
+    try:
+        status, length = images.head(url)
+    except images.ImageError as exc:
+        return Finding("images", "warn", f"base_image {url} is not downloaded yet, and cannot be reached from here: "
+                       f"{exc.message.removeprefix(f'cannot download {url}: ')}",
+                       f"{later}, so it needs the network then (check it, or https_proxy); or download it and set "
+                       "base_image to the file")
+    size = f" ({length / 1e6:.0f} MB)" if length else ""
+    if 200 <= status < 300:
+        return Finding("images", "ok", f"base_image {url}: not downloaded yet, downloadable{size}; {later}")
+    if status in (404, 410):
+        return Finding("images", "fail", f"base_image {url}: the server answers HTTP {status} (no such file)",
+                       f"fix base_image: e.g. {images.ubuntu_cloud_image_or_example()}")
+    return Finding("images", "warn", f"base_image {url}: the server answers HTTP {status} to a HEAD request",
+                   f"{later}; if that fails too, check the URL")
 
 
 def check_accelerator(provider: QemuProvider) -> Finding:
@@ -323,6 +355,30 @@ def check_bridge(provider: QemuProvider) -> Finding:
     return Finding("bridge", "ok", f"{bridge} is a bridge; addresses from {leases}")
 
 
+def check_network(provider: QemuProvider) -> Finding:
+    """Can the VMs form a cluster on provider.qemu.network? user: no (Provider.network_problem, what `init` would
+    fail with after the node phases); lab: this host delivers multicast on its loopback to this user (what the
+    segment is made of, qemu_net); bridge: see check_bridge."""
+    from .providers import qemu_net
+
+    settings = provider.settings
+    problem = provider.network_problem()
+    if problem:
+        return Finding("network", "fail", problem,
+                       'set provider.qemu.network to "lab" (a segment the VMs share, no root needed); existing VMs '
+                       "keep the network they were created with: `labctl destroy` first")
+    if settings.network == "lab":
+        group, port = qemu_net.segment(provider.vm_home().parent)
+        problem = qemu_net.multicast_problem(group)
+        if problem:
+            return Finding("network", "fail", f"the lab segment (multicast {group}:{port} on 127.0.0.1) cannot work "
+                           f"here: {problem}", "allow multicast on the loopback interface (a firewall rule on lo?), "
+                           'or use provider.qemu.network "bridge"')
+        return Finding("network", "ok", f"lab segment: multicast {group}:{port} on 127.0.0.1; addresses from "
+                       f"{settings.lab_subnet}; API and NodePorts forwarded to 127.0.0.1")
+    return Finding("network", "ok", f"bridge {settings.bridge}")
+
+
 def qemu_findings(lab: Lab, config: Path) -> list[Finding]:
     from .context import lab_dir
     from .providers.qemu import QemuProvider
@@ -333,6 +389,7 @@ def qemu_findings(lab: Lab, config: Path) -> list[Finding]:
     findings = [found, _guarded("images", lambda: check_images(provider))]
     if found.status != "fail":  # the probe needs qemu-system-*
         findings.append(_guarded("accelerator", lambda: check_accelerator(provider)))
+    findings.append(_guarded("network", lambda: check_network(provider)))
     if provider.settings.network == "bridge":
         findings.append(_guarded("bridge", lambda: check_bridge(provider)))
     move = "move the lab (the directory of clusters.json, where .labctl/ lives) to a bigger volume"

@@ -244,6 +244,13 @@ class Engine:
         results: dict[Step, StepResult] = {}
 
         def look(step: Step) -> StepResult:
+            try:
+                reason = step.phase.blocked(self.ctx, step.target)
+            except Exception as exc:  # noqa: BLE001 - a plan never fails; the check below reports what it sees
+                self.ctx.debug(f"blocked {step.id} failed", exc)
+                reason = None
+            if reason:
+                return StepResult(step, "blocked", reason)
             if any(results[d].status != "unchanged" for d in step.deps):
                 waiting = sorted({d.target.item or d.phase.name for d in step.deps if results[d].status != "unchanged"})
                 return StepResult(step, "pending", f"after {', '.join(waiting)}")

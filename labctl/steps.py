@@ -78,6 +78,12 @@ class Phase:
         """Node phases: groups of nodes run one group after another; nodes inside a group run in parallel."""
         return [list(cluster.nodes)]
 
+    def blocked(self, ctx, target: Target) -> str | None:
+        """Why this step cannot work in this lab whatever the VMs hold (e.g. init without a network the nodes share:
+        Provider.network_problem), or None. A plan shows it as blocked with this reason before looking at anything;
+        a run still fails in check, with the same reason."""
+        return None
+
     def check(self, ctx, target: Target) -> Check:  # pragma: no cover - interface
         raise NotImplementedError
 

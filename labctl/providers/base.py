@@ -55,6 +55,19 @@ class LabVMs:
     def network_problem(self) -> str | None:
         return None
 
+    def host_endpoint(self, node, guest_port: int, address: str | None = None) -> tuple[str, int]:
+        """The VM's own address and the port itself: the host is on the VMs' network (Tart's NAT, a bridge)."""
+        name = node if isinstance(node, str) else node.name
+        address = address or self.ip(name)  # type: ignore[attr-defined]  (every provider has ip())
+        if not address:
+            raise ProviderError(f"{name}: the VM has no address (is it running?), so nothing answers on its port "
+                                f"{guest_port}", hint="`labctl boot` starts it")
+        return address, guest_port
+
+    def ssh_wait_seconds(self, node) -> float | None:
+        """How long a booting VM's sshd may take, in seconds; None: the transport's default (remote/sshwait.py)."""
+        return None
+
     def _require(self, name: str, action: str) -> VM:
         vm = self.get(name)
         if vm is None:
@@ -113,5 +126,15 @@ class Provider(Protocol):
         """Where SSH for this node answers (host, port). `address`: the node's address as ip() gave it earlier in
         this run (Context.address caches it), so that a provider whose SSH host is that address asks no more."""
 
+    def ssh_wait_seconds(self, node) -> float | None:
+        """Seconds to wait for this VM's sshd while it boots (qemu: by accelerator); None: the default."""
+
     def network_problem(self) -> str | None:
         """Why the VMs share no network that ip() addresses are on (so no cluster can be formed); None: they do."""
+
+    def host_endpoint(self, node, guest_port: int, address: str | None = None) -> tuple[str, int]:
+        """Where this machine reaches TCP `guest_port` of `node` (the API server's 6443, a NodePort): (host, port).
+        Tart and a QEMU bridge: the node's address and the port itself; QEMU network lab: 127.0.0.1 and the port
+        forwarded to it (NodePorts answer on every node, so any node of a cluster maps to its forward). `address`:
+        the node's address as ip() gave it in this run (Context.address). Raises ProviderError when nothing of the
+        VM is reachable (not running, port not forwarded)."""

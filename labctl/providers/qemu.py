@@ -12,7 +12,11 @@ One VM is one directory, `.labctl/qemu/<vm>/`:
     run.json     how the running QEMU was started (cpu, memory, port, accelerator): what `get` reports while it runs.
     qmp.sock     the QMP socket: `system_powerdown` (the ACPI power button) for a graceful stop, `quit` as the hard one.
 
-The console (serial) goes to `.labctl/logs/<vm>.console.log`, appended across boots.
+The console (serial) goes to `.labctl/logs/<vm>.console.log`, appended across boots; when a guest's sshd does not
+answer in time (`ssh_wait_seconds`: by accelerator, provider.qemu.ssh_wait_seconds), the error points there.
+
+Base image: a local qcow2/raw file, or an http(s):// URL downloaded once into the user's cache and verified against
+the publisher's SHA256SUMS (labctl/images.py); `pull` downloads it, `image_path` is the file either way.
 
 Addresses. Networking is QEMU's user mode (slirp): no root, no bridge, and the guest can reach nothing on the host
 but what slirp forwards. Every VM gets its own forwarded SSH port on 127.0.0.1, allocated once at create (the first
@@ -54,11 +58,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
+from .. import images
 from ..errors import ProviderError
 from ..state import private_opener, write_atomic
 from .base import VM, LabVMs, shrink_error
 from .qemu_accel import PROBE_MARK, PROBE_SECONDS, Accel, _opt, kvm_problem, probe_kvm  # noqa: F401 (re-exported)
 from .qemu_seed import fat_image, seed_files, write_seed  # noqa: F401 (re-exported)
+from . import qemu_net
 
 log = logging.getLogger("labctl")
 
@@ -68,6 +74,10 @@ ENV_ACCEL = "LABCTL_QEMU_ACCEL"
 INSTALL_HINT = ("install QEMU: `sudo apt-get install qemu-system-x86 qemu-utils` (Debian/Ubuntu; qemu-system-arm on "
                 "arm64); validate/plan/schema work without it")
 DEFAULT_APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
+# The wait for a booting guest's sshd, in seconds, by accelerator: an Ubuntu cloud image's first boot (cloud-init
+# included) takes well under a minute under KVM; under TCG a first boot on a busy host took 3.5 minutes (see
+# remote/sshwait.py), so TCG gets several times KVM's wait.
+SSH_WAIT = {"kvm": 300.0, "tcg": 1200.0}
 
 
 from ..model import QemuSettings  # noqa: F401  (re-exported: provider.qemu's model)
@@ -290,7 +300,7 @@ class QemuProvider(LabVMs):
 
     @property
     def ip_wait_seconds(self) -> int:
-        return self.settings.ip_wait_seconds if self.settings.network == "bridge" else 0
+        return self.settings.ip_wait_seconds if self.settings.network == "bridge" else 0  # lab: a static address
 
     def leases_path(self) -> Path:
         s = self.settings
@@ -303,7 +313,10 @@ class QemuProvider(LabVMs):
         name = node if isinstance(node, str) else node.name
         if self._pid(name) is None:
             return None
-        lab_mac = (self._meta(name) or {}).get("lab_mac")
+        meta = self._meta(name) or {}
+        if meta.get("lab_address"):  # network lab: the static address the VM was given at create
+            return meta["lab_address"].split("/")[0]
+        lab_mac = meta.get("lab_mac")
         if lab_mac is None:
             return LOOPBACK
         deadline = time.monotonic() + wait
@@ -327,21 +340,64 @@ class QemuProvider(LabVMs):
         return LOOPBACK, int(port)
 
     def network_problem(self) -> str | None:
-        if self.settings.network == "bridge":
+        if self.settings.network in ("bridge", "lab"):
             return None
         return ("provider.qemu.network is user: each VM is alone behind its own NAT (as 10.0.2.15) and reachable from "
                 "the host only through its forwarded SSH port, so there is no address a Kubernetes control plane could "
-                "advertise to the other nodes; a cluster needs network bridge")
+                "advertise to the other nodes; a cluster needs network lab (rootless, shared by the lab's VMs) or "
+                "bridge")
+
+    def host_endpoint(self, node, guest_port: int, address: str | None = None) -> tuple[str, int]:
+        """Where the host reaches TCP `guest_port` of `node`: network lab: ("127.0.0.1", the port forwarded to it on
+        the first control plane of the node's cluster; NodePorts answer on every node, see qemu_net); otherwise the
+        node's address and the port itself. Raises ProviderError when the VM does not run or the port is not
+        forwarded (a stack declared after the VM started: its ports are forwarded at the next start)."""
+        name = node if isinstance(node, str) else node.name
+        if self.settings.network != "lab":
+            return super().host_endpoint(name, guest_port, address)
+        for holder in dict.fromkeys([name, qemu_net.first_control_plane(self.lab, name)]):
+            if holder is not None and self._pid(holder) is not None:
+                host_port = self._run_record(holder).get("forwards", {}).get(str(guest_port))
+                if host_port:
+                    return LOOPBACK, int(host_port)
+        raise ProviderError(f"{name}: TCP port {guest_port} is not forwarded to this host (network lab)",
+                            hint="ports are forwarded when the cluster's first control plane starts: `labctl "
+                            "shutdown` and `labctl boot` forward the ones clusters.json declares now")
+
+    def image_path(self, image: str) -> Path:
+        """The local file of base_image `image`: the file itself, or a URL's verified download in the cache (which
+        may not be there yet: see pull)."""
+        return images.cached_path(image) if images.is_url(image) else self.local_path(image)
 
     def image_cached(self, image: str) -> bool:
-        return self.local_path(image).is_file()
+        return self.image_path(image).is_file()
 
     def pull(self, image: str) -> None:
+        """A URL: download it into the cache, verified (labctl/images.py), with progress notes. A file: it must
+        exist already. Raises ProviderError (ImageError) saying what to do."""
+        if images.is_url(image):
+            images.fetch(image, checksums=self.settings.image_checksums, notify=self._notify)
+            return
         raise ProviderError(
-            f"base image {self.local_path(image)} does not exist; the qemu provider boots local disk images only",
-            hint="set base_image to a qcow2 cloud image (Debian/Ubuntu genericcloud) or a raw root filesystem "
-            "with provider.qemu.kernel/initrd (tests/realvm/build_image.py builds a Debian one)",
+            f"base image {self.local_path(image)} does not exist; the qemu provider boots local files, or downloads "
+            "a base_image given as an https:// URL",
+            hint="set base_image to a qcow2 cloud image file or an https:// URL of one (e.g. "
+            f"{images.ubuntu_cloud_image_or_example()}), or a raw root filesystem with provider.qemu.kernel/initrd "
+            "(tests/realvm/build_image.py builds a Debian one)",
         )
+
+    def ssh_wait_seconds(self, node) -> float | None:
+        """How long to wait for this VM's sshd while it boots, in seconds: provider.qemu.ssh_wait_seconds, else by
+        the accelerator it runs under (run.json; else the one configured, without a probe): SSH_WAIT["kvm"] or
+        SSH_WAIT["tcg"] (a TCG boot is several times slower). LABCTL_SSH_WAIT overrides both (remote/sshwait.py)."""
+        if self.settings.ssh_wait_seconds is not None:
+            return float(self.settings.ssh_wait_seconds)
+        name = node if isinstance(node, str) else node.name
+        accel = self._run_record(name).get("accel") or os.environ.get(ENV_ACCEL, "").strip().lower() \
+            or self.settings.accel
+        if accel not in SSH_WAIT:  # auto, not started by labctl yet: the probe's verdict if there is one
+            accel = self._accel.name if self._accel is not None else "tcg"
+        return SSH_WAIT[accel]
 
     # -- the accelerator ---------------------------------------------------------------------------------------------
     def accelerator(self) -> Accel:
@@ -379,7 +435,7 @@ class QemuProvider(LabVMs):
                 return None, "kernel"
             initrd = ["-initrd", str(self.local_path(s.initrd))] if s.initrd else []
             return ["-kernel", str(kernel), *initrd, "-append", "console=ttyS0 panic=-1"], "kernel"
-        base = self.local_path(self.lab.base_image)
+        base = self.image_path(self.lab.base_image)
         if not base.is_file():
             return None, "disk"
         fmt = self.image_info(base, None).get("format", "raw")
@@ -418,12 +474,14 @@ class QemuProvider(LabVMs):
                 return False
         return True
 
-    def _allocate_port(self, name: str) -> int:
-        """The first port from ssh_port_base that no other VM of this lab holds and nothing listens on now."""
-        taken = set()
+    def _allocate_port(self, name: str, also: set[int] = frozenset()) -> int:  # type: ignore[assignment]
+        """The first port from ssh_port_base that no other VM of this lab holds (SSH or a forward), none of `also`,
+        and nothing listens on now."""
+        taken = set(also)
         for entry in self._vm_dirs():
             if entry.name != name and (meta := self._meta(entry.name)) is not None:
                 taken.add(meta.get("ssh_port"))
+                taken.update(meta.get("forwards", {}).values())
         for port in range(self.settings.ssh_port_base, 65536):
             if port not in taken and self._port_free(port):
                 return port
@@ -435,9 +493,9 @@ class QemuProvider(LabVMs):
         name = self._owned(node)
         if self._meta(name) is not None:
             return False
-        base = self.local_path(self.lab.base_image)
+        base = self.image_path(self.lab.base_image)
         if not base.is_file():
-            self.pull(self.lab.base_image)  # raises: says what a base image must be
+            self.pull(self.lab.base_image)  # a URL: downloads it; a file: raises, saying what a base image must be
         directory = self._dir(name)
         if directory.exists():
             shutil.rmtree(directory)  # an earlier create that did not finish (vm.json is written last)
@@ -448,20 +506,27 @@ class QemuProvider(LabVMs):
                        str(directory / "disk.qcow2")], name)
             instance_id = f"labctl-{name}-{secrets.token_hex(4)}"
             # The NICs' MACs are fixed for the VM's life: the guest's network config and DHCP leases follow them.
-            macs = {"mgmt": new_mac(), "lab": new_mac()} if self.settings.network == "bridge" else {}
-            if self.settings.cloud_init:
-                self._write_seed(node, instance_id, macs)
-            with self._lock:
+            macs = {"mgmt": new_mac(), "lab": new_mac()} if self.settings.network in ("bridge", "lab") else {}
+            with self._lock:  # nodes are created in parallel: an address and a port are given once, with vm.json
+                lab = {"network": "lab", "lab_address": qemu_net.allocate_address(
+                    self.settings.lab_subnet, self._lab_addresses(), name)} if self.settings.network == "lab" else {}
+                if self.settings.cloud_init:
+                    self._write_seed(node, instance_id, macs, lab.get("lab_address"))
                 port = self._allocate_port(name)
                 self._write_meta(name, {"base": str(base.resolve()), "base_format": fmt, "cpu": node.cpu,
                                         "memory": node.memory, "ssh_port": port, "instance_id": instance_id,
-                                        **{f"{nic}_mac": mac for nic, mac in macs.items()}})
+                                        **{f"{nic}_mac": mac for nic, mac in macs.items()}, **lab})
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
         return True
 
-    def _write_seed(self, node, instance_id: str, macs: dict[str, str]) -> None:
+    def _lab_addresses(self) -> set[str]:
+        """The lab addresses the lab's VMs hold (network lab; from their vm.json)."""
+        return {meta["lab_address"] for entry in self._vm_dirs()
+                if (meta := self._meta(entry.name)) is not None and meta.get("lab_address")}
+
+    def _write_seed(self, node, instance_id: str, macs: dict[str, str], lab_address: str | None = None) -> None:
         keys = []
         if self.state is not None:
             from ..remote.credentials import lab_key
@@ -473,7 +538,7 @@ class QemuProvider(LabVMs):
             if public.is_file():
                 keys.append(public.read_text().strip())
         password = self.lab.ssh_password.get_secret_value() if self.lab.ssh_password is not None else None
-        files = seed_files(node.name, self.lab.ssh_user, password, keys, instance_id, macs)
+        files = seed_files(node.name, self.lab.ssh_user, password, keys, instance_id, macs, lab_address)
         write_seed(self._dir(node.name) / "seed.img", files)
 
     def configure(self, node) -> list[str]:
@@ -501,12 +566,34 @@ class QemuProvider(LabVMs):
 
     def _require_network(self, name: str, meta: dict) -> None:
         """The network a VM was created with is part of its disk (the guest's network config): it cannot change."""
-        have = "bridge" if "lab_mac" in meta else "user"
+        have = meta.get("network") or ("bridge" if "lab_mac" in meta else "user")
+        if have == "lab" == self.settings.network and \
+                not qemu_net.in_subnet(meta["lab_address"], self.settings.lab_subnet):
+            raise ProviderError(f"{name}: was created with the lab address {meta['lab_address']}, outside "
+                                f"provider.qemu.lab_subnet {self.settings.lab_subnet} now; the address is fixed when "
+                                "a VM is created", hint="set lab_subnet back to a range holding it, or `labctl "
+                                "destroy` and install again (the VMs' data is lost)")
         if have != self.settings.network:
             raise ProviderError(f"{name}: was created with provider.qemu.network {have}, clusters.json now says "
                                 f"{self.settings.network}; the network is fixed when a VM is created",
                                 hint=f"set it back to {have}, or `labctl destroy` and install again (the VMs' data "
                                 "is lost)")
+
+    def _forwards(self, name: str, meta: dict, ssh_port: int) -> dict[str, int]:
+        """network lab: guest port (a string: JSON keys) → host port for every port the host reaches through this VM
+        (qemu_net.forwarded_guest_ports). Recorded ports are kept; a new one, or one another program took since, gets
+        the next free port (and the move is announced). Called under the provider's lock."""
+        recorded, out = meta.get("forwards", {}), {}
+        for guest in map(str, qemu_net.forwarded_guest_ports(self.lab, name)):
+            host = recorded.get(guest)
+            if host is None or not self._port_free(host):
+                new = self._allocate_port(name, {ssh_port, *out.values(), *recorded.values()})
+                if host is not None:
+                    self._notify(f"{name}: port {host} is taken by another program; its forward to guest port "
+                                 f"{guest} moves to {new}")
+                host = new
+            out[guest] = host
+        return out
 
     def command(self, name: str, meta: dict, accel: Accel, port: int) -> list[str]:
         """The full argv of one VM's QEMU (detached: -daemonize, with -pidfile)."""
@@ -525,9 +612,15 @@ class QemuProvider(LabVMs):
             argv += ["-drive", f"if=virtio,file={_opt(seed)},format=raw,readonly=on"]
         # user-mode networking: SSH forwarded from the host's loopback only, nothing else reaches the guest
         mgmt_mac = f",mac={meta['mgmt_mac']}" if "mgmt_mac" in meta else ""
-        argv += ["-netdev", f"user,id=net0,hostfwd=tcp:{LOOPBACK}:{port}-:22",
+        # (network lab: also the cluster's API and NodePorts on its first control plane, see qemu_net)
+        forwards = "".join(f",hostfwd=tcp:{LOOPBACK}:{host}-:{guest}"
+                           for guest, host in meta.get("forwards", {}).items())
+        argv += ["-netdev", f"user,id=net0,hostfwd=tcp:{LOOPBACK}:{port}-:22{forwards}",
                  "-device", f"virtio-net-pci,netdev=net0{mgmt_mac}"]
-        if "lab_mac" in meta:  # network bridge: the lab network, through qemu-bridge-helper (a tap on the bridge)
+        if meta.get("network") == "lab":  # network lab: the lab's segment, multicast on the loopback (qemu_net)
+            argv += ["-netdev", qemu_net.netdev(self._root()),
+                     "-device", f"virtio-net-pci,netdev=lab,mac={meta['lab_mac']}"]
+        elif "lab_mac" in meta:  # network bridge: the lab network, through qemu-bridge-helper (a tap on the bridge)
             argv += ["-netdev", f"bridge,id=lab,br={self.settings.bridge}",
                      "-device", f"virtio-net-pci,netdev=lab,mac={meta['lab_mac']}"]
         argv += ["-device", "virtio-rng-pci"]  # entropy for sshd's first boot: no stall waiting for the CRNG
@@ -557,6 +650,11 @@ class QemuProvider(LabVMs):
                 self._notify(f"{name}: port {meta['ssh_port']} is taken by another program; SSH moves to {port}")
                 meta = {**meta, "ssh_port": port}
                 self._write_meta(name, meta)
+            if meta.get("network") == "lab":
+                forwards = self._forwards(name, meta, port)
+                if forwards != meta.get("forwards", {}):
+                    meta = {**meta, "forwards": forwards}
+                    self._write_meta(name, meta)
         argv = self.command(name, meta, accel, port)
         console = self.log_path(name)
         with open(console, "ab", opener=private_opener) as f:  # 0600 before QEMU appends the guest's console
@@ -580,6 +678,7 @@ class QemuProvider(LabVMs):
                 f.write(b"".join(f"--- qemu: {line}\n".encode() for line in done.stderr.strip().splitlines()))
         write_atomic(self._dir(name) / "run.json", json.dumps(
             {"pid": pid, "cpu": meta["cpu"], "memory": meta["memory"], "ssh_port": port, "accel": accel.name,
+             "forwards": meta.get("forwards", {}),
              "qmp": self._qmp_path(name), "started": time.time()}, indent=2) + "\n", 0o600)
         return True
 

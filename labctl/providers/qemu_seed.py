@@ -18,10 +18,12 @@ log = logging.getLogger("labctl")
 
 
 def seed_files(node: str, user: str, password: str | None, keys: list[str], instance_id: str,
-               macs: dict[str, str] | None = None) -> dict[str, bytes]:
+               macs: dict[str, str] | None = None, lab_address: str | None = None) -> dict[str, bytes]:
     """meta-data and user-data of a NoCloud seed: the login user labctl expects, its keys, and the hostname. With
-    `macs` ({"mgmt": MAC, "lab": MAC}: network bridge) also a network-config: DHCP on both NICs, found by MAC (their
-    names differ between images), the lab NIC's default route preferred."""
+    `macs` ({"mgmt": MAC, "lab": MAC}) also a network-config (version 2), each NIC found by its MAC (their names
+    differ between images). network bridge: DHCP on both, the lab NIC's default route preferred. network lab
+    (`lab_address`, "a.b.c.d/prefix"): DHCP on the user-mode NIC, which keeps the default route and DNS, and only
+    the static address on the lab NIC (no gateway: the segment leads nowhere but to the other VMs)."""
     import yaml
 
     account: dict = {"name": user, "shell": "/bin/bash", "sudo": "ALL=(ALL) NOPASSWD:ALL",
@@ -36,7 +38,13 @@ def seed_files(node: str, user: str, password: str | None, keys: list[str], inst
         "meta-data": yaml.safe_dump(meta, sort_keys=False).encode(),
         "user-data": ("#cloud-config\n" + yaml.safe_dump(config, sort_keys=False)).encode(),
     }
-    if macs:
+    if macs and lab_address:
+        network = {"version": 2, "ethernets": {
+            "mgmt": {"match": {"macaddress": macs["mgmt"]}, "dhcp4": True},
+            "lab": {"match": {"macaddress": macs["lab"]}, "dhcp4": False, "addresses": [lab_address]},
+        }}
+        files["network-config"] = yaml.safe_dump(network, sort_keys=False).encode()
+    elif macs:
         network = {"version": 2, "ethernets": {
             "mgmt": {"match": {"macaddress": macs["mgmt"]}, "dhcp4": True, "dhcp4-overrides": {"route-metric": 500}},
             "lab": {"match": {"macaddress": macs["lab"]}, "dhcp4": True, "dhcp4-overrides": {"route-metric": 100}},

@@ -391,6 +391,20 @@ class NodeFacts(_Facts):
         return value if isinstance(value, str) else None
 
     @property
+    def containerd_config_path(self) -> str | None:
+        """The registry `config_path` of the effective config as `config dump` shows it ("" when empty or absent;
+        None = no usable dump). Empty means containerd 1.x ignores every hosts.toml; 2.x on Linux then falls back to
+        /etc/containerd/certs.d:/etc/docker/certs.d at start (containerd plugins/cri/images/plugin.go), which the
+        dump does not show."""
+        cfg = self.containerd.effective
+        layout = CONTAINERD_LAYOUTS.get(self.containerd_layout or 0)
+        if cfg is None or layout is None:
+            return None
+        table = _dig(cfg, layout.registry_table)
+        value = table.get("config_path") if isinstance(table, dict) else None
+        return value if isinstance(value, str) else ""
+
+    @property
     def cri_disabled(self) -> bool:
         """Docker's containerd.io ships `disabled_plugins = ["cri"]`: then there is no CRI for the kubelet."""
         cfg = self.containerd.effective or {}
@@ -451,19 +465,24 @@ class ContainerdLayout(NamedTuple):
     runc_options: tuple[str, ...]
     sandbox_table: tuple[str, ...]
     sandbox_key: str
+    registry_table: tuple[str, ...]  # holds `config_path`, the directory of the registries' hosts.toml files
 
 
-# Where the two settings live in each config layout (reference/k8s-bootstrap.md §1; containerd docs/cri/config.md).
+# Where the settings live in each config layout (reference/k8s-bootstrap.md §1; containerd docs/cri/config.md; the
+# registry table: containerd docs/hosts.md, "CRI": 1.x `plugins."io.containerd.grpc.v1.cri".registry`, 2.x
+# `plugins."io.containerd.cri.v1.images".registry`).
 CONTAINERD_LAYOUTS = {
     2: ContainerdLayout(
         ("plugins", "io.containerd.grpc.v1.cri", "containerd", "runtimes", "runc", "options"),
         ("plugins", "io.containerd.grpc.v1.cri"),
         "sandbox_image",
+        ("plugins", "io.containerd.grpc.v1.cri", "registry"),
     ),
     3: ContainerdLayout(
         ("plugins", "io.containerd.cri.v1.runtime", "containerd", "runtimes", "runc", "options"),
         ("plugins", "io.containerd.cri.v1.images", "pinned_images"),
         "sandbox",
+        ("plugins", "io.containerd.cri.v1.images", "registry"),
     ),
 }
 

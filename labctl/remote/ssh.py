@@ -92,11 +92,16 @@ def transport_for(ctx, node) -> SSHTransport:
         state=ctx.state,
         password=lab.ssh_password.get_secret_value() if lab.ssh_password is not None else None,
         first_key=Path(lab.ssh_key).expanduser() if lab.ssh_key else None,
-        # shutdown only wants to know whether the guest answers now; install waits for VMs that are booting
-        connect_timeout=ctx.options.get("connect_timeout") or connect_timeout_default(),
+        # shutdown only wants to know whether the guest answers now; install waits for VMs that are booting (as
+        # long as the provider says such a boot takes: QEMU under TCG is several times slower than under KVM)
+        connect_timeout=ctx.options.get("connect_timeout")
+        or connect_timeout_default(ctx.provider.ssh_wait_seconds(node)),
         answer_timeout=ctx.options.get("answer_timeout", ANSWER_TIMEOUT),
         vm_running=vm_running,
         cancelled=getattr(ctx, "cancelled", None),
+        console_log=ctx.provider.log_path(node),
+        longer=f"provider.qemu.ssh_wait_seconds in clusters.json, or {ENV_CONNECT_TIMEOUT}=<seconds>"
+        if lab.provider.type == "qemu" else f"{ENV_CONNECT_TIMEOUT}=<seconds>",
     )
 
 
@@ -147,8 +152,11 @@ class SSHTransport:
         answer_timeout: float = ANSWER_TIMEOUT,
         vm_running: Callable[[], bool] | None = None,
         cancelled: threading.Event | None = None,
+        console_log: Path | None = None,
+        longer: str = f"{ENV_CONNECT_TIMEOUT}=<seconds>",
     ):
         """connect_timeout: seconds to wait for sshd (a booting VM), cut short when `vm_running()` says False;
+        console_log, longer: what the error of a wait that ran out points at (the VM's console; how to wait longer);
         answer_timeout: seconds any exchange on an open connection may go unanswered before the node counts as hung;
         cancelled: once set (Ctrl-C), no new connection or command is started."""
         self.node, self.host, self.port, self.user = node, host, port, user
@@ -157,6 +165,7 @@ class SSHTransport:
         self.connect_timeout = connect_timeout
         self.answer_timeout = answer_timeout
         self._vm_running = vm_running
+        self._console_log, self._longer = console_log, longer
         self._cancelled = cancelled or threading.Event()
         self._password = password
         self._lock = threading.RLock()  # re-entered when a connection drops during bootstrap
@@ -281,6 +290,8 @@ class SSHTransport:
             vm_running=self._vm_running,
             cancelled=self._cancelled,
             log_path=self.state.node_log(self.node),
+            console_log=self._console_log,
+            longer=self._longer,
         )
 
     def _handshake(self, key: paramiko.PKey, first: paramiko.PKey | None, deadline: float) -> paramiko.Transport:

@@ -23,12 +23,13 @@ ALIVE_EVERY = 20.0  # seconds between "is the VM still running?" questions while
 T = TypeVar("T")
 
 
-def connect_timeout_default() -> float:
+def connect_timeout_default(provider_default: float | None = None) -> float:
     """The install's wait for a booting VM's sshd, in seconds: LABCTL_SSH_WAIT if set (a positive number), else
+    `provider_default` (the provider's, e.g. QEMU's by accelerator and provider.qemu.ssh_wait_seconds), else
     CONNECT_TIMEOUT. Raises UsageError for a value that is not a positive number."""
     raw = os.environ.get(ENV_CONNECT_TIMEOUT, "").strip()
     if not raw:
-        return CONNECT_TIMEOUT
+        return provider_default or CONNECT_TIMEOUT
     try:
         value = float(raw)
     except ValueError:
@@ -49,13 +50,17 @@ def wait_for_sshd(
     vm_running: Callable[[], bool] | None,
     cancelled: threading.Event,
     log_path,
+    console_log=None,
+    longer: str = f"{ENV_CONNECT_TIMEOUT}=<seconds>",
 ) -> T:
     """handshake(deadline) until it returns; deadline is a time.monotonic() value `timeout` seconds from now.
 
     Refused connections, timeouts and banner errors (OSError, EOFError, paramiko.SSHException) are retried with
     jittered backoff; a TransportError from the handshake (host key changed, authentication refused) is raised at
     once, since retrying cannot fix it. Raises TransportError when the wait runs out, when `vm_running()` (asked every
-    ALIVE_EVERY seconds) says False, or when `cancelled` is set (Ctrl-C)."""
+    ALIVE_EVERY seconds) says False, or when `cancelled` is set (Ctrl-C). When the wait runs out, the error says
+    whether the VM is running (asked once more) and points at `console_log` (the VM's own console: how far its boot
+    got) and at `longer` (how to wait longer), besides labctl's node log `log_path`."""
     import paramiko
 
     started = time.monotonic()
@@ -81,15 +86,37 @@ def wait_for_sshd(
             with contextlib.suppress(Exception):  # the provider failing to answer is no verdict on the VM
                 stopped = not vm_running()
         if left <= 0 or stopped:
-            waited = f"{now - started:.0f}s" if stopped else f"{timeout:g}s"
-            why = "its VM is not running" if stopped else "booting or not reachable yet"
-            raise TransportError(
-                node,
-                f"cannot connect to {address} within {waited}: {why} ({attempts} attempts; last: {last})",
-                hint=f"is the VM running and its address current? `labctl status` shows both; "
-                f"`labctl boot` starts stopped VMs; a slow first boot may need a longer wait: "
-                f"{ENV_CONNECT_TIMEOUT}=<seconds> (log: {log_path})",
-            )
+            raise _gave_up(node, address, attempts, last, now - started if stopped else timeout,
+                           False if stopped else _ask(vm_running), log_path, console_log, longer)
         # Jitter: nodes booted together should not knock in lockstep. Ctrl-C ends the wait at once.
         cancelled.wait(min(left, delay * random.uniform(0.5, 1.0)))
         delay = min(delay * 2, 3.0)
+
+
+def _ask(vm_running: Callable[[], bool] | None) -> bool | None:
+    """Is the VM running? None when there is no one to ask, or the provider cannot say."""
+    if vm_running is None:
+        return None
+    try:
+        return vm_running()
+    except Exception:  # noqa: BLE001 - the provider failing to answer is no verdict on the VM
+        return None
+
+
+def _gave_up(node: str, address: str, attempts: int, last: str, waited: float, running: bool | None, log_path,
+             console_log, longer: str) -> TransportError:
+    """The error for a wait that ran out: what is known about the VM, and where to look next."""
+    console = f"its console log {console_log}" if console_log else "the VM's console"
+    if running is False:
+        why, hint = "its VM is not running", f"`labctl boot` starts it; {console} shows how its last boot ended"
+    elif running:
+        why = "its VM is running, but sshd does not answer"
+        hint = (f"{console} shows how far the boot got (a guest still booting, or stuck); a slow boot (e.g. QEMU "
+                f"under TCG) needs a longer wait: {longer}")
+    else:
+        why = "booting or not reachable yet"
+        hint = (f"is the VM running and its address current? `labctl status` shows both; {console} shows how far "
+                f"the boot got; a slow first boot may need a longer wait: {longer}")
+    return TransportError(
+        node, f"cannot connect to {address} within {round(waited, 1):g}s: {why} ({attempts} attempts; last: {last})",
+        hint=f"{hint} (labctl's log: {log_path})")

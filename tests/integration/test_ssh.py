@@ -121,9 +121,11 @@ def test_a_changed_host_key_is_refused_until_the_node_is_forgotten(connect, sshd
 
 def test_transport_for_builds_from_the_lab_model(sshd, user, lab_state):
     ctx = SimpleNamespace(
-        lab=SimpleNamespace(ssh_user=user.name, ssh_password=SecretStr(user.password), ssh_key=None),
+        lab=SimpleNamespace(ssh_user=user.name, ssh_password=SecretStr(user.password), ssh_key=None,
+                            provider=SimpleNamespace(type="tart")),
         state=lab_state,
-        provider=SimpleNamespace(ssh_address=lambda node, address=None: (sshd.host, sshd.port)),
+        provider=SimpleNamespace(ssh_address=lambda node, address=None: (sshd.host, sshd.port),
+                                 log_path=lambda node: lab_state.root / "logs" / f"{node.name}.tart.log"),
         address=lambda node: None,
         options={"connect_timeout": 7},
     )

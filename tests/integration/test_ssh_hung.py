@@ -133,8 +133,12 @@ def test_the_install_wait_for_sshd_is_long_and_overridable(lab_state, monkeypatc
 
     from labctl.errors import UsageError
 
-    lab = SimpleNamespace(ssh_user="u", ssh_password=SecretStr("p"), ssh_key=None)
-    provider = SimpleNamespace(ssh_address=lambda node, address=None: ("127.0.0.1", 22), list=lambda: {})
+    lab = SimpleNamespace(ssh_user="u", ssh_password=SecretStr("p"), ssh_key=None,
+                          provider=SimpleNamespace(type="qemu"))
+    waits = {}  # what the provider says a boot takes (QEMU: by accelerator); None: the transport's default
+    provider = SimpleNamespace(ssh_address=lambda node, address=None: ("127.0.0.1", 22), list=lambda: {},
+                               ssh_wait_seconds=lambda node: waits.get(node.name),
+                               log_path=lambda node: lab_state.root / "logs" / f"{node.name}.console.log")
     node = SimpleNamespace(name=NODE)
 
     def made(**options):
@@ -143,6 +147,8 @@ def test_the_install_wait_for_sshd_is_long_and_overridable(lab_state, monkeypatc
 
     monkeypatch.delenv("LABCTL_SSH_WAIT", raising=False)
     assert made().connect_timeout >= 300
+    waits[NODE] = 1200  # the provider's own (QEMU under TCG); the environment still overrides it
+    assert made().connect_timeout == 1200
     monkeypatch.setenv("LABCTL_SSH_WAIT", "900")
     assert made().connect_timeout == 900
     assert made(connect_timeout=10).connect_timeout == 10

@@ -12,7 +12,12 @@ What the image holds, and why:
   - user `admin`, password `admin`, in group sudo (sudo asks for the password): labctl's defaults, so the first
     contact goes through the real password → key bootstrap and sudo through the real `sudo -S` path;
   - hostname `labctl-base` and a 64 MiB swap file in /etc/fstab: the prepare phase has real work to do;
-  - DHCP on eth0 (user-mode networking) and on eth1 when present (the lab NIC of network bridge);
+  - DHCP on eth0 (user-mode networking) and on eth1 when present (the lab NIC of network bridge), as hotplug
+    interfaces, so that they are simply absent when cloud-init renamed them;
+  - cloud-init (Debian's), off unless the kernel command line says `cloud-init=enabled` (its generator reads the
+    command line before /etc/cloud/cloud-init.disabled): the lab tests that need the NoCloud seed (network lab's
+    static addresses from network-config) turn it on with provider.qemu.append; the others keep the password →
+    key bootstrap and the base hostname. NoCloud only, and it keeps the image's SSH host key (no RSA key under TCG);
   - no SSH host keys and an empty machine-id: every VM made from the image generates its own at first boot;
   - a boot unit that generates the SSH host key (ed25519 only: RSA takes ~10 s under TCG) and grows the root
     filesystem to the disk (the provider grows the disk to the node's size; with no partition table
@@ -38,7 +43,9 @@ SUITE = "bookworm"
 DEFAULT_CACHE = Path(os.environ.get("LABCTL_REALVM_CACHE", "/var/cache/labctl-realvm"))
 FALLBACK_MIRROR = "http://deb.debian.org/debian"
 PACKAGES = ["systemd-sysv", "udev", "dbus", "openssh-server", "linux-image-amd64", "iproute2", "ifupdown",
-            "isc-dhcp-client", "sudo", "ca-certificates", "e2fsprogs"]
+            "isc-dhcp-client", "sudo", "ca-certificates", "e2fsprogs", "cloud-init",
+            "python3-cffi-backend"]  # cloud-init's python3-cryptography needs it through a virtual package, which
+# debootstrap's resolver does not follow
 USER, PASSWORD = "admin", "admin"
 BASE_HOSTNAME = "labctl-base"
 DISK_SIZE = "3G"
@@ -112,8 +119,13 @@ def _configure(root: Path) -> None:
     (root / "etc/hosts").write_text("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
     (root / "etc/fstab").write_text("/dev/vda\t/\text4\tdefaults\t0 1\n/swapfile\tnone\tswap\tsw\t0 0\n")
     # eth0: user-mode networking (net.ifnames=0); eth1: the lab NIC of provider.qemu.network bridge, when there is one
+    # cloud-init writes its own (interfaces.d/50-cloud-init) when it runs
     (root / "etc/network/interfaces").write_text(
-        "auto lo\niface lo inet loopback\n\nauto eth0\niface eth0 inet dhcp\n\nallow-hotplug eth1\niface eth1 inet dhcp\n")
+        "auto lo\niface lo inet loopback\n\nallow-hotplug eth0\niface eth0 inet dhcp\n\nallow-hotplug eth1\n"
+        "iface eth1 inet dhcp\n\nsource /etc/network/interfaces.d/*\n")
+    (root / "etc/cloud/cloud-init.disabled").write_text("")
+    (root / "etc/cloud/cloud.cfg.d/90-labctl-realvm.cfg").write_text(
+        "datasource_list: [NoCloud, None]\nssh_deletekeys: false\nssh_genkeytypes: []\n")
     swap = root / "swapfile"
     with open(swap, "wb") as f:
         # A swap file must have no holes, and `mkfs.ext4 -d` turns blocks of zeros into holes: not zeros, then.

@@ -3,9 +3,9 @@ call as JSON lines.
 
 They follow the real tools where labctl relies on them: `qemu-img info --output=json`, `create -b -F`, `resize`
 refusing to shrink; `qemu-system-* -daemonize` returning once the VM runs, writing -pidfile, binding the forwarded
-port like slirp, answering QMP on the socket and removing its pidfile when it exits; without -daemonize (the KVM
-probe) printing "Linux version" on the console, unless FAKE_QEMU_KVM=hang (nothing) or abort (exit 134 on an MSR);
-with a NIC on a bridge, a DHCP lease for its MAC appended to FAKE_QEMU_LEASES (dnsmasq's format) 0.3 s after start.
+ports like slirp (every hostfwd, failing on a taken one), answering QMP on the socket and removing its pidfile when it
+exits; without -daemonize (the KVM probe) printing "Linux version" on the console, unless FAKE_QEMU_KVM=hang
+(nothing) or abort (exit 134 on an MSR); with a NIC on a bridge, a DHCP lease for its MAC appended to FAKE_QEMU_LEASES (dnsmasq's format) 0.3 s after start.
 Images are small JSON files ({"format", "virtual-size"}), not disk images.
 """
 
@@ -106,7 +106,9 @@ if "-daemonize" not in args:  # the accelerator probe
 pidfile = value("-pidfile")
 qmp_path = chardev("socket")["path"]
 netdev = value("-netdev")
-port = int(netdev.split("hostfwd=tcp:127.0.0.1:")[1].split("-")[0])
+# every hostfwd=tcp:127.0.0.1:HOST-:GUEST of the user NIC (SSH first; network lab adds the API and NodePorts)
+forwards = [(int(f.split(":")[2].split("-")[0]), f.rsplit(":", 1)[1])
+            for f in netdev.split(",") if f.startswith("hostfwd=tcp:127.0.0.1:")]
 read_end, write_end = os.pipe()
 if os.fork():
     os.close(write_end)
@@ -116,15 +118,18 @@ if os.fork():
     sys.exit(0)
 os.close(read_end)
 os.setsid()
-try:
-    fwd = socket.socket()
-    fwd.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    fwd.bind(("127.0.0.1", port))
-    fwd.listen()
-except OSError:
-    os.write(write_end, f"qemu-system-x86_64: -netdev {netdev}: Could not set up host forwarding rule "
-                        f"'tcp:127.0.0.1:{port}-:22'".encode())
-    sys.exit(1)
+listeners = []
+for port, guest in forwards:  # like slirp: every forward is bound at start, and one taken port fails the start
+    try:
+        fwd = socket.socket()
+        fwd.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        fwd.bind(("127.0.0.1", port))
+        fwd.listen()
+        listeners.append(fwd)
+    except OSError:
+        os.write(write_end, f"qemu-system-x86_64: -netdev {netdev}: Could not set up host forwarding rule "
+                            f"'tcp:127.0.0.1:{port}-:{guest}'".encode())
+        sys.exit(1)
 server = socket.socket(socket.AF_UNIX)
 server.bind(qmp_path)
 server.listen()

@@ -198,7 +198,8 @@ def qemu_lab(tmp_path, linux, fake_qemu, monkeypatch):
     path = tmp_path / "clusters.json"
     path.write_text(json.dumps({
         "base_image": "images/rootfs.img",
-        "provider": {"type": "qemu", "qemu": {"kernel": "images/vmlinuz", "initrd": "images/initrd.img"}},
+        "provider": {"type": "qemu", "qemu": {"kernel": "images/vmlinuz", "initrd": "images/initrd.img",
+                                              "network": "lab"}},
         "clusters": [{"name": "q", "pod_cidr": "10.200.0.0/16", "service_cidr": "10.201.0.0/16", "nodes": [
             {"name": "q-m1", "role": "master", "cpu": 2, "memory": 2048, "disk": 20},
             {"name": "q-w1", "role": "worker", "cpu": 2, "memory": 2048, "disk": 20}]}],
@@ -216,7 +217,7 @@ def test_a_kvm_that_hangs_is_reported_with_the_tcg_fallback(qemu_lab, fake_qemu)
     result, doc, checks = doctor(qemu_lab, {**ROOMY, "FAKE_QEMU_KVM": "hang"})
     assert result.code == 0 and doc["ok"] is True  # TCG is slow, not broken: a warning
     assert [c["name"] for c in doc["checks"]] == \
-        ["platform", "memory", "cpu", "qemu", "images", "accelerator", "disk", "clusters.json"]  # no tart checks
+        ["platform", "memory", "cpu", "qemu", "images", "accelerator", "network", "disk", "clusters.json"]  # no tart
     assert checks["platform"] == {"name": "platform", "status": "ok", "fix": "",
                                   "detail": "Linux on x86_64: the qemu provider runs here"}
     assert checks["qemu"]["detail"].startswith(f"QEMU emulator version 7.2.22 (fake) ({fake_qemu.bin}/qemu-system")
