@@ -207,8 +207,10 @@ class Context:
         self.state.log(node, text)
 
     def note(self, text: str) -> None:
-        """A progress line for the user (e.g. 'pulling ghcr.io/...'), shown by the UI."""
-        log.info(text)
+        """A progress line for the user (e.g. 'pulling ghcr.io/...'), shown by the UI. Of a download's Progress
+        notes (labctl/images.py) only the milestones go to the log; the UI draws the rest as a bar."""
+        if getattr(text, "milestone", True):
+            log.info(text)
         self._notify(text)
 
     def debug(self, message: str, exc: BaseException | None = None) -> None:

@@ -102,6 +102,13 @@ def forget(state: LabState, clusters: list[str]) -> None:
                                                        indent=2, sort_keys=True) + "\n", 0o600)
 
 
+def extra_data(cred: Credential, entry: dict[str, str]) -> dict[str, str]:
+    """The credential's `extra` keys with `{user}` and `{password}` replaced by the login (never bcrypt-hashed): how
+    one Secret also carries the login in a client's own file format, e.g. Velero's AWS credentials file."""
+    return {k: v.replace("{user}", entry["user"]).replace("{password}", entry["password"])
+            for k, v in cred.extra.items()}
+
+
 def secret_object(cred: Credential, entry: dict[str, str], stack: str) -> dict:
     """The Secret that carries one credential into the cluster (the chart reads it by name)."""
     from .stacks import STACK_LABEL
@@ -111,7 +118,7 @@ def secret_object(cred: Credential, entry: dict[str, str], stack: str) -> dict:
         import bcrypt
 
         password = bcrypt.hashpw(password.encode(), bcrypt.gensalt()).decode()
-    data = {cred.password_key: password, **cred.extra}
+    data = {cred.password_key: password, **extra_data(cred, entry)}
     if cred.user_key:
         data[cred.user_key] = entry["user"]
     if "admin.passwordMtime" in data:  # Argo CD: when the password was set
@@ -142,4 +149,4 @@ def secret_matches(cred: Credential, entry: dict[str, str], live: dict | None) -
     else:
         ok = stored == entry["password"]
     return ok and (cred.user_key is None or data.get(cred.user_key) == entry["user"]) and all(
-        data.get(k) == v for k, v in cred.extra.items() if k != "admin.passwordMtime")
+        data.get(k) == v for k, v in extra_data(cred, entry).items() if k != "admin.passwordMtime")

@@ -2,7 +2,7 @@
 
 - docs/clusters-json.md, from the models (every field, its type, default and notes);
 - the stack reference in docs/stacks.md (between the GENERATED markers), from the stack descriptors
-  (templates/stacks/*/stack.yaml) and the planned names in labctl/stacks.py.
+  (templates/stacks/*/stack.yaml).
 
     python -m labctl.docgen --write                      rewrites both (tests/unit/test_docs.py fails when stale)
     python -m labctl.docgen > docs/clusters-json.md      the clusters.json reference alone, on stdout
@@ -128,7 +128,7 @@ def markdown() -> str:
         "",
         "## Stack rules (per cluster)",
         "",
-        "- A stack name is a catalogue stack, a planned one, or your own stack with `chart` or `manifests`",
+        "- A stack name is a catalogue stack or your own stack with `chart` or `manifests`",
         "  (never both); unknown names get the nearest known one suggested. Each stack is listed once.",
         "- A catalogue stack takes only `values` and `requires`; your own stacks may not reuse a catalogue name.",
         "- A chart stack has `chart` (a plain chart name), `repo` (https:// or oci://, without the chart's name) and",
@@ -183,7 +183,7 @@ def _requests(d) -> str:
 
 def stacks_markdown() -> str:
     """The generated part of docs/stacks.md (between BEGIN and END): one table, then a section per stack."""
-    from .stacks import PLANNED, catalogue
+    from .stacks import catalogue
 
     stacks = catalogue()
     out = [
@@ -221,19 +221,9 @@ def stacks_markdown() -> str:
             facts.append(f"- {url_name}: `{_url(url)}`")
         for c in d.credentials:
             facts.append(f"- login `{c.name}`: user `{c.user}`, password from `labctl credentials --cluster CLUSTER "
-                         f"{name}` (kept in Secret `{c.namespace}/{c.secret}`)")
+                         f"{name}` (kept in Secret `{c.namespace}/{c.secret}`"
+                         + (", delivered as a SealedSecret)" if c.sealed else ")"))
         out += [*facts, ""]
-    out += [
-        "### Planned (Stacks, part 2)",
-        "",
-        "clusters.json may already name these; `labctl validate` accepts them and `labctl plan` shows them, but",
-        "this version installs nothing for them yet.",
-        "",
-        "| stack | what |",
-        "|---|---|",
-    ]
-    out += [f"| `{name}` | {_cell(summary)} |" for name, summary in sorted(PLANNED.items()) if name not in stacks]
-    out.append("")
     return "\n".join(out)
 
 

@@ -54,6 +54,22 @@ def detect() -> Host:
     return Host(platform.system(), platform.machine(), cpus, _memory_mib())
 
 
+# platform.machine() spellings → the architecture names of OCI images (image index `platform.architecture`)
+_OCI_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64"}
+
+
+def guest_architecture(provider: str) -> str:
+    """The CPU architecture of the lab's VMs, as OCI images name it ("arm64", "amd64"), for provider "tart" or
+    "qemu". Tart runs only on Apple silicon (doctor's platform check), and Apple's Virtualization.framework runs
+    guests of the host's own architecture, so Tart VMs are arm64; labctl starts QEMU
+    with the host's own qemu-system-<machine> (providers/qemu.default_binary), so its guests are the host's
+    architecture. An unknown machine is returned as it is (lower case)."""
+    if provider == "tart":
+        return "arm64"
+    machine = platform.machine().lower()
+    return _OCI_ARCH.get(machine, machine)
+
+
 def free_disk_gb(path: Path) -> float:
     return shutil.disk_usage(path).free / 1e9
 

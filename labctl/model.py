@@ -267,11 +267,17 @@ class QemuSettings(Strict):
         default=True, description="attach a NoCloud seed (user, password, SSH keys, hostname) for cloud images")
     ssh_port_base: StrictInt = Field(
         default=10022, ge=1024, le=65000, description="first 127.0.0.1 port forwarded to a VM's SSH (one per VM)")
-    network: Literal["user", "bridge"] = Field(
+    network: Literal["user", "bridge", "lab"] = Field(
         default="user",
         description="user: every VM alone behind QEMU's NAT, reached through its forwarded SSH port (the node phases "
-        "run, but no cluster forms); bridge: also a NIC on `bridge`, where the VMs reach each other and get their "
-        "addresses from its DHCP server (fixed when the VM is created)")
+        "run, but no cluster forms); lab: also a NIC on a segment all the lab's VMs share (QEMU multicast on the "
+        "host's loopback: no root, no bridge) with a static address from `lab_subnet`, the API and NodePorts "
+        "forwarded to 127.0.0.1; bridge: also a NIC on `bridge`, where the VMs reach each other and get their "
+        "addresses from its DHCP server. Fixed when the VM is created")
+    lab_subnet: str = Field(
+        default="10.213.0.0/24",
+        description="network lab: the VMs' addresses on the lab segment, one per VM given at create (must not "
+        "overlap a pod or service CIDR, nor 10.0.2.0/24 where QEMU's user-mode NIC lives)")
     bridge: str = Field(
         default="virbr0", pattern=r"^[A-Za-z0-9_.-]{1,15}$",
         description="host bridge for network bridge, attached through qemu-bridge-helper (/etc/qemu/bridge.conf "
@@ -282,6 +288,14 @@ class QemuSettings(Strict):
     ip_wait_seconds: StrictInt = Field(
         default=180, ge=0, le=TART_UINT16_MAX,  # the same bound as Tart's, ~18 hours
         description="network bridge: how long to wait for a started VM's DHCP lease")
+    ssh_wait_seconds: StrictInt | None = Field(
+        default=None, ge=1, le=TART_UINT16_MAX,
+        description="how long to wait for a booting VM's sshd (default: 300 under KVM, 1200 under TCG, which is "
+        "several times slower); LABCTL_SSH_WAIT overrides it")
+    image_checksums: str | None = Field(
+        default=None, pattern=r"^https?://",
+        description="base_image given by URL: the URL of the publisher's SHA-256 checksum file it is verified "
+        "against (default: SHA256SUMS in the image's directory)")
 
     @model_validator(mode="after")
     def _kernel_options(self) -> QemuSettings:
@@ -291,6 +305,14 @@ class QemuSettings(Strict):
         if self.leases is not None and self.network != "bridge":
             raise ValueError("leases only applies with network bridge")
         return self
+
+    @field_validator("lab_subnet")
+    @classmethod
+    def _lab_subnet(cls, value: str) -> str:
+        net = ipaddress.ip_network(_ipv4_cidr(value))
+        if net.prefixlen > 28:  # room for a lab's VMs: 14 addresses
+            raise ValueError(f"{show(value)} is too small for a lab's VMs; use a /28 or larger, e.g. 10.213.0.0/24")
+        return value
 
 
 class ProviderSettings(Strict):
@@ -304,7 +326,8 @@ class Lab(Strict):
     base_image: str = Field(
         default="ghcr.io/cirruslabs/ubuntu:latest",
         description="image every VM is cloned from; tart: an OCI image, qemu: a local qcow2 or raw disk image file "
-        "(relative paths are beside clusters.json)",
+        "(relative paths are beside clusters.json) or an https:// URL of one, downloaded once into "
+        "~/.cache/labctl/images and verified against the publisher's SHA256SUMS",
     )
     ssh_user: str = Field(default="admin", description="the VMs' user with passwordless sudo")
     ssh_password: SecretStr | None = Field(
@@ -327,7 +350,7 @@ class Lab(Strict):
     @classmethod
     def _image(cls, v: str) -> str:
         if not v.strip():
-            raise ValueError("name the image: an OCI image (tart) or a disk image file (qemu)")
+            raise ValueError("name the image: an OCI image (tart) or a disk image file or URL (qemu)")
         return v
 
     @property

@@ -183,4 +183,9 @@ class ArgocdDestinations(Hook):
             kube.delete("v1", "Secret", stack.namespace, name)
 
 
-HOOKS: dict[str, Hook] = {h.name: h for h in (KubeletServingCsrs(), ArgocdDestinations())}
+from .stack_hooks_sealed import SealedCredentials  # noqa: E402  (its module imports Hook from here)
+from .stack_hooks_registry import RegistryHosts  # noqa: E402  (its module imports Hook from here)
+from .stack_hooks_backup import HOOKS as BACKUP_HOOKS  # noqa: E402  (its module imports Hook from here)
+
+HOOKS: dict[str, Hook] = {h.name: h for h in (KubeletServingCsrs(), ArgocdDestinations(), SealedCredentials(),
+                                               RegistryHosts(), *BACKUP_HOOKS)}

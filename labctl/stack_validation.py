@@ -26,10 +26,12 @@ def _schedulable(nodes: list) -> list[dict]:
     return workers or nodes
 
 
-def stack_problems(cluster: dict, cpath: str, base_dir: Path | None) -> list[Problem]:
+def stack_problems(cluster: dict, cpath: str, base_dir: Path | None, arch: str | None = None) -> list[Problem]:
     """Each entry of a cluster's `stacks`, and the list as a whole: known names, user stacks complete, requirements
-    present and acyclic, NodePorts unique in the cluster, and the declared requests fitting the nodes. `cluster`: the
-    raw object at `cpath` (e.g. "clusters[0]"); `base_dir`: where manifests folders are. Returns every problem."""
+    present and acyclic, NodePorts unique in the cluster, catalogue stacks whose images run on the VMs' architecture,
+    and the declared requests fitting the nodes. `cluster`: the raw object at `cpath` (e.g. "clusters[0]");
+    `base_dir`: where manifests folders are; `arch`: the VMs' architecture ("arm64", "amd64"; host.guest_architecture),
+    None to skip that check. Returns every problem."""
     from . import stacks as S
 
     entries = cluster.get("stacks")
@@ -60,7 +62,7 @@ def stack_problems(cluster: dict, cpath: str, base_dir: Path | None) -> list[Pro
         own_requires = [(r, f"{spath}.requires[{i}]") for i, r in enumerate(own if isinstance(own, list) else [])
                         if isinstance(r, str)]
         user_fields = [f for f in ("chart", "repo", "version", "release", "namespace", "manifests") if f in spec]
-        if name in catalogue or name in S.PLANNED:
+        if name in catalogue:
             if user_fields:
                 problems.append(Problem(f"{spath}.{user_fields[0]}", f"{name!r} is a catalogue stack: only `values` "
                                         f"and `requires` can be set on it, not `{user_fields[0]}`; for your own chart "
@@ -70,6 +72,8 @@ def stack_problems(cluster: dict, cpath: str, base_dir: Path | None) -> list[Pro
             problems += _values_problems(name, descriptor, spec.get("values"), spath)
             for r in descriptor.releases if descriptor else []:
                 problems += _claim_release(releases, r.namespace or descriptor.namespace, r.release, name, spath)
+            if descriptor is not None and arch and arch not in descriptor.architectures:
+                problems.append(_architecture_problem(name, descriptor, arch, entry, spath))
             if descriptor is not None:
                 for port_name, port in descriptor.node_ports.items():
                     problems += _claim(ports, port, f"stack {name!r} ({port_name})", spath)
@@ -100,10 +104,11 @@ def stack_problems(cluster: dict, cpath: str, base_dir: Path | None) -> list[Pro
         else:
             known = S.known_names()
             near = difflib.get_close_matches(name.lower(), known, n=1)
-            tip = f"did you mean {near[0]!r}?" if near else f"the catalogue has {', '.join(known)}."
+            # the fix first: the catalogue's list grows with every stack, and long messages are cut at the end
+            tip = f"did you mean {near[0]!r}? " if near else ""
             problems.append(Problem(f"{spath}.name" if isinstance(entry, dict) else spath,
-                                    f"unknown stack {name!r}: {tip} Your own stack needs `chart`, `repo` and "
-                                    "`version`, or `manifests`"))
+                                    f"unknown stack {name!r}: {tip}your own stack needs `chart`, `repo` and "
+                                    f"`version`, or `manifests`; the catalogue has {', '.join(known)}"))
         for field, limit in (("namespace", 63), ("release", 53)):
             value = spec.get(field)
             if isinstance(value, str):
@@ -135,6 +140,16 @@ def stack_problems(cluster: dict, cpath: str, base_dir: Path | None) -> list[Pro
                                 "drop one of these requirements"))
     problems += _fit_problems(cluster, cpath, cpu_m, memory)
     return problems
+
+
+def _architecture_problem(name: str, descriptor: Any, arch: str, entry: Any, spath: str) -> Problem:
+    """A catalogue stack whose images are not published for the VMs' architecture: its pods would never start
+    (`exec format error`), so validation says so before anything is installed."""
+    instead = f"; declare {descriptor.alternative!r} instead" if descriptor.alternative else ""
+    return Problem(f"{spath}.name" if isinstance(entry, dict) else spath,
+                   f"stack {name!r} runs only on {', '.join(descriptor.architectures)} VMs (its pinned images have "
+                   f"no {arch} build), and this lab's VMs are {arch} (Tart's always are; QEMU's are the host's "
+                   f"architecture){instead}")
 
 
 def _values_problems(name: str, descriptor: Any, values: Any, spath: str) -> list[Problem]:

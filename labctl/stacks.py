@@ -51,6 +51,7 @@ class ProvidedCrd(_Strict):
     name: str
     kind: str
     version: str
+    scope: Literal["Namespaced", "Cluster"] = "Namespaced"
 
 
 class Release(_Strict):
@@ -81,8 +82,11 @@ class Credential(_Strict):
     user_key: str | None = None
     password_key: str
     hash: Literal["plain", "bcrypt"] = "plain"
-    extra: dict[str, str] = Field(default_factory=dict, description="more keys of the Secret (fixed values)")
+    extra: dict[str, str] = Field(default_factory=dict, description="more keys of the Secret: fixed values, in which "
+                                  "{user} and {password} stand for the login (e.g. an AWS credentials file)")
     labels: dict[str, str] = Field(default_factory=dict)
+    sealed: bool = Field(default=False, description="delivered as a SealedSecret that the stack's hook seals to the "
+                         "sealed-secrets controller's key (labctl/stack_hooks_sealed.py), never as a plain Secret")
 
 
 class Descriptor(_Strict):
@@ -106,20 +110,12 @@ class Descriptor(_Strict):
     credentials: list[Credential] = Field(default_factory=list)
     hooks: list[str] = Field(default_factory=list, description="named hooks in labctl/stack_hooks.py")
     arm64: str = Field(default="", description="evidence that every image runs on linux/arm64")
+    architectures: list[Literal["amd64", "arm64"]] = Field(
+        default=["amd64", "arm64"], description="the VM architectures its images run on; `labctl validate` refuses "
+        "the stack on a provider whose VMs are another (e.g. harbor: amd64 only, not on Apple silicon)")
+    alternative: str = Field(default="", description="the catalogue stack to declare instead where this one's "
+                             "images do not run (validation names it)")
     docs: str = ""
-
-
-# Stacks the shipped clusters.json declares that arrive with "Stacks, part 2": accepted, shown, not yet installed.
-PLANNED = {
-    "rbac": "namespaced roles and a read-only viewer for lab users",
-    "sealed-secrets": "Bitnami sealed-secrets controller",
-    "backup": "Velero and etcd snapshots",
-    "harbor": "Harbor image registry",
-    "network-policies": "CiliumNetworkPolicy default-deny with explicit allows",
-    "istio": "Istio base, istiod and an ingress gateway",
-    "gatekeeper": "OPA Gatekeeper with baseline constraints",
-    "quotas": "ResourceQuota and LimitRange per namespace",
-}
 
 
 @lru_cache(maxsize=1)
@@ -139,7 +135,7 @@ def catalogue() -> dict[str, Descriptor]:
 
 
 def known_names() -> list[str]:
-    return sorted({*catalogue(), *PLANNED})
+    return sorted(catalogue())
 
 
 def parse_ready(entry: str, default_namespace: str) -> tuple[str, str, str]:

@@ -8,12 +8,14 @@ checks (JUnit for CI).
 
 from __future__ import annotations
 
+import re
 import socket
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING
 
 from .errors import LabctlError
+from .kube import API_PORT
 
 if TYPE_CHECKING:
     from .lab import LabSession
@@ -92,22 +94,21 @@ def _guard(fn, *args) -> Probe:
         return Probe(False, exc.message.splitlines()[0])
 
 
-def _stacks(ctx, cluster: Cluster, kube, have_kubeconfig: bool) -> tuple[dict[str, Probe], dict[str, str]]:
-    """Each declared stack's health (asked concurrently: a hung API server costs one timeout, not one per stack),
-    and the URLs (with `{address}`) of the installable ones."""
+def _stacks(ctx, cluster: Cluster, kube, api: Probe) -> tuple[dict[str, Probe], dict[str, str]]:
+    """Each declared stack's health (asked concurrently), and the URLs (with `{address}`) of each. Asked only once
+    the API answered (`api`): a stack asks tens of questions, and against a hung API server those beyond the
+    connection pool would each wait for an earlier one's timeout."""
     from . import stacks as S
 
-    installable = S.installable(cluster)
     urls: dict[str, str] = {}
 
     def probe(name: str) -> Probe:
-        if name not in installable:
-            return Probe(False, "arrives with a later labctl version (Stacks, part 2)", skipped=True)
         try:
             stack = S.resolve(ctx.lab, cluster, name, ctx.state.root.parent)
             urls.update(stack.urls)
-            if not have_kubeconfig:
-                return Probe(False, "not installed", skipped=True)
+            if not api.ok:
+                return Probe(False, "not asked: " + api.detail if not api.skipped else "not installed",
+                             skipped=api.skipped)
             return Probe(*S.health(kube, stack))
         except LabctlError as exc:
             return Probe(False, exc.message.splitlines()[0])
@@ -169,9 +170,9 @@ def _cluster(ctx, cluster: Cluster, vms: dict, timeout: float, pool) -> ClusterS
         "api": pool.submit(api_nodes),
         "cilium": pool.submit(_guard, workloads, *cilium_checks),
         "dns": pool.submit(_guard, workloads, ("deployment_ready", "kube-system", "coredns")),
-        "stacks": pool.submit(_stacks, ctx, cluster, kube, have_kubeconfig),
     }
     api, infos = futures["api"].result()
+    stacks, stack_urls = _stacks(ctx, cluster, kube, api)
     nodes = []
     for fut in futures["nodes"]:
         node, state, address, ssh = fut.result()
@@ -184,21 +185,41 @@ def _cluster(ctx, cluster: Cluster, vms: dict, timeout: float, pool) -> ClusterS
             ready = Probe(False, api.detail, skipped=api.skipped)
         nodes.append(NodeStatus(node.name, node.role, state, address, ssh, ready,
                                 info.kubelet_version if info else ""))
-    stacks, stack_urls = futures["stacks"].result()
-    urls = {}
-    running = next((n.address for n in nodes if n.address), None)
-    if running and cluster.cilium.hubble:
-        urls["hubble-ui"] = f"http://{running}:{cluster.cilium.hubble_ui_node_port}"
-    if running:
-        urls["api"] = f"https://{running}:6443"
+    running = next((n for n in nodes if n.address), None)
     # NodePorts answer on every node; a worker's address is the one users are told (the predecessor's habit too)
-    worker = next((n.address for n in nodes if n.address and n.role == "worker"), running)
+    worker = next((n for n in nodes if n.address and n.role == "worker"), running)
+    wanted = {}
+    if running and cluster.cilium.hubble:
+        wanted["hubble-ui"] = (running, f"http://{{address}}:{cluster.cilium.hubble_ui_node_port}")
+    if running:
+        wanted["api"] = (running, f"https://{{address}}:{API_PORT}")
     if worker:
-        urls.update({name: url.format(address=worker) for name, url in stack_urls.items()})
+        wanted.update({name: (worker, url) for name, url in stack_urls.items()})
+    urls = {name: url for name, (node, template) in wanted.items()
+            if (url := host_url(provider, node.name, node.address, template)) is not None}
     return ClusterStatus(
         cluster.name, nodes, api, futures["cilium"].result(), futures["dns"].result(), stacks, urls,
         str(kubeconfig.cluster_path(ctx.state, cluster.name)) if have_kubeconfig else "",
     )
+
+
+URL_ADDRESS = re.compile(r"\{address\}(?::(\d+))?")
+
+
+def host_url(provider, node: str, address: str, template: str) -> str | None:
+    """A stack URL template ("http://{address}:30800/") as this machine reaches it: `{address}:PORT` becomes the
+    provider's host end of that port on `node` (Provider.host_endpoint: the node's address and the port, or
+    127.0.0.1 and a forwarded port under QEMU's network lab). None when the port is not reachable from here."""
+    match = URL_ADDRESS.search(template)
+    if match is None:
+        return template
+    if match.group(1) is None:
+        return template.replace("{address}", address)
+    try:
+        host, port = provider.host_endpoint(node, int(match.group(1)), address)
+    except LabctlError:
+        return None
+    return template[:match.start()] + f"{host}:{port}" + template[match.end():]
 
 
 def collect(lab: LabSession, clusters: list[str] | None = None, timeout: float = TIMEOUT) -> list[ClusterStatus]:
@@ -210,7 +231,7 @@ def collect(lab: LabSession, clusters: list[str] | None = None, timeout: float =
         vms = ctx.provider.list()
         chosen = [lab.model.cluster(name) for name in names]
         # workers: per cluster, one per node probe plus the API questions, so nothing waits behind a dead node
-        width = sum(len(c.nodes) + 5 for c in chosen)  # +5: API, Cilium, DNS, stacks, slack
+        width = sum(len(c.nodes) + 4 for c in chosen)  # +4: API, Cilium, DNS, slack
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix="status") as pool:
             outer = ThreadPoolExecutor(max_workers=len(chosen) or 1, thread_name_prefix="status-cluster")
             with outer:

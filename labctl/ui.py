@@ -14,6 +14,7 @@ from collections import defaultdict
 from typing import IO, Literal
 
 from .engine import Event, Summary
+from .images import Progress
 from .redact import redact
 
 Mode = Literal["rich", "plain", "json", "quiet"]
@@ -60,6 +61,7 @@ class Reporter:
         self._done: dict[str, int] = defaultdict(int)
         self._total: dict[str, int] = defaultdict(int)
         self._last_note = ""
+        self._bars: dict[str, Progress] = {}  # downloads in progress, drawn in the live view
 
     # -- life cycle ---------------------------------------------------------------------------------------------
     @property
@@ -103,8 +105,18 @@ class Reporter:
                 self._print(f"  {event.detail}", "dim")
 
     def note(self, text: str) -> None:
-        """A progress message from inside a phase (e.g. 'pulling the base image')."""
+        """A progress message from inside a phase (e.g. 'pulling the base image'). A Progress note (a download) is
+        a bar in the live view on a terminal; elsewhere only its milestones (every 10 %, and the end) are lines."""
         with self._lock:
+            if isinstance(text, Progress):
+                if self._live is not None and self.mode == "rich":
+                    if text.final:
+                        self._bars.pop(text.key, None)
+                    else:
+                        self._bars[text.key] = text
+                        return
+                elif not text.milestone:
+                    return
             if self.mode == "json":
                 self._write_json({"event": "note", "time": round(time.time(), 3), "detail": text})
             elif self.mode != "quiet":
@@ -150,7 +162,16 @@ class Reporter:
                     f"{self._done[cluster]}/{self._total[cluster]}",
                     what or ("done" if self._done[cluster] == self._total[cluster] else "waiting"),
                 )
-        return table
+            bars = list(self._bars.values())
+        if not bars:
+            return table
+        from rich.console import Group
+        from rich.progress_bar import ProgressBar
+
+        rows = Table.grid(padding=(0, 2))
+        for bar in bars:
+            rows.add_row(ProgressBar(total=bar.total, completed=bar.done, width=30), bar)
+        return Group(table, rows)
 
     # -- final output -------------------------------------------------------------------------------------------
     def summary(self, summary: Summary, verb: str, logs_hint: str = "") -> None:

@@ -17,11 +17,12 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from . import catalog
+from . import catalog, images
 from .config_json import json_path
 from .errors import ConfigError, Problem
 from .model import Lab
 from .stack_validation import stack_problems
+from .host import guest_architecture
 
 
 # ---- field problems --------------------------------------------------------------------------------------------
@@ -114,6 +115,14 @@ def _cidr_or_none(value: Any) -> ipaddress.IPv4Network | None:
     return net if net.version == 4 else None
 
 
+def _is_file(base_dir: Path | None, value: str) -> bool:
+    """Is `value` a file (relative: beside clusters.json)? False for anything the OS cannot even look up."""
+    try:
+        return ((base_dir or Path.cwd()) / value).is_file()
+    except (OSError, ValueError):  # a name too long, a NUL byte: not a file
+        return False
+
+
 def lab_problems(raw: dict, base_dir: Path | None = None) -> list[Problem]:
     """Checks that span fields, on the raw top-level object (config_json.read()), so it still reports when some
     fields failed to parse. `base_dir`: where relative paths (user manifests) are. Returns every problem found."""
@@ -123,8 +132,13 @@ def lab_problems(raw: dict, base_dir: Path | None = None) -> list[Problem]:
     provider_type = provider.get("type", "tart")
     provider_type = provider_type if isinstance(provider_type, str) else "tart"  # reported by field validation
     if provider_type == "qemu" and "base_image" not in raw:
-        problems.append(Problem("base_image", "provider qemu boots a local disk image: set base_image to a qcow2 or "
-                                "raw image file (the default is Tart's OCI image)"))
+        problems.append(Problem("base_image", "provider qemu boots a disk image: set base_image to a qcow2 or raw "
+                                f"image file or an https:// URL of one, e.g. {images.ubuntu_cloud_image_or_example()} "
+                                "(the default is Tart's OCI image)"))
+    elif isinstance(raw.get("base_image"), str) and provider_type in ("tart", "qemu"):
+        why = images.problem(provider_type, raw["base_image"], exists=lambda value: _is_file(base_dir, value))
+        if why:
+            problems.append(Problem("base_image", why))
     seen_clusters: dict[str, str] = {}
     seen_nodes: dict[str, str] = {}
     networks: list[tuple[str, str, ipaddress.IPv4Network]] = []  # (path, kind, net)
@@ -163,7 +177,7 @@ def lab_problems(raw: dict, base_dir: Path | None = None) -> list[Problem]:
                     problems.append(Problem(f"{npath}.memory", f"a master needs at least "
                                             f"{catalog.CONTROL_PLANE_MIN_MEMORY_MB} MB (kubeadm preflight); "
                                             f"{nname!r} has {mem}"))
-        problems += stack_problems(cluster, cpath, base_dir)
+        problems += stack_problems(cluster, cpath, base_dir, arch=guest_architecture(provider_type))
         for field, kind in (("pod_cidr", "pod"), ("service_cidr", "service")):
             net = _cidr_or_none(cluster.get(field))
             if net is not None:
@@ -191,11 +205,27 @@ def lab_problems(raw: dict, base_dir: Path | None = None) -> list[Problem]:
     # Pods are routed between clusters (ClusterMesh-ready), so a pod CIDR may overlap nothing; services are
     # cluster-local, so two clusters may reuse a service range, but never one that is some cluster's pod range.
     problems += _overlap_problems(networks)
+    node_networks = dict(NODE_NETWORKS.get(provider_type, NODE_NETWORKS["tart"]))
+    if lab_net := _qemu_lab_subnet(provider):
+        if lab_net.overlaps(node_networks["qemu user-mode"]):
+            problems.append(Problem("provider.qemu.lab_subnet", f"{lab_net} overlaps QEMU's user-mode network "
+                                    f"{node_networks['qemu user-mode']} (every VM's first NIC); pick another range"))
+        node_networks["qemu lab"] = lab_net
     for path_a, _, a in networks:
-        for what, node_net in NODE_NETWORKS.get(provider_type, NODE_NETWORKS["tart"]).items():
+        for what, node_net in node_networks.items():
             if a.overlaps(node_net):
                 problems.append(Problem(path_a, f"{a} overlaps the {what} network {node_net} the VMs live on"))
     return problems
+
+
+def _qemu_lab_subnet(provider: dict) -> ipaddress.IPv4Network | None:
+    """provider.qemu.lab_subnet (or its default) when the lab's VMs live on it: type qemu, network lab."""
+    from .model import QemuSettings
+
+    qemu = provider.get("qemu") if isinstance(provider.get("qemu"), dict) else {}
+    if provider.get("type") != "qemu" or qemu.get("network") != "lab":
+        return None
+    return _cidr_or_none(qemu.get("lab_subnet", QemuSettings.model_fields["lab_subnet"].default))
 
 
 def _overlap_problems(networks: list[tuple[str, str, ipaddress.IPv4Network]]) -> list[Problem]:
@@ -257,13 +287,6 @@ def warnings(lab: Lab, today: date | None = None) -> list[str]:
     if minor > newest:
         out.append(f"versions.kubernetes: 1.{minor} is newer than the Kubernetes versions labctl knows (up to "
                    f"1.{newest}): it installs it like 1.{newest} (kubeadm v1beta4, 1.{newest}'s pause image), untested")
-    from .stacks import PLANNED
-
-    for cluster in lab.clusters:
-        later = [name for name in cluster.stack_names if name in PLANNED]
-        if later:
-            out.append(f"{cluster.name}: stacks {', '.join(later)} arrive with a later labctl version: accepted, not "
-                       "installed yet (`labctl status` lists them as skipped)")
     for cluster, node in lab.nodes:
         if node.role == "master" and node.memory < 2048:
             out.append(f"{node.name}: {node.memory} MiB leaves little room for the control plane; 2048+ is safer")

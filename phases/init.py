@@ -20,6 +20,7 @@ from labctl.kube import (
     Repair,
     api_url,
     endpoint_host,
+    host_api,
     hosts_address,
     kubeconfig,
     node_address,
@@ -53,8 +54,17 @@ def init_params(lab, cluster, address: str) -> dict:
     }
 
 
-def init_config(lab, cluster, address: str) -> str:
-    return render("kubeadm/init.yaml.j2", **init_params(lab, cluster, address))
+def init_config(lab, cluster, address: str, host_sans: tuple[str, ...] = ()) -> str:
+    """kubeadm's init configuration. `host_sans`: more IP SANs of the API server certificate, for where this machine
+    reaches the API when that is not `address` (QEMU network lab: 127.0.0.1, see host_sans())."""
+    sans = [san for san in dict.fromkeys(host_sans) if san != address]
+    return render("kubeadm/init.yaml.j2", **init_params(lab, cluster, address), host_sans=sans)
+
+
+def host_sans(ctx, cluster, address: str) -> tuple[str, ...]:
+    """The host end of the API (Provider.host_endpoint) as a certificate SAN: the kubeconfig on this machine names
+    it, and the client verifies the server certificate against that name."""
+    return (host_api(ctx, cluster, address)[0],)
 
 
 def hosts_entry(cluster, api_address: str):
@@ -81,8 +91,9 @@ def kubeconfig_problem(ctx, cluster, address: str) -> str | None:
     merged = kubeconfig.merged_problem(ctx.state)
     if merged:
         return merged  # writing this cluster's kubeconfig rebuilds merged.yaml from the clusters' files
-    if kubeconfig.server(local) != api_url(address):
-        return f"the kubeconfig points at {kubeconfig.server(local)}, the control plane is at {address}"
+    want = api_url(*host_api(ctx, cluster, address))
+    if kubeconfig.server(local) != want:
+        return f"the kubeconfig points at {kubeconfig.server(local)}, the control plane answers at {want}"
     ca = ctx.transport(cluster.masters[0].name).get(CA_CERT, sudo=True)
     if not kubeconfig.same_pem(ca, kubeconfig.ca_pem(local)):
         return "the kubeconfig on this machine is for another cluster (its CA differs)"
@@ -99,7 +110,8 @@ def merged_problem(ctx, cluster) -> str | None:
 
 def fetch_kubeconfig(ctx, cluster, address: str) -> str:
     admin = ctx.transport(cluster.masters[0].name).get(ADMIN_CONF, sudo=True)
-    path = kubeconfig.write(ctx.state, cluster.name, kubeconfig.from_admin_conf(admin, cluster.name, api_url(address)))
+    server = api_url(*host_api(ctx, cluster, address))
+    path = kubeconfig.write(ctx.state, cluster.name, kubeconfig.from_admin_conf(admin, cluster.name, server))
     return str(path)
 
 
@@ -143,7 +155,8 @@ def repair_addresses(ctx, cluster, only: list[str] | None = None) -> list[str]:
                          new=repair.new)
             transport.run(run, sudo=True, timeout=120)
         else:
-            transport.put(INIT_CONFIG, init_config(ctx.lab, cluster, repair.new).encode(), 0o600, sudo=True)
+            transport.put(INIT_CONFIG, init_config(ctx.lab, cluster, repair.new, host_sans(ctx, cluster, repair.new))
+                          .encode(), 0o600, sudo=True)
             run = script("repair.control-plane", "cluster/repair-control-plane.sh.j2", cluster=cluster.name,
                          node=repair.node, old=repair.old, new=repair.new, regenerate_certs=repair.regenerate_certs,
                          config_path=INIT_CONFIG)
@@ -182,6 +195,10 @@ class Init(Phase):
         # their joins wait for both (join is `after` kubepkgs and init).
         return [cluster.masters[0].name]
 
+    def blocked(self, ctx, target: Target) -> str | None:
+        # the VMs of this provider share no network (QEMU network user): no cluster can form, whatever runs first
+        return ctx.provider.network_problem()
+
     def check(self, ctx, target: Target) -> Check:
         cluster = ctx.lab.cluster(target.cluster)
         master = cluster.masters[0]
@@ -215,7 +232,8 @@ class Init(Phase):
                     f"`sudo kubeadm reset -f` there and then `labctl install --cluster {cluster.name} --from init`",
                 )
             transport.run(hosts_entry(cluster, address), sudo=True, timeout=60)
-            transport.put(INIT_CONFIG, init_config(ctx.lab, cluster, address).encode(), 0o600, sudo=True)
+            sans = host_sans(ctx, cluster, address)
+            transport.put(INIT_CONFIG, init_config(ctx.lab, cluster, address, sans).encode(), 0o600, sudo=True)
             ctx.note(f"{master.name}: kubeadm init (pulls the control-plane images first)")
             run = script("init.kubeadm", "cluster/kubeadm-init.sh.j2", config_path=INIT_CONFIG, skip_token_print=True,
                          **init_params(ctx.lab, cluster, address))

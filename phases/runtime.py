@@ -12,6 +12,11 @@ parsed with tomlkit here, the two keys are set at the paths of its layout — `v
 script (quoted), which replaces the file only when it differs and restarts containerd only then.
 Checked against real binaries: the output of this edit, fed to `containerd config dump` of Debian's containerd
 1.6.20, 1.7.24 and 2.1.9, reports SystemdCgroup = true and the pinned sandbox image in each layout.
+
+When the lab declares a registry stack (registry, harbor), the CRI registry `config_path` is set to
+/etc/containerd/certs.d as well — `plugins."io.containerd.grpc.v1.cri".registry` (1.x) or
+`plugins."io.containerd.cri.v1.images".registry` (2.x), per containerd docs/hosts.md — so the hosts.toml files the
+`registry-hosts` hook writes are read: containerd 1.7's default is empty, and then hosts.toml is ignored.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from labctl.remote.facts import (
     parse_version,
 )
 from labctl.render import script
+from labctl.registry_hosts import CERTS_D, lab_has_registry
 
 
 CRICTL = {"runtime-endpoint": CONTAINERD_SOCKET, "image-endpoint": CONTAINERD_SOCKET, "timeout": "10"}
@@ -52,8 +58,9 @@ def _version(v: tuple[int, int, int] | None) -> str:
     return ".".join(map(str, v)) if v else "?"
 
 
-def actions(facts: NodeFacts, kubernetes: str, minimum: str) -> list[Action]:
-    """What differs, in the order the script does it. Raises StepError for what labctl must not fix itself."""
+def actions(facts: NodeFacts, kubernetes: str, minimum: str, registry: bool = False) -> list[Action]:
+    """What differs, in the order the script does it. `registry`: the lab declares a registry stack, so containerd's
+    `config_path` must name CERTS_D. Raises StepError for what labctl must not fix itself."""
     want_sandbox = sandbox_image(kubernetes)
     out: list[Action] = []
     ctd = facts.containerd
@@ -80,7 +87,7 @@ def actions(facts: NodeFacts, kubernetes: str, minimum: str) -> list[Action]:
                 "distribution's package",
             )
         out.append(Action("install", f"containerd {_version(have)} is older than the minimum {minimum}"))
-    config = _config_problems(facts, want_sandbox)
+    config = _config_problems(facts, want_sandbox, registry)
     if config:
         out.append(Action("config", config))
 
@@ -102,7 +109,7 @@ def _crictl_ok(facts: NodeFacts) -> bool:
     return all(crictl.get(k) == CRICTL[k] for k in ("runtime-endpoint", "image-endpoint"))
 
 
-def _config_problems(facts: NodeFacts, want_sandbox: str) -> str:
+def _config_problems(facts: NodeFacts, want_sandbox: str, registry: bool = False) -> str:
     ctd = facts.containerd
     if ctd.effective is None:
         error = ctd.config_dump_error.strip().splitlines()[-1:] or ["no output"]
@@ -117,6 +124,10 @@ def _config_problems(facts: NodeFacts, want_sandbox: str) -> str:
         problems.append("SystemdCgroup is false" if present else "SystemdCgroup is missing (so false)")
     if facts.sandbox_image != want_sandbox:
         problems.append(f"sandbox image is {facts.sandbox_image or 'unset'} (want {want_sandbox})")
+    if registry and CERTS_D not in (facts.containerd_config_path or "").split(":"):
+        # explicit on 2.x too: its implicit fallback for an empty value is not in `config dump`, and 1.x has none
+        problems.append(f"registry config_path is {facts.containerd_config_path or 'empty'}, so the lab registry's "
+                        f"{CERTS_D}/<host>/hosts.toml is ignored (want {CERTS_D})")
     return "; ".join(problems)
 
 
@@ -127,8 +138,9 @@ CONFIG_HEADER = (
 )
 
 
-def containerd_config(default: str, sandbox: str) -> str:
-    """containerd's own default config with SystemdCgroup = true and the sandbox image set, edited as TOML."""
+def containerd_config(default: str, sandbox: str, registry: bool = False) -> str:
+    """containerd's own default config with SystemdCgroup = true and the sandbox image set, edited as TOML; with
+    `registry`, also the CRI registry `config_path` = CERTS_D (containerd docs/hosts.md, "CRI")."""
     doc = tomlkit.parse(default)
     layout = CONTAINERD_LAYOUTS.get(int(doc.get("version", 1)))
     if layout is None:
@@ -138,6 +150,8 @@ def containerd_config(default: str, sandbox: str) -> str:
         )
     _table(doc, layout.runc_options)["SystemdCgroup"] = True
     _table(doc, layout.sandbox_table)[layout.sandbox_key] = sandbox
+    if registry:
+        _table(doc, layout.registry_table)["config_path"] = CERTS_D
     return CONFIG_HEADER + tomlkit.dumps(doc).removeprefix(CONFIG_HEADER)
 
 
@@ -154,7 +168,7 @@ def crictl_yaml() -> str:
     return "\n".join(f"{k}: {v}" for k, v in CRICTL.items())
 
 
-def params(facts: NodeFacts, kubernetes: str, minimum: str, pending: list[Action]) -> dict:
+def params(facts: NodeFacts, kubernetes: str, minimum: str, pending: list[Action], registry: bool = False) -> dict:
     names = [a.name for a in pending]
     config = ""
     if "config" in names and "install" not in names:
@@ -163,7 +177,8 @@ def params(facts: NodeFacts, kubernetes: str, minimum: str, pending: list[Action
                 "`containerd config default` printed nothing on the node, so there is no config to start from",
                 hint="run `containerd config default` on the node and check that containerd is installed correctly",
             )
-        config = containerd_config(facts.containerd.config_default, sandbox_image(kubernetes)).rstrip("\n")
+        config = containerd_config(facts.containerd.config_default, sandbox_image(kubernetes),
+                                   registry).rstrip("\n")
     return {
         "actions": names,
         "minimum": minimum,
@@ -178,12 +193,13 @@ def params(facts: NodeFacts, kubernetes: str, minimum: str, pending: list[Action
 
 def todo(ctx, target: Target) -> list[Action]:
     versions = ctx.lab.versions
-    return actions(ctx.facts(target.node), versions.kubernetes, versions.containerd)
+    return actions(ctx.facts(target.node), versions.kubernetes, versions.containerd, lab_has_registry(ctx.lab))
 
 
 def render(ctx, target: Target, pending: list[Action]) -> Script:
     versions = ctx.lab.versions
-    values = params(ctx.facts(target.node), versions.kubernetes, versions.containerd, pending)
+    values = params(ctx.facts(target.node), versions.kubernetes, versions.containerd, pending,
+                    lab_has_registry(ctx.lab))
     return script("runtime.apply", "node/runtime.sh.j2", **values)
 
 

@@ -110,6 +110,8 @@ class StackState:
         # read, never generated here: a check (and `plan`) writes nothing
         stored = credentials.read_all(self.ctx.state).get(self.cluster.name, {}) if self.stack.credentials else {}
         for cred in self.stack.credentials:
+            if cred.sealed:  # the stack's hook delivers it sealed; a plain Secret here would defeat that
+                continue
             entry = stored.get(cred.name)
             if entry is None or not credentials.secret_matches(
                     cred, entry, self.kube.get("v1", "Secret", cred.namespace, cred.secret)):

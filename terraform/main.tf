@@ -750,6 +750,26 @@ resource "terraform_data" "nodeconfig_prod-worker2" {
   }
 }
 
+resource "terraform_data" "stack_platform_rbac" {
+  triggers_replace = "3e3615359eab17d3"
+  input = {
+    cluster = "platform"
+    stack   = "rbac"
+    config  = "../clusters.json"
+  }
+  depends_on = [
+    terraform_data.cni_platform,
+    terraform_data.nodeconfig_platform-master,
+    terraform_data.nodeconfig_platform-worker1,
+    terraform_data.nodeconfig_platform-worker2,
+  ]
+  provisioner "local-exec" {
+    command     = "labctl --config ../clusters.json install --only stacks --cluster platform --wait --stack rbac"
+    working_dir = path.module
+    environment = var.ssh_password == null ? {} : { LABCTL_SSH_PASSWORD = var.ssh_password }
+  }
+}
+
 resource "terraform_data" "stack_platform_storage" {
   triggers_replace = "98b995fd78220a03"
   input = {
@@ -876,6 +896,113 @@ resource "terraform_data" "stack_platform_jenkins" {
   }
 }
 
+resource "terraform_data" "stack_platform_sealed-secrets" {
+  triggers_replace = "1640d9dfbc7cf3e2"
+  input = {
+    cluster = "platform"
+    stack   = "sealed-secrets"
+    config  = "../clusters.json"
+  }
+  depends_on = [
+    terraform_data.cni_platform,
+    terraform_data.nodeconfig_platform-master,
+    terraform_data.nodeconfig_platform-worker1,
+    terraform_data.nodeconfig_platform-worker2,
+  ]
+  provisioner "local-exec" {
+    command     = "labctl --config ../clusters.json install --only stacks --cluster platform --wait --stack sealed-secrets"
+    working_dir = path.module
+    environment = var.ssh_password == null ? {} : { LABCTL_SSH_PASSWORD = var.ssh_password }
+  }
+}
+
+resource "terraform_data" "stack_platform_backup" {
+  triggers_replace = "e86ed50f1514ca4c"
+  input = {
+    cluster = "platform"
+    stack   = "backup"
+    config  = "../clusters.json"
+  }
+  depends_on = [
+    terraform_data.cni_platform,
+    terraform_data.nodeconfig_platform-master,
+    terraform_data.nodeconfig_platform-worker1,
+    terraform_data.nodeconfig_platform-worker2,
+    terraform_data.stack_platform_argocd,
+    terraform_data.stack_platform_jenkins,
+    terraform_data.stack_platform_monitoring,
+    terraform_data.stack_platform_storage,
+  ]
+  provisioner "local-exec" {
+    command     = "labctl --config ../clusters.json install --only stacks --cluster platform --wait --stack backup"
+    working_dir = path.module
+    environment = var.ssh_password == null ? {} : { LABCTL_SSH_PASSWORD = var.ssh_password }
+  }
+}
+
+resource "terraform_data" "stack_platform_registry" {
+  triggers_replace = "8510af3ba0df8898"
+  input = {
+    cluster = "platform"
+    stack   = "registry"
+    config  = "../clusters.json"
+  }
+  depends_on = [
+    terraform_data.cni_dev,
+    terraform_data.cni_platform,
+    terraform_data.cni_prod,
+    terraform_data.cni_staging,
+    terraform_data.nodeconfig_platform-master,
+    terraform_data.nodeconfig_platform-worker1,
+    terraform_data.nodeconfig_platform-worker2,
+    terraform_data.stack_platform_storage,
+  ]
+  provisioner "local-exec" {
+    command     = "labctl --config ../clusters.json install --only stacks --cluster platform --wait --stack registry"
+    working_dir = path.module
+    environment = var.ssh_password == null ? {} : { LABCTL_SSH_PASSWORD = var.ssh_password }
+  }
+}
+
+resource "terraform_data" "stack_dev_rbac" {
+  triggers_replace = "9e4f9de4a7900903"
+  input = {
+    cluster = "dev"
+    stack   = "rbac"
+    config  = "../clusters.json"
+  }
+  depends_on = [
+    terraform_data.cni_dev,
+    terraform_data.nodeconfig_dev-master,
+    terraform_data.nodeconfig_dev-worker1,
+  ]
+  provisioner "local-exec" {
+    command     = "labctl --config ../clusters.json install --only stacks --cluster dev --wait --stack rbac"
+    working_dir = path.module
+    environment = var.ssh_password == null ? {} : { LABCTL_SSH_PASSWORD = var.ssh_password }
+  }
+}
+
+resource "terraform_data" "stack_dev_network-policies" {
+  triggers_replace = "198cca575b583c39"
+  input = {
+    cluster = "dev"
+    stack   = "network-policies"
+    config  = "../clusters.json"
+  }
+  depends_on = [
+    terraform_data.cni_dev,
+    terraform_data.nodeconfig_dev-master,
+    terraform_data.nodeconfig_dev-worker1,
+    terraform_data.stack_dev_istio,
+  ]
+  provisioner "local-exec" {
+    command     = "labctl --config ../clusters.json install --only stacks --cluster dev --wait --stack network-policies"
+    working_dir = path.module
+    environment = var.ssh_password == null ? {} : { LABCTL_SSH_PASSWORD = var.ssh_password }
+  }
+}
+
 resource "terraform_data" "stack_dev_metrics-server" {
   triggers_replace = "8b23591469b24381"
   input = {
@@ -906,10 +1033,89 @@ resource "terraform_data" "stack_dev_hpa-demo" {
     terraform_data.cni_dev,
     terraform_data.nodeconfig_dev-master,
     terraform_data.nodeconfig_dev-worker1,
+    terraform_data.stack_dev_gatekeeper,
+    terraform_data.stack_dev_istio,
     terraform_data.stack_dev_metrics-server,
+    terraform_data.stack_dev_quotas,
   ]
   provisioner "local-exec" {
     command     = "labctl --config ../clusters.json install --only stacks --cluster dev --wait --stack hpa-demo"
+    working_dir = path.module
+    environment = var.ssh_password == null ? {} : { LABCTL_SSH_PASSWORD = var.ssh_password }
+  }
+}
+
+resource "terraform_data" "stack_dev_istio" {
+  triggers_replace = "d5609b10e0f86d2f"
+  input = {
+    cluster = "dev"
+    stack   = "istio"
+    config  = "../clusters.json"
+  }
+  depends_on = [
+    terraform_data.cni_dev,
+    terraform_data.nodeconfig_dev-master,
+    terraform_data.nodeconfig_dev-worker1,
+  ]
+  provisioner "local-exec" {
+    command     = "labctl --config ../clusters.json install --only stacks --cluster dev --wait --stack istio"
+    working_dir = path.module
+    environment = var.ssh_password == null ? {} : { LABCTL_SSH_PASSWORD = var.ssh_password }
+  }
+}
+
+resource "terraform_data" "stack_dev_gatekeeper" {
+  triggers_replace = "2fe3a858c6529e0f"
+  input = {
+    cluster = "dev"
+    stack   = "gatekeeper"
+    config  = "../clusters.json"
+  }
+  depends_on = [
+    terraform_data.cni_dev,
+    terraform_data.nodeconfig_dev-master,
+    terraform_data.nodeconfig_dev-worker1,
+  ]
+  provisioner "local-exec" {
+    command     = "labctl --config ../clusters.json install --only stacks --cluster dev --wait --stack gatekeeper"
+    working_dir = path.module
+    environment = var.ssh_password == null ? {} : { LABCTL_SSH_PASSWORD = var.ssh_password }
+  }
+}
+
+resource "terraform_data" "stack_dev_quotas" {
+  triggers_replace = "c1c7f62003cd7ce3"
+  input = {
+    cluster = "dev"
+    stack   = "quotas"
+    config  = "../clusters.json"
+  }
+  depends_on = [
+    terraform_data.cni_dev,
+    terraform_data.nodeconfig_dev-master,
+    terraform_data.nodeconfig_dev-worker1,
+  ]
+  provisioner "local-exec" {
+    command     = "labctl --config ../clusters.json install --only stacks --cluster dev --wait --stack quotas"
+    working_dir = path.module
+    environment = var.ssh_password == null ? {} : { LABCTL_SSH_PASSWORD = var.ssh_password }
+  }
+}
+
+resource "terraform_data" "stack_staging_rbac" {
+  triggers_replace = "f6a0d9a0c8b87347"
+  input = {
+    cluster = "staging"
+    stack   = "rbac"
+    config  = "../clusters.json"
+  }
+  depends_on = [
+    terraform_data.cni_staging,
+    terraform_data.nodeconfig_staging-master,
+    terraform_data.nodeconfig_staging-worker1,
+  ]
+  provisioner "local-exec" {
+    command     = "labctl --config ../clusters.json install --only stacks --cluster staging --wait --stack rbac"
     working_dir = path.module
     environment = var.ssh_password == null ? {} : { LABCTL_SSH_PASSWORD = var.ssh_password }
   }
@@ -934,6 +1140,45 @@ resource "terraform_data" "stack_staging_metrics-server" {
   }
 }
 
+resource "terraform_data" "stack_staging_quotas" {
+  triggers_replace = "a6060c080aeb68cf"
+  input = {
+    cluster = "staging"
+    stack   = "quotas"
+    config  = "../clusters.json"
+  }
+  depends_on = [
+    terraform_data.cni_staging,
+    terraform_data.nodeconfig_staging-master,
+    terraform_data.nodeconfig_staging-worker1,
+  ]
+  provisioner "local-exec" {
+    command     = "labctl --config ../clusters.json install --only stacks --cluster staging --wait --stack quotas"
+    working_dir = path.module
+    environment = var.ssh_password == null ? {} : { LABCTL_SSH_PASSWORD = var.ssh_password }
+  }
+}
+
+resource "terraform_data" "stack_prod_rbac" {
+  triggers_replace = "8b35b396a0a582a4"
+  input = {
+    cluster = "prod"
+    stack   = "rbac"
+    config  = "../clusters.json"
+  }
+  depends_on = [
+    terraform_data.cni_prod,
+    terraform_data.nodeconfig_prod-master,
+    terraform_data.nodeconfig_prod-worker1,
+    terraform_data.nodeconfig_prod-worker2,
+  ]
+  provisioner "local-exec" {
+    command     = "labctl --config ../clusters.json install --only stacks --cluster prod --wait --stack rbac"
+    working_dir = path.module
+    environment = var.ssh_password == null ? {} : { LABCTL_SSH_PASSWORD = var.ssh_password }
+  }
+}
+
 resource "terraform_data" "stack_prod_metrics-server" {
   triggers_replace = "7a2c778bbf9eddf1"
   input = {
@@ -949,6 +1194,26 @@ resource "terraform_data" "stack_prod_metrics-server" {
   ]
   provisioner "local-exec" {
     command     = "labctl --config ../clusters.json install --only stacks --cluster prod --wait --stack metrics-server"
+    working_dir = path.module
+    environment = var.ssh_password == null ? {} : { LABCTL_SSH_PASSWORD = var.ssh_password }
+  }
+}
+
+resource "terraform_data" "stack_prod_quotas" {
+  triggers_replace = "d209034a688168d9"
+  input = {
+    cluster = "prod"
+    stack   = "quotas"
+    config  = "../clusters.json"
+  }
+  depends_on = [
+    terraform_data.cni_prod,
+    terraform_data.nodeconfig_prod-master,
+    terraform_data.nodeconfig_prod-worker1,
+    terraform_data.nodeconfig_prod-worker2,
+  ]
+  provisioner "local-exec" {
+    command     = "labctl --config ../clusters.json install --only stacks --cluster prod --wait --stack quotas"
     working_dir = path.module
     environment = var.ssh_password == null ? {} : { LABCTL_SSH_PASSWORD = var.ssh_password }
   }

@@ -40,11 +40,20 @@ output "stack_urls" {
       jenkins = {
         jenkins = "http://{address}:30900/"
       }
+      backup = {
+        minio-console = "http://{address}:30901/"
+      }
+      registry = {
+        registry = "http://{address}:30500/v2/_catalog"
+      }
     }
     dev = {
       hpa-demo = {
         nginx    = "http://{address}:30080/"
         keycloak = "http://{address}:30880/"
+      }
+      istio = {
+        istio-gateway = "http://{address}:31380/"
       }
     }
     staging = {}

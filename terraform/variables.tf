@@ -3,7 +3,7 @@
 
 variable "base_image" {
   type        = string
-  description = "image every VM is cloned from; tart: an OCI image, qemu: a local qcow2 or raw disk image file (relative paths are beside clusters.json)"
+  description = "image every VM is cloned from; tart: an OCI image, qemu: a local qcow2 or raw disk image file (relative paths are beside clusters.json) or an https:// URL of one, downloaded once into ~/.cache/labctl/images and verified against the publisher's SHA256SUMS"
   default     = "ghcr.io/cirruslabs/ubuntu:latest"
 }
 
@@ -30,16 +30,19 @@ variable "vm_provider" {
       ip_wait_seconds  = number
     })
     qemu = object({
-      accel           = string
-      kernel          = string
-      initrd          = string
-      append          = string
-      cloud_init      = bool
-      ssh_port_base   = number
-      network         = string
-      bridge          = string
-      leases          = string
-      ip_wait_seconds = number
+      accel            = string
+      kernel           = string
+      initrd           = string
+      append           = string
+      cloud_init       = bool
+      ssh_port_base    = number
+      network          = string
+      lab_subnet       = string
+      bridge           = string
+      leases           = string
+      ip_wait_seconds  = number
+      ssh_wait_seconds = number
+      image_checksums  = string
     })
   })
   description = "the VM provider and its settings"
@@ -53,16 +56,19 @@ variable "vm_provider" {
       ip_wait_seconds  = 120
     }
     qemu = {
-      accel           = "auto"
-      kernel          = null
-      initrd          = null
-      append          = null
-      cloud_init      = true
-      ssh_port_base   = 10022
-      network         = "user"
-      bridge          = "virbr0"
-      leases          = null
-      ip_wait_seconds = 180
+      accel            = "auto"
+      kernel           = null
+      initrd           = null
+      append           = null
+      cloud_init       = true
+      ssh_port_base    = 10022
+      network          = "user"
+      lab_subnet       = "10.213.0.0/24"
+      bridge           = "virbr0"
+      leases           = null
+      ip_wait_seconds  = 180
+      ssh_wait_seconds = null
+      image_checksums  = null
     }
   }
 }
@@ -147,7 +153,7 @@ variable "clusters" {
           taints = []
         },
       ]
-      stacks = ["rbac", "storage", "metrics-server", "monitoring", "alerting", "argocd", "jenkins", "sealed-secrets", "backup", "harbor"]
+      stacks = ["rbac", "storage", "metrics-server", "monitoring", "alerting", "argocd", "jenkins", "sealed-secrets", "backup", "registry"]
       cilium = {
         hubble              = true
         hubble_ui_node_port = 31235

@@ -229,4 +229,4 @@ def _run() -> int:
     return code or 0
 
 
-from . import commands, doctor, lifecycle, status, terraform  # noqa: E402,F401  (registers the commands on `app`)
+from . import backup, commands, doctor, lifecycle, seal, status, terraform  # noqa: E402,F401  (registers the commands on `app`)

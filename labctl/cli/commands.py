@@ -29,19 +29,35 @@ def _selection(only, start, skip, cluster, node=None, stack=None):
 
 
 @app.command()
-def init(force: bool = typer.Option(False, "--force", help="Overwrite an existing clusters.json.")) -> None:
-    """Write a starter clusters.json (the predecessor's four clusters) into the current directory."""
+def init(
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing clusters.json."),
+    provider: str = typer.Option("tart", "--provider", metavar="tart|qemu",
+                                 help="tart: the predecessor's four clusters (macOS on Apple silicon). qemu: one small "
+                                 "cluster sized for this Linux host, on the Ubuntu 24.04 cloud image and the "
+                                 "rootless lab network."),
+) -> None:
+    """Write a starter clusters.json into the current directory."""
     from ..errors import UsageError
     from ..resources import DEFAULT_CLUSTERS_JSON
 
+    if provider not in ("tart", "qemu"):
+        raise UsageError(f"--provider {provider!r}: use tart or qemu")
     target = Path.cwd() / "clusters.json"
     if target.exists() and not force:
         raise UsageError(f"{target} already exists", hint="edit it, or pass --force to replace it")
-    shutil.copyfile(DEFAULT_CLUSTERS_JSON, target)
-    if G.json:
-        emit_json({"written": str(target)})
+    if provider == "qemu":
+        from ..starter import qemu_text
+        from ..state import write_atomic
+
+        write_atomic(target, qemu_text(), 0o600)  # 0600 like every file labctl writes: it holds a password
     else:
-        typer.echo(f"wrote {target}; next: `labctl validate`, then `labctl plan`")
+        shutil.copyfile(DEFAULT_CLUSTERS_JSON, target)
+    if G.json:
+        emit_json({"written": str(target), "provider": provider})
+    else:
+        then = "`labctl validate`, `labctl doctor`, then `labctl install`" if provider == "qemu" else \
+            "`labctl validate`, then `labctl plan`"
+        typer.echo(f"wrote {target}; next: {then}")
 
 
 @app.command()
@@ -105,7 +121,7 @@ def plan(
         emit_json({
             "config": str(G.config),
             "changes": changes,
-            "counts": {s: summary.count(s) for s in ("unchanged", "would-change", "unknown", "pending")},
+            "counts": {s: summary.count(s) for s in ("unchanged", "would-change", "unknown", "pending", "blocked")},
             "steps": [r.as_dict() for r in summary.results],
         })
     else:

@@ -45,9 +45,16 @@ def endpoint(cluster: str) -> str:
     return f"{endpoint_host(cluster)}:{API_PORT}"
 
 
-def api_url(address: str) -> str:
+def api_url(address: str, port: int = API_PORT) -> str:
     """How the host reaches an API server (by address: it does not resolve the stable name)."""
-    return f"https://{address}:{API_PORT}"
+    return f"https://{address}:{port}"
+
+
+def host_api(ctx, cluster: Cluster, address: str) -> tuple[str, int]:
+    """Where this machine reaches `cluster`'s API server, (host, port), given its first control plane's `address`:
+    that address and 6443 where the host is on the VMs' network (Tart, a QEMU bridge), 127.0.0.1 and a forwarded
+    port under QEMU's network lab (Provider.host_endpoint). Raises ProviderError when it is not reachable."""
+    return ctx.provider.host_endpoint(cluster.masters[0], API_PORT, address)
 
 
 def node_address(ctx, node: Node) -> str:

@@ -116,7 +116,12 @@ def deployment_readiness(obj: dict | None, what: str) -> Readiness:
     if status.get("observedGeneration", 0) < meta.get("generation", 0):
         return Readiness(False, f"{what}: rollout not observed yet")
     if not updated == available == want:
-        return Readiness(False, f"{what}: {available}/{want} available, {updated} updated")
+        # the ReplicaSet cannot create its pods (admission refused them: a LimitRange, a quota, a webhook): the
+        # Deployment controller copies its FailedCreate into ReplicaFailure, and that message is the reason to show
+        failure = next((c for c in status.get("conditions") or [] if c.get("type") == "ReplicaFailure"
+                        and c.get("status") == "True"), None)
+        why = f": {failure.get('reason', 'ReplicaFailure')}: {failure.get('message', '')}" if failure else ""
+        return Readiness(False, f"{what}: {available}/{want} available, {updated} updated{why}")
     return Readiness(True, f"{what}: {available}/{want} available")
 
 

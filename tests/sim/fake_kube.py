@@ -83,6 +83,10 @@ class FakeKube:
         # (group, version) → handler(method, path parts after the version, query) → (status, body), served while
         # the APIService `<version>.<group>` is Available (e.g. metrics.k8s.io from the simulated metrics-server)
         self.aggregated: dict[tuple[str, str], Aggregated] = {}
+        # (namespace, service) → handler(method, path after /proxy) → (status, body): the API server's service proxy
+        # (/api/v1/namespaces/<ns>/services/[scheme:]<name>[:port]/proxy/<path>), e.g. sealed-secrets' /v1/cert.pem;
+        # a service with no handler is 404 `services "<name>" not found`
+        self.proxied: dict[tuple[str, str], Callable[[str, str], tuple[int, object]]] = {}
         handler = type("Handler", (ApiHandler,), {"kube": self})
         self.server = _Listener((host, port), handler)
         self.port = self.server.server_address[1]
@@ -184,10 +188,27 @@ class FakeKube:
                 raise ApiError(404, "NotFound", NOT_FOUND, {})
             return 200, {"kind": "APIResourceList", "apiVersion": "v1", "groupVersion": listed[0].api_version,
                          "resources": [e for r in listed for e in r.discovery()]}
+        if len(parts) >= 7 and parts[:3] == ["api", "v1", "namespaces"] and parts[4] == "services" \
+                and parts[6] == "proxy":
+            return self._service_proxy(method, parts[3], parts[5], "/" + "/".join(parts[7:]))
         route = self._route(parts)
         if route is None:
             raise ApiError(404, "NotFound", NOT_FOUND, {})
         return ApiRequest(self.store, method, *route, query, headers, raw, self, user).run()
+
+    def _service_proxy(self, method: str, namespace: str, service: str, path: str) -> tuple[int, object]:
+        """The service proxy: `service` is `[scheme:]name[:port]` (k8s.io/apimachinery net.SplitSchemeNamePort)."""
+        pieces = service.split(":")
+        name = pieces[1] if len(pieces) == 3 or (len(pieces) == 2 and pieces[0] in ("http", "https")) else pieces[0]
+        handler = self.proxied.get((namespace, name))
+        if handler is None:
+            raise ApiError(404, "NotFound", f'services "{name}" not found', {"name": name, "kind": "services"})
+        status, body = handler(method, path)
+        if status == 503:
+            raise ApiError(503, "ServiceUnavailable", str(body), {"name": name, "kind": "services"})
+        if status == 404 and str(body).startswith("services "):
+            raise ApiError(404, "NotFound", str(body), {"name": name, "kind": "services"})
+        return status, body
 
     def _forbidden(self, method: str, path: str, parts: list[str], name: str) -> ApiError:
         """403 as the authorizer words it (apiserver endpoints/handlers/responsewriters forbiddenMessage)."""

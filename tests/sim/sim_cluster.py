@@ -127,7 +127,8 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
             booted = read_json(self.lab.fake.home / "fake" / self.master.name / "run.json", {}).get("boot_time", 0)
             if time.time() < booted + self.lab.api_start_seconds:
                 return False
-        return not self.master.hung.is_set()
+        # etcd and the API server are static pods: not while a restore has their manifests aside (sim_backup.py)
+        return not self.master.hung.is_set() and self.master.static_pods_up()
 
     def answers(self, server: SimApiServer) -> bool:
         return server is self.server and self.api_up() and self.master.vm_state()[1] == server.host

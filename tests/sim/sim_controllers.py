@@ -43,7 +43,9 @@ class Controllers:
         for job in store.list("apis/batch/v1", "jobs"):
             if not any(c.get("type") == "Complete" for c in (job.get("status") or {}).get("conditions") or []):
                 template = ((job.get("spec") or {}).get("template") or {}).get("spec") or {}
-                if any(_schedulable(n, template.get("tolerations") or [], False) for n in nodes):
+                # a Job whose pods admission refuses never completes (its controller records FailedCreate)
+                if any(_schedulable(n, template.get("tolerations") or [], False) for n in nodes) and not \
+                        pod_rejection(self, job["metadata"].get("namespace", ""), job["spec"].get("template") or {}):
                     done = (job.get("spec") or {}).get("completions", 1)
                     self._put_status("apis/batch/v1", "jobs", job, {
                         "succeeded": done, "active": 0, "ready": 0, "terminating": 0, "startTime": timestamp(),

@@ -308,9 +308,7 @@ def _provided_crds(rel) -> list[dict]:
     out = []
     for crd in rel.provides_crds:
         plural, _, group = crd.name.partition(".")
-        # ProvidedCrd names no scope: by convention cluster-wide kinds are Cluster*
-        scope = "Cluster" if crd.kind.startswith("Cluster") or crd.kind == "ConstraintTemplate" else "Namespaced"
-        out.append(crd_object(group, crd.version, plural, crd.kind, scope))
+        out.append(crd_object(group, crd.version, plural, crd.kind, crd.scope))
     return out
 
 

@@ -27,6 +27,8 @@ from tests.sim import sim_swap
 from tests.sim.sim_apt import AptWorld
 from tests.sim.fake_tart import read_json
 from tests.sim.sim_cluster_scripts import ClusterScripts, f_exists
+from tests.sim.sim_registry import RegistryNode
+from tests.sim.sim_backup import BackupScripts
 
 if TYPE_CHECKING:
     from tests.sim.sim_lab import SimLab
@@ -103,7 +105,7 @@ def _receive(conn: socket.socket) -> bytes:
         return b""
 
 
-class SimNode(ClusterScripts):
+class SimNode(ClusterScripts, RegistryNode, BackupScripts):
     """One VM's guest: the state its facts are printed from, and the node-side effect of every script."""
 
     def __init__(self, lab: SimLab, cluster: str, name: str, role: str):

@@ -20,11 +20,18 @@ CONTROLLERS: list[Callable] = []
 ADMISSION: list[Callable] = []
 
 
+def admission_chain() -> list[Callable]:
+    """ADMISSION in the API server's order: mutating entries first, then validating ones; within each, by ORDER
+    (default 0) then registration. Built-in plugins run at their place in the API server's plugin order
+    (kube-apiserver --enable-admission-plugins docs: LimitRanger's defaulting before MutatingAdmissionWebhook,
+    ResourceQuota last): ORDER -1 for what runs before the webhooks, 1 for what runs after them."""
+    return sorted(ADMISSION, key=lambda fn: (not getattr(fn, "MUTATING", False), getattr(fn, "ORDER", 0)))
+
+
 def pod_rejection(cluster, namespace: str, template: dict) -> str | None:
     """The first admission refusal for a pod made from `template` in `namespace`, or None when it would be created."""
     pod = copy.deepcopy(template)
-    ordered = sorted(ADMISSION, key=lambda fn: not getattr(fn, "MUTATING", False))
-    for fn in ordered:
+    for fn in admission_chain():
         message = fn(cluster, namespace, pod)
         if message:
             return message
@@ -34,3 +41,11 @@ def pod_rejection(cluster, namespace: str, template: dict) -> str | None:
 def run_controllers(cluster) -> None:
     for fn in CONTROLLERS:
         fn(cluster)
+
+
+# The stacks' simulated controllers and admission register themselves on import (one line per module).
+import tests.sim.sim_stack_istio  # noqa: E402,F401
+import tests.sim.sim_stack_quotas  # noqa: E402,F401
+import tests.sim.sim_stack_sealed_secrets  # noqa: E402,F401
+import tests.sim.sim_stack_gatekeeper  # noqa: E402,F401
+import tests.sim.sim_stack_backup  # noqa: E402,F401

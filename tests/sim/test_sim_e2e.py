@@ -52,9 +52,9 @@ SHIPPED_LAB = json.loads(SHIPPED.read_text())
 CLUSTERS = {c["name"]: c for c in SHIPPED_LAB["clusters"]}
 NODES = {n["name"]: (c["name"], n) for c in SHIPPED_LAB["clusters"] for n in c["nodes"]}
 MASTERS = {c: next(n["name"] for n in spec["nodes"] if n["role"] == "master") for c, spec in CLUSTERS.items()}
-# vms/prepare/runtime/kubepkgs for 10 nodes, init/cni/nodeconfig for 4 clusters, join for 6 workers, and the 10
-# installable stacks (platform 6, dev 2, staging 1, prod 1)
-STEPS = 68
+# vms/prepare/runtime/kubepkgs for 10 nodes, init/cni/nodeconfig for 4 clusters, join for 6 workers, and the 23
+# declared stacks (platform 10, dev 7, staging 3, prod 3)
+STEPS = 81
 
 
 @pytest.fixture
@@ -364,10 +364,11 @@ def test_one_failing_cluster_leaves_the_others_complete_and_says_where(sim, tmp_
     sim.clear_failures()
     result = labctl("--json", "install")
     changed = {e["step"] for e in events(result.out) if e.get("event") == "result" and e["status"] == "changed"}
-    # dev's own steps and stacks, and Argo CD on platform, which now registers dev as a destination
+    # dev's own steps and stacks, Argo CD on platform, which now registers dev as a destination, and platform's
+    # registry, which now configures dev's nodes to pull from it
+    dev_stacks = {f"stacks:dev/{name}" for name in CLUSTERS["dev"]["stacks"]}
     assert result.code == 0 and changed == {"init:dev", "join:dev/dev-worker1", "cni:dev", "nodeconfig:dev",
-                                            "stacks:dev/metrics-server", "stacks:dev/hpa-demo",
-                                            "stacks:platform/argocd"}
+                                            *dev_stacks, "stacks:platform/argocd", "stacks:platform/registry"}
     assert_converged(sim)
 
 

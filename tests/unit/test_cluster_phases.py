@@ -285,6 +285,9 @@ class FakeProvider:
     def ip(self, node, wait=0):
         return self.world.addresses.get(node.name)
 
+    def host_endpoint(self, node, guest_port, address=None):
+        return address or self.ip(node), guest_port  # the host is on the VMs' network, as with Tart
+
 
 class Ctx:
     """The slice of labctl.context.Context the cluster phases use."""

@@ -53,7 +53,7 @@ def test_shipped_lab_reproduces_the_predecessor_placement_and_sizes():
             (n.name, n.role, n.cpu, n.memory, n.disk) for n in old_c.nodes
         ]
     stacks = {c.name: set(c.stack_names) for c in lab.clusters}
-    assert stacks["platform"] >= {"monitoring", "alerting", "argocd", "jenkins", "sealed-secrets", "backup", "harbor"}
+    assert stacks["platform"] >= {"monitoring", "alerting", "argocd", "jenkins", "sealed-secrets", "backup", "registry"}
     assert stacks["dev"] >= {"network-policies", "metrics-server", "hpa-demo", "istio", "gatekeeper", "quotas"}
     assert stacks["staging"] >= {"metrics-server", "quotas"} and stacks["prod"] >= {"quotas"}
     assert all("rbac" in s for s in stacks.values())

@@ -25,6 +25,7 @@ from labctl import stacks
 from labctl.render import render
 from tests.realclients import real_clients
 from tests.sim.fake_kube import FakeKube
+from tests.sim.sim_helm import CILIUM_CRDS
 from tests.sim.kube_resources import CRD_PREFIX, CRDS, crd_object
 from tests.unit.test_stack_catalogue import STACK_NAMES, _descriptor_or_none, cluster, lab, rendered
 
@@ -45,8 +46,14 @@ def api(tmp_path_factory):
         for release in descriptor.releases if descriptor else []:
             for crd in release.provides_crds:
                 plural, _, group = crd.name.partition(".")
-                scope = "Cluster" if crd.kind.startswith("Cluster") else "Namespaced"
-                kube.store.put(CRD_PREFIX, CRDS, crd_object(group, crd.version, plural, crd.kind, scope))
+                kube.store.put(CRD_PREFIX, CRDS, crd_object(group, crd.version, plural, crd.kind, crd.scope))
+    # what every cluster has from Cilium's operator, and the kinds Gatekeeper compiles from the catalogue's templates
+    for version, plural, kind, scope, _ in CILIUM_CRDS:
+        kube.store.put(CRD_PREFIX, CRDS, crd_object("cilium.io", version, plural, kind, scope))
+    for obj in (o for n in WITH_MANIFESTS for o in rendered(n).objects if o["kind"] == "ConstraintTemplate"):
+        kind = obj["spec"]["crd"]["spec"]["names"]["kind"]
+        kube.store.put(CRD_PREFIX, CRDS, crd_object("constraints.gatekeeper.sh", "v1beta1", kind.lower(), kind,
+                                                    "Cluster"))
     kube.start()
     folder = tmp_path_factory.mktemp("kubectl")
     config = folder / "kubeconfig.yaml"
@@ -90,9 +97,13 @@ def test_kubectl_reads_the_rendered_manifests_as_the_objects_we_mean(name, api, 
     as_yaml.write_text(template_text(name))
     assert [d for d in yaml.safe_load_all(as_yaml.read_text()) if d is not None] == objects  # same as resolve()
 
+    # kubectl refuses `-n X` for an object that names another namespace: a stack whose objects all name theirs
+    # (e.g. sealed-secrets' demo objects beside the controller's namespace) is read without it
+    own = {o["metadata"].get("namespace") for o in objects} - {None}
+    namespace = [] if own and stack.namespace not in own else ["-n", stack.namespace]
     for source in (as_json, as_yaml):
         done = subprocess.run([str(kubectl), "create", "--dry-run=client", "--validate=false", "-o", "json",
-                               "--kubeconfig", str(config), "--cache-dir", str(cache), "-n", stack.namespace,
+                               "--kubeconfig", str(config), "--cache-dir", str(cache), *namespace,
                                "-f", str(source)], capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, f"{name} ({source.name}): {done.stderr}"
         read = json_stream(done.stdout)

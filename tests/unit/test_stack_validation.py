@@ -107,10 +107,10 @@ def test_a_user_manifests_folder_resolves_to_its_objects_and_workloads(lab):
     assert stack.ready == [("Deployment", "demo", "web"), ("StatefulSet", "demo-data", "queue")]
 
 
-def test_user_stacks_are_installable_and_planned_ones_are_not(lab):
+def test_user_stacks_and_catalogue_stacks_are_installable_in_declaration_order(lab):
     dev = lab.cluster("dev")
     assert dev.stack_names == ["rbac", "cache", "web", "demo"]
-    assert stacks.installable(dev) == ["cache", "web", "demo"]  # rbac is planned: accepted, not installed yet
+    assert stacks.installable(dev) == ["rbac", "cache", "web", "demo"]
     assert stacks.installable(lab.cluster("platform")) == ["storage", "monitoring", "alerting", "metrics-server"]
 
 
@@ -216,8 +216,6 @@ def test_the_stack_reference_names_every_stack_with_its_versions_ports_and_login
         for c in d.credentials:
             assert c.name in row
             assert f"labctl credentials --cluster CLUSTER {name}`" in text
-    for name in stacks.PLANNED:
-        assert f"| `{name}` |" in text
 
 
 def test_the_contributor_example_shows_every_descriptor_field():

@@ -58,13 +58,13 @@ class ItemPhase(Noop):
 def test_one_step_per_installable_stack_in_requires_order():
     lab = model.parse(LAB)
     steps = {s.id: s for s in build_steps(lab, [Noop("cni"), ItemPhase(), Noop("after", after=("stacks",))])}
-    # rbac is accepted but arrives later: no step; spoke declares nothing installable: one plain step per phase
+    # spoke declares nothing installable: one plain step per phase
     assert [i for i in steps if i.startswith("stacks:")] == ["stacks:hub/metrics-server", "stacks:hub/cache",
-                                                            "stacks:hub/web", "stacks:spoke"]
+                                                            "stacks:hub/web", "stacks:hub/rbac", "stacks:spoke"]
     assert {d.id for d in steps["stacks:hub/cache"].deps} == {"cni:hub", "stacks:hub/metrics-server"}
     assert {d.id for d in steps["stacks:hub/web"].deps} == {"cni:hub", "stacks:hub/cache"}
     assert {d.id for d in steps["after:hub"].deps} == {"stacks:hub/metrics-server", "stacks:hub/cache",
-                                                      "stacks:hub/web"}
+                                                      "stacks:hub/web", "stacks:hub/rbac"}
 
 
 def test_cross_cluster_dependencies_wait_for_the_other_clusters_only_when_selected():

@@ -1,0 +1,111 @@
+"""registry and harbor: validation refuses harbor where its images do not run, the runtime phase sets containerd's
+registry config_path at the path of each config layout, and the registry.hosts node script writes hosts.toml and
+the /etc/hosts line only when they differ (run for real with bash, on files in a temporary folder)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import tomllib
+from unittest import mock
+
+import pytest
+
+from labctl import model
+from labctl.errors import ConfigError
+from labctl.registry_hosts import CERTS_D, hosts_toml
+from labctl.render import script
+from phases import runtime
+from tests.conftest import SHIPPED, shellcheck
+from tests.unit.test_node_phases import load_facts
+
+
+def shipped_with(stack: str, provider: dict | None = None) -> str:
+    raw = json.loads(SHIPPED.read_text())
+    platform = raw["clusters"][0]
+    platform["stacks"] = [stack if s == "registry" else s for s in platform["stacks"]]
+    if provider:
+        raw["provider"], raw["base_image"] = provider, "lab.qcow2"
+    return json.dumps(raw)
+
+
+def test_harbor_on_arm64():
+    """Predecessor defect (reference/stacks.md phase 17): Harbor's images were amd64-only, so its pods failed on
+    Apple silicon. labctl validate refuses harbor on Tart (always arm64) and on QEMU on an arm64 host, naming the
+    clusters.json entry and the multi-arch alternative."""
+    raw = json.loads(shipped_with("harbor"))
+    index = raw["clusters"][0]["stacks"].index("harbor")
+    with pytest.raises(ConfigError) as refused:
+        model.parse(shipped_with("harbor"), source="clusters.json")
+    text = str(refused.value)
+    assert f"clusters[0].stacks[{index}]" in text and "'harbor' runs only on amd64" in text
+    assert "declare 'registry' instead" in text
+    with mock.patch("labctl.host.platform.machine", return_value="aarch64"), pytest.raises(ConfigError):
+        model.parse(shipped_with("harbor", {"type": "qemu"}), source="clusters.json")
+    with mock.patch("labctl.host.platform.machine", return_value="x86_64"):
+        lab = model.parse(shipped_with("harbor", {"type": "qemu"}), source="clusters.json")
+    assert "harbor" in lab.cluster("platform").stack_names
+
+
+def test_the_shipped_lab_declares_the_multi_arch_registry():
+    lab = model.parse(SHIPPED.read_text(), source="clusters.json")
+    assert "registry" in lab.cluster("platform").stack_names and "harbor" not in lab.cluster("platform").stack_names
+
+
+@pytest.mark.parametrize(("fixture", "table"), [
+    ("containerd-1.7-cgroupfs", ("io.containerd.grpc.v1.cri", "registry")),
+    ("containerd-2.2-ready", ("io.containerd.cri.v1.images", "registry")),
+])
+def test_runtime_sets_config_path_in_the_nodes_layout(fixture, table):
+    facts = load_facts(fixture)
+    assert facts.containerd_config_path == ""  # both packages' defaults leave it empty
+    pending = runtime.actions(facts, "1.35.6", "1.7.28", registry=True)
+    config = next(a for a in pending if a.name == "config")
+    assert "config_path is empty" in config.why
+    written = runtime.params(facts, "1.35.6", "1.7.28", pending, registry=True)["config"]
+    plugins = tomllib.loads(written)["plugins"]
+    assert plugins[table[0]][table[1]]["config_path"] == CERTS_D
+    # without a registry in the lab, config_path is none of the runtime phase's business
+    assert "config_path" not in " ".join(a.why for a in runtime.actions(facts, "1.35.6", "1.7.28"))
+    configured = facts.model_copy(update={"containerd": facts.containerd.model_copy(
+        update={"config_dump": written})})
+    assert configured.containerd_config_path == CERTS_D
+    assert not [a for a in runtime.actions(configured, "1.35.6", "1.7.28", registry=True) if a.name == "config"]
+
+
+def render(tmp_path, apply: bool, address: str = "192.168.64.5"):
+    name = "platform-registry.labctl.internal"
+    return script("registry.hosts", "node/registry-hosts.sh.j2", apply=apply, dir=f"{tmp_path}/certs.d/{name}:30500",
+                  content=hosts_toml(name, 30500, [address, "192.168.64.6"]), name=name, address=address,
+                  hosts_file=str(tmp_path / "hosts"), cluster="platform", stack="registry")
+
+
+def run(text: str) -> str:
+    done = subprocess.run(["bash", "-c", text], capture_output=True, text=True, check=True)
+    return done.stdout.strip()
+
+
+def test_registry_hosts_script_writes_only_what_differs(tmp_path):
+    hosts = tmp_path / "hosts"
+    hosts.write_text("127.0.0.1 localhost\n192.168.64.9 platform-registry.labctl.internal # old\n")
+    toml = tmp_path / "certs.d/platform-registry.labctl.internal:30500/hosts.toml"
+    assert run(render(tmp_path, apply=False).text).startswith("differs:")
+    assert not toml.exists()  # the check writes nothing
+    assert run(render(tmp_path, apply=True).text).startswith("changed:")
+    parsed = tomllib.loads(toml.read_text())
+    assert parsed["server"] == "http://platform-registry.labctl.internal:30500"
+    assert list(parsed["host"]) == ["http://192.168.64.5:30500", "http://192.168.64.6:30500"]
+    assert parsed["host"]["http://192.168.64.5:30500"]["capabilities"] == ["pull", "resolve", "push"]
+    lines = hosts.read_text().splitlines()
+    assert lines[0] == "127.0.0.1 localhost"
+    assert [ln.split()[0] for ln in lines if "platform-registry" in ln] == ["192.168.64.5"]
+    assert run(render(tmp_path, apply=True).text) == "unchanged"
+    assert run(render(tmp_path, apply=False, address="192.168.64.7").text).startswith("differs:")
+
+
+def test_registry_hosts_script_is_shellcheck_clean(tmp_path):
+    path = tmp_path / "registry-hosts.sh"
+    path.write_text(render(tmp_path, apply=True).text)
+    done = subprocess.run([shellcheck(), "--shell=bash", "--severity=style", str(path)], capture_output=True,
+                          text=True, check=False)
+    assert done.returncode == 0, done.stdout
