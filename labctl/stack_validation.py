@@ -116,6 +116,11 @@ def stack_problems(cluster: dict, cpath: str, base_dir: Path | None, arch: str |
                     dns_label(value, limit)
                 except ValueError as exc:
                     problems.append(Problem(f"{spath}.{field}", str(exc)))
+    for mesh in (catalogue[n] for n in names if n in catalogue and catalogue[n].sidecar_requests):
+        # an injected proxy per meshed pod: on a small worker these decide whether the demo pods schedule at all
+        pods = sum(catalogue[n].meshed_pods for n in names if n in catalogue)
+        cpu_m += pods * S.cpu_millis(mesh.sidecar_requests.get("cpu", "0"))
+        memory += pods * S.memory_bytes(mesh.sidecar_requests.get("memory", "0"))
     for name, needs in requires.items():
         for need, path in needs:
             if need == name and path:

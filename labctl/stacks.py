@@ -107,6 +107,11 @@ class Descriptor(_Strict):
     urls: dict[str, str] = Field(default_factory=dict, description="name → URL with {address} for a node address")
     requests: dict[Literal["cpu", "memory"], str] = Field(default_factory=dict,
                                                           description="rough sum of the stack's requests")
+    sidecar_requests: dict[Literal["cpu", "memory"], str] = Field(
+        default_factory=dict, description="a service mesh: the requests of the proxy it injects into every pod of a "
+        "meshed namespace (validation adds them per `meshed_pods` of the other stacks)")
+    meshed_pods: int = Field(default=0, ge=0, description="pods (at their HPAs' minimum) this stack runs in a "
+                             "namespace the mesh injects, when the cluster declares a mesh")
     credentials: list[Credential] = Field(default_factory=list)
     hooks: list[str] = Field(default_factory=list, description="named hooks in labctl/stack_hooks.py")
     arm64: str = Field(default="", description="evidence that every image runs on linux/arm64")

@@ -145,7 +145,7 @@ resource "terraform_data" "node_dev-master" {
 }
 
 resource "terraform_data" "vms_dev-worker1" {
-  triggers_replace = "62aa73b3a57662c3"
+  triggers_replace = "2f91b957b5dab92a"
   input = {
     cluster = "dev"
     node    = "dev-worker1"
@@ -443,7 +443,7 @@ resource "terraform_data" "join_platform-worker2" {
 }
 
 resource "terraform_data" "join_dev-worker1" {
-  triggers_replace = "62aa73b3a57662c3"
+  triggers_replace = "2f91b957b5dab92a"
   input = {
     cluster = "dev"
     node    = "dev-worker1"
@@ -649,7 +649,7 @@ resource "terraform_data" "nodeconfig_dev-master" {
 }
 
 resource "terraform_data" "nodeconfig_dev-worker1" {
-  triggers_replace = "62aa73b3a57662c3"
+  triggers_replace = "2f91b957b5dab92a"
   input = {
     cluster = "dev"
     config  = "../clusters.json"

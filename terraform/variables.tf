@@ -177,7 +177,7 @@ variable "clusters" {
         {
           name   = "dev-worker1"
           role   = "worker"
-          cpu    = 2
+          cpu    = 3
           memory = 8192
           disk   = 20
           labels = {

@@ -2,7 +2,7 @@
 
 The platform is simulated by patching what labctl.host.detect reads (platform.system/machine), so each test means
 the same on Linux and on a Mac; memory and CPUs come from LABCTL_HOST_MEMORY_MIB / LABCTL_HOST_CPUS, free disk
-from a patched labctl.host.free_disk_gb. The shipped lab asks for 21 vCPUs, 68 GiB of memory and 200 GB of disk.
+from a patched labctl.host.free_disk_gb. The shipped lab asks for 22 vCPUs, 68 GiB of memory and 200 GB of disk.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from labctl import host
 from tests.conftest import SHIPPED, run_cli
 
 NO_TART = "/usr/bin:/bin"  # no tart anywhere, as on any Linux machine
-ROOMY = {"LABCTL_HOST_MEMORY_MIB": str(256 * 1024), "LABCTL_HOST_CPUS": "16"}  # 21 vCPU / 16 = 1.31x
+ROOMY = {"LABCTL_HOST_MEMORY_MIB": str(256 * 1024), "LABCTL_HOST_CPUS": "16"}  # 22 vCPU / 16 = 1.38x
 
 
 @pytest.fixture
@@ -77,7 +77,7 @@ def test_a_ready_mac_passes_with_the_tart_version(lab_file, mac, fake_tart):
     assert {c["status"] for c in doc["checks"]} == {"ok"}
     assert checks["platform"]["detail"] == "macOS 15.3 on arm64 (Apple silicon)"
     assert checks["tart"]["detail"].startswith("tart 2.32.1 (") and str(fake_tart.exe) in checks["tart"]["detail"]
-    assert "21 vCPUs on 16 host CPUs: overcommit 1.31x" in checks["cpu"]["detail"]
+    assert "22 vCPUs on 16 host CPUs: overcommit 1.38x" in checks["cpu"]["detail"]
     assert "68.0 GiB of 252.0 GiB usable" in checks["memory"]["detail"]
     assert "up to 200 GB" in checks["disk"]["detail"] and str(fake_tart.home) in checks["disk"]["detail"]
     assert "softnet" not in checks  # only checked when clusters.json asks for it
@@ -116,7 +116,7 @@ def test_memory_that_does_not_fit_is_a_blocker(lab_file, mac, fake_tart):
     assert [c["name"] for c in doc["checks"] if c["status"] == "fail"] == ["memory"]
 
 
-@pytest.mark.parametrize(("cpus", "status", "ratio"), [("16", "ok", "1.31x"), ("8", "warn", "2.62x")])
+@pytest.mark.parametrize(("cpus", "status", "ratio"), [("16", "ok", "1.38x"), ("8", "warn", "2.75x")])
 def test_cpu_overcommit_is_reported_and_warned_above_two(lab_file, mac, fake_tart, cpus, status, ratio):
     result, _, checks = doctor(lab_file, {**ROOMY, "LABCTL_HOST_CPUS": cpus})
     assert result.code == 0  # CPU may be overcommitted: never a blocker

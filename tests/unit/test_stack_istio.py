@@ -142,3 +142,30 @@ def test_istio_canary_routes_and_circuit_breaker():
     ingress = by[("VirtualService", "demo-ingress")]["spec"]["http"]
     assert ingress[-1]["route"][0]["destination"]["host"].startswith("nginx.")
     assert by[("Gateway", "demo-gateway")]["spec"]["selector"] == {"istio": "ingressgateway"}
+
+
+def test_validation_counts_the_sidecars_a_mesh_adds_to_the_demo_pods():
+    """A proxy per meshed pod is what decides whether the demo schedules on a small worker: the descriptors' numbers
+    (istio's sidecar_requests, hpa-demo's meshed_pods) are the rendered ones, and validation adds them."""
+    lab = lab_for("dev", ["metrics-server", "hpa-demo", "istio"])
+    istio, demo = rendered(lab, "istio"), rendered(lab, "hpa-demo")
+    istiod = next(r for r in istio.releases if r.release == "istiod")
+    assert S.catalogue()["istio"].sidecar_requests == istiod.values["global"]["proxy"]["resources"]["requests"]
+    minimum = {o["spec"]["scaleTargetRef"]["name"]: o["spec"]["minReplicas"]
+               for o in demo.objects if o["kind"] == "HorizontalPodAutoscaler"}
+    pods = sum(max(o["spec"].get("replicas", 1), minimum.get(o["metadata"]["name"], 0)) for o in demo.objects
+               if o["kind"] in ("Deployment", "StatefulSet") and o["metadata"].get("namespace", demo.namespace) == "demo")
+    assert S.catalogue()["hpa-demo"].meshed_pods == pods
+
+    def lab_json(worker_cpu: int, with_istio: bool) -> str:
+        return json.dumps({"clusters": [{
+            "name": "dev", "pod_cidr": "10.20.0.0/16", "service_cidr": "10.97.0.0/16",
+            "stacks": ["metrics-server", "hpa-demo", *(["istio"] if with_istio else [])],
+            "nodes": [{"name": "dev-master", "role": "master", "cpu": 2, "memory": 4096},
+                      {"name": "dev-worker1", "role": "worker", "cpu": worker_cpu, "memory": 8192}]}]})
+
+    # 2 CPUs hold the demo alone (850m + 300m reserve) and istio's own 300m, but not ten 100m proxies beside them
+    model.parse(lab_json(2, False))
+    with pytest.raises(model.ConfigError, match="short of .*m CPU"):
+        model.parse(lab_json(2, True))
+    model.parse(lab_json(3, True))
