@@ -109,3 +109,50 @@ def test_registry_hosts_script_is_shellcheck_clean(tmp_path):
     done = subprocess.run([shellcheck(), "--shell=bash", "--severity=style", str(path)], capture_output=True,
                           text=True, check=False)
     assert done.returncode == 0, done.stdout
+
+
+def _rendered_for_amd64(name: str):
+    """`name` rendered for a QEMU lab on an amd64 host (where validation lets harbor run)."""
+    from pathlib import Path
+
+    from labctl import stacks
+
+    raw = json.loads(shipped_with(name, {"type": "qemu", "qemu": {"network": "lab"}}))
+    raw["base_image"] = "images/base.qcow2"
+    with mock.patch("platform.machine", return_value="x86_64"):
+        lab = model.parse(json.dumps(raw), base_dir=Path("."))
+    return stacks.resolve(lab, lab.cluster("platform"), name, Path("."))
+
+
+def _sizes(node) -> list[str]:
+    """Every `size`/`storage` quantity under a values or manifest tree."""
+    if isinstance(node, dict):
+        return [v for k, v in node.items() if k in ("size", "storage") and isinstance(v, str)] + \
+            [s for v in node.values() for s in _sizes(v)]
+    return [s for v in node for s in _sizes(v)] if isinstance(node, list) else []
+
+
+def test_port_30500_is_exposed_where_the_nodes_pull_from():
+    """The predecessor wrote hosts.toml for <worker>:30500 but never exposed 30500 (Harbor's /v2 was on 30400)."""
+    stack = _rendered_for_amd64("registry")
+    service = next(o for o in stack.objects if o["kind"] == "Service" and o["spec"].get("type") == "NodePort")
+    assert [p["nodePort"] for p in service["spec"]["ports"]] == [30500] == list(stack.node_ports.values())
+    assert '[host."http://10.0.0.5:30500"]' in hosts_toml("platform-registry.labctl.internal", 30500, ["10.0.0.5"])
+
+
+def test_harbor_external_url_is_not_localhost():
+    """externalURL is where Harbor's token service sends clients: localhost sent every node to itself."""
+    values = _rendered_for_amd64("harbor").releases[0].values
+    assert "localhost" not in values["externalURL"] and "127.0.0.1" not in values["externalURL"]
+    assert values["externalURL"].endswith(":30400")
+
+
+@pytest.mark.parametrize("name", ["registry", "harbor"])
+def test_fifteen_gi_of_claims_on_20_gb_disks_no_more(name):
+    """The predecessor's Harbor claimed ~15Gi on 20 GB node disks that also hold the OS and every image: a registry
+    stack claims at most half a node's disk."""
+    from labctl import stacks
+
+    stack = _rendered_for_amd64(name)
+    claims = _sizes([r.values for r in stack.releases]) + _sizes(stack.objects)
+    assert claims and sum(stacks.memory_bytes(q) for q in claims) <= 10 * 2**30
