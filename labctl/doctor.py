@@ -296,7 +296,8 @@ def check_accelerator(provider: QemuProvider) -> Finding:
         return Finding("accelerator", "ok", f"KVM ({accel.reason})")
     if accel.name == "kvm":
         return Finding("accelerator", "warn", f"KVM, untested: {accel.reason}; a KVM that hangs guests is only "
-                       "caught by a probe boot", "put the base image (and kernel) in place, then run doctor again")
+                       "caught by a probe boot", "once the base image is here (`labctl install` downloads an image "
+                       "URL; a file path must exist), run doctor again: it probes a boot then")
     if accel.warning is None:  # asked for by the user
         return Finding("accelerator", "ok", f"TCG, software emulation ({accel.reason})")
     return Finding("accelerator", "warn",

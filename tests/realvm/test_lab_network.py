@@ -13,8 +13,14 @@ The test image has cloud-init switched off unless the kernel command line says `
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import hashlib
+import http.server
 import json
 import os
+import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -35,17 +41,52 @@ def host_interfaces() -> set[str]:
     return set(os.listdir("/sys/class/net"))
 
 
+@contextlib.contextmanager
+def image_server(folder: Path):
+    """A local HTTP server publishing `folder` (an image and its SHA256SUMS), as cloud-images.ubuntu.com does."""
+    server = http.server.ThreadingHTTPServer(
+        ("127.0.0.1", 0), functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_vms_on_the_rootless_lab_network_reach_each_other_at_the_addresses_labctl_gave(realvm_image, tmp_path,
-                                                                                       stage):
+                                                                                       stage, monkeypatch):
+    """Also the downloaded-image path: base_image is a URL on a local HTTP server with a SHA256SUMS beside it. A
+    checksum that does not match fails the install and leaves nothing in the cache; the right one lets the VMs boot
+    from the downloaded, verified copy."""
     config = tmp_path / "clusters.json"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    published = tmp_path / "published"
+    published.mkdir()
+    with stage("publish the image: qemu-img convert to qcow2, sha256"):
+        served = published / "rootfs.qcow2"
+        subprocess.run(["qemu-img", "convert", "-O", "qcow2", str(realvm_image.rootfs), str(served)], check=True)
+        digest = hashlib.sha256()
+        with served.open("rb") as f:
+            while chunk := f.read(1 << 20):
+                digest.update(chunk)
     raw = lab_config(realvm_image)
     raw["provider"]["qemu"].update({"network": "lab", "lab_subnet": SUBNET,
                                     "append": f"{DEFAULT_APPEND} cloud-init=enabled"})
     raw["clusters"][0]["nodes"] = [{"name": node, **spec} for node, spec in NODES.items()]
-    config.write_text(json.dumps(raw, indent=2))
     interfaces_before = host_interfaces()
     guests: list[Guest] = []
+    served_at = contextlib.ExitStack()
+    raw["base_image"] = served_at.enter_context(image_server(published)) + "/rootfs.qcow2"
+    config.write_text(json.dumps(raw, indent=2))
     try:
+        with stage("install --only vms from the URL, with a wrong SHA256SUMS: refused, nothing cached"):
+            (published / "SHA256SUMS").write_text(f"{'0' * 64} *rootfs.qcow2\n")
+            code, events, err = labctl(config, "install", "--only", "vms")
+            assert code == 1 and "SHA-256" in json.dumps(summary(events)), (err, summary(events))
+            assert not [p for p in (tmp_path / "cache").rglob("*") if p.is_file() and p.suffix != ".lock"]
+        (published / "SHA256SUMS").write_text(f"{digest.hexdigest()} *rootfs.qcow2\n")
         with stage("doctor (network lab)"):
             doctor = json.loads(run_cli("--config", str(config), "--json", "doctor").out)
         checks = {c["name"]: c for c in doctor["checks"]}
@@ -56,6 +97,8 @@ def test_vms_on_the_rootless_lab_network_reach_each_other_at_the_addresses_labct
         assert code == 0, (err, summary(events))
         provider = provider_of(config)
         metas = {node: json.loads((tmp_path / ".labctl/qemu" / node / "vm.json").read_text()) for node in NODES}
+        # cloned from the downloaded, verified copy in the cache
+        assert {Path(meta["base"]).parent for meta in metas.values()} == {tmp_path / "cache" / "labctl" / "images"}
         assigned = {node: meta["lab_address"].split("/")[0] for node, meta in metas.items()}
         assert {node: provider.ip(node) for node in NODES} == assigned
         assert len(set(assigned.values())) == len(NODES)
@@ -81,6 +124,7 @@ def test_vms_on_the_rootless_lab_network_reach_each_other_at_the_addresses_labct
                                           sudo=False)
                         assert banner == "SSH-", (node, other, banner)
     finally:
+        served_at.close()
         for guest in guests:
             guest.close()
         with stage("destroy"):

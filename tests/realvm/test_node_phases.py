@@ -142,7 +142,10 @@ def doctor_accelerator(doctor) -> str:
 
     doc = json.loads(doctor.out)
     checks = {c["name"]: c for c in doc["checks"]}
-    assert doctor.code == 0 and doc["ok"], (doctor.err, doc)  # a slow accelerator is a warning, not a blocker
+    # a slow accelerator is a warning, not a blocker; the one failure is the user-mode network, on which these VMs
+    # run the node phases but could not form a cluster (doctor says so up front: issue 17)
+    failed = [c["name"] for c in doc["checks"] if c["status"] == "fail"]
+    assert failed == ["network"] and doctor.code == 1, (doctor.err, doc)
     found, device = checks["accelerator"], kvm_problem()
     print(f"realvm: doctor: {found['status']}: {found['detail']}")
     if found["status"] == "ok":
