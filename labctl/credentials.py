@@ -62,8 +62,8 @@ def _read(state: LabState) -> dict:
         # Not rebuilt on its own: new passwords would lock everyone out of the stacks' logins without a word.
         raise LabctlError(
             f"{path} is damaged (not the {{cluster: {{name: {{user, password, created}}}}}} JSON labctl writes)",
-            hint=f"restore it from a backup; or move it away and run `labctl install`: it generates new passwords "
-            f"and puts them into the stacks' Secrets",
+            hint="restore it from a backup; or move it away and run `labctl install`: it generates new passwords "
+            "and puts them into the stacks' Secrets",
         )
     redact.register(*(e["password"] for table in data.values() for e in table.values()))
     return data

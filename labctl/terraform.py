@@ -32,7 +32,7 @@ from pydantic import BaseModel, SecretStr
 
 from . import model
 from .engine import Step, build_steps
-from .hcl import Block, Raw, Type, document, expr
+from .hcl import Block, Raw, Type, document
 from .lab import PASSWORD_ENV, phases_for
 
 FILES = ("versions.tf", "variables.tf", "main.tf", "outputs.tf")

@@ -28,6 +28,24 @@ def shellcheck() -> str:
     return found
 
 
+def check_bash_scripts(scripts: dict[str, str], folder: Path) -> None:
+    """Each rendered script starts as labctl's scripts do (bash, `set -euo pipefail`), parses (`bash -n`), and the
+    lot passes shellcheck at style level. `scripts`: name → text; they are written into `folder`."""
+    import subprocess
+
+    paths = []
+    for i, (name, text) in enumerate(sorted(scripts.items())):
+        assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text, name
+        path = folder / f"{i:02d}-{name.replace('@', '-').replace('/', '-')}.sh"
+        path.write_text(text)
+        paths.append(str(path))
+        result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
+        assert result.returncode == 0, f"{name}: {result.stderr}"
+    result = subprocess.run([shellcheck(), "-s", "bash", "-S", "style", *paths], capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 0, result.stdout
+
+
 @dataclass
 class CliResult:
     code: int

@@ -9,7 +9,6 @@ import json
 import re
 from dataclasses import dataclass, field
 from functools import lru_cache
-from pathlib import Path
 
 from tests.conftest import ROOT
 

@@ -49,7 +49,7 @@ from labctl.remote.facts import (
 )
 from labctl.state import LabState
 from phases import cni, init, join, nodeconfig
-from tests.conftest import PREDECESSOR, ROOT, SHIPPED, shellcheck
+from tests.conftest import PREDECESSOR, ROOT, SHIPPED, check_bash_scripts
 from tests.sim.fake_kube import FakeKube
 from tests.sim.kube_certs import make_certificates
 from tests.sim.kube_patch import merge_patch
@@ -985,14 +985,4 @@ def test_every_cluster_script_passes_bash_n_and_shellcheck(tmp_path):
                    "cni.helm-binary", "cni.helm-install", "repair.probe", "repair.node-ip", "repair.control-plane",
                    "stacks.helm-install", "stacks.helm-uninstall"}
     assert len(templates) == len(ids)
-    paths = []
-    for i, (name, text) in enumerate(sorted(scripts.items())):
-        assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text, name
-        path = tmp_path / f"{i:02d}-{name.replace('@', '-').replace('/', '-')}.sh"
-        path.write_text(text)
-        paths.append(str(path))
-        result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
-        assert result.returncode == 0, f"{name}: {result.stderr}"
-    result = subprocess.run([shellcheck(), "-s", "bash", "-S", "style", *paths], capture_output=True, text=True,
-                            check=False)
-    assert result.returncode == 0, result.stdout
+    check_bash_scripts(scripts, tmp_path)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 
 import pytest
 import yaml
@@ -14,7 +13,7 @@ import yaml
 from labctl import backup, credentials, model, stacks
 from labctl.errors import UsageError
 from labctl.render import script
-from tests.conftest import shellcheck
+from tests.conftest import check_bash_scripts
 from tests.unit import reference as ref
 
 # velero-plugin-for-aws README compatibility table (plugin minor ↔ Velero minor); 1.14 ↔ 1.18 per velero-io/velero
@@ -39,17 +38,7 @@ def test_every_backup_script_passes_bash_n_and_shellcheck(tmp_path):
                               data_dir=backup.DATA_DIR, work_dir=backup.WORK_DIR, stamp="20260101T000000Z").text
     texts["finish"] = script("backup.etcd-restore-finish", "backup/etcd-restore-finish.sh.j2",
                              previous="/var/lib/etcd.before-restore-20260101T000000Z").text
-    paths = []
-    for name, text in texts.items():
-        assert text.startswith("#!/usr/bin/env bash\n") and "set -euo pipefail" in text, name
-        path = tmp_path / f"{name}.sh"
-        path.write_text(text)
-        paths.append(str(path))
-        result = subprocess.run(["bash", "-n", str(path)], capture_output=True, text=True, check=False)
-        assert result.returncode == 0, f"{name}: {result.stderr}"
-    result = subprocess.run([shellcheck(), "-s", "bash", "-S", "style", *paths], capture_output=True, text=True,
-                            check=False)
-    assert result.returncode == 0, result.stdout
+    check_bash_scripts(texts, tmp_path)
 
 
 def test_the_installed_snapshot_script_is_the_one_labctl_runs_and_its_units_start_it():
