@@ -35,6 +35,9 @@ kernel (or disk) under KVM prints "Linux version" on the serial console: on host
 broken, /dev/kvm opens fine but the guest hangs with no output (or QEMU aborts on an MSR). Then TCG, with a warning
 (it is several times slower). The verdict is cached in `.labctl/qemu/accel.json` per QEMU binary, kernel and host
 boot. `LABCTL_QEMU_ACCEL=tcg|kvm` (or provider.qemu.accel) overrides it without probing.
+
+The module's parts: qemu_accel.py (KVM or TCG), qemu_seed.py (the NoCloud seed), qemu_net.py (the lab segment, the
+bridge's leases, and the provider's addresses, SSH endpoint and forwarded ports: its `Networking` mixin).
 """
 
 from __future__ import annotations
@@ -65,11 +68,11 @@ from .base import VM, LabVMs, shrink_error
 from .qemu_accel import PROBE_MARK, PROBE_SECONDS, Accel, _opt, kvm_problem, probe_kvm  # noqa: F401 (re-exported)
 from .qemu_seed import fat_image, seed_files, write_seed  # noqa: F401 (re-exported)
 from . import qemu_net
+from .qemu_net import LOOPBACK, Networking, lease_address, new_mac  # noqa: F401 (re-exported)
 
 log = logging.getLogger("labctl")
 
 GIB = 1024**3
-LOOPBACK = "127.0.0.1"
 ENV_ACCEL = "LABCTL_QEMU_ACCEL"
 INSTALL_HINT = ("install QEMU: `sudo apt-get install qemu-system-x86 qemu-utils` (Debian/Ubuntu; qemu-system-arm on "
                 "arm64); validate/plan/schema work without it")
@@ -99,34 +102,9 @@ class QemuError(ProviderError):
         super().__init__(message, hint)
 
 
-
 def default_binary() -> str:
     machine = platform.machine().lower()
     return f"qemu-system-{ {'amd64': 'x86_64', 'arm64': 'aarch64'}.get(machine, machine) }"
-
-
-# ---- network bridge: MACs and DHCP leases -------------------------------------------------------------------------
-
-def new_mac() -> str:
-    """A random, locally administered MAC in QEMU's own 52:54:00 range."""
-    return "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
-
-
-def lease_address(text: str, mac: str, now: float) -> str | None:
-    """The IPv4 address a DHCP server leased to `mac`, from libvirt's <bridge>.status (a JSON list) or a dnsmasq
-    leases file ("expiry mac ip hostname client-id" lines). Expired leases are ignored; the longest-lived wins."""
-    mac, found = mac.lower(), []
-    if text.lstrip().startswith("["):
-        for entry in json.loads(text):
-            if str(entry.get("mac-address", "")).lower() == mac:
-                found.append((int(entry.get("expiry-time", 0)), str(entry.get("ip-address", ""))))
-    else:
-        for fields in (line.split() for line in text.splitlines()):
-            if len(fields) >= 3 and fields[1].lower() == mac and fields[0].isdigit():
-                found.append((int(fields[0]), fields[2]))
-    # dnsmasq writes expiry 0 for an infinite lease; an IPv6 lease has no dots
-    live = [(expiry or float("inf"), ip) for expiry, ip in found if (expiry == 0 or expiry > now) and "." in ip]
-    return max(live)[1] if live else None
 
 
 # ---- QMP ------------------------------------------------------------------------------------------------------
@@ -162,7 +140,7 @@ def qmp(path: str, command: str, timeout: float = 5.0) -> dict:
 
 # ---- the provider -----------------------------------------------------------------------------------------------
 
-class QemuProvider(LabVMs):
+class QemuProvider(Networking, LabVMs):
     name = "qemu"
     hard_stops = frozenset({"quit", "kill"})  # how `stop` says it had to pull the plug
     POLL = 0.2
@@ -298,71 +276,6 @@ class QemuProvider(LabVMs):
             return VM(name, "running", cpu=running["cpu"], memory=running["memory"], disk=disk)
         return VM(name, "stopped", cpu=meta["cpu"], memory=meta["memory"], disk=disk)
 
-    @property
-    def ip_wait_seconds(self) -> int:
-        return self.settings.ip_wait_seconds if self.settings.network == "bridge" else 0  # lab: a static address
-
-    def leases_path(self) -> Path:
-        s = self.settings
-        return self.local_path(s.leases) if s.leases else Path(f"/var/lib/libvirt/dnsmasq/{s.bridge}.status")
-
-    def ip(self, node, wait: int = 0, *, running: bool = False) -> str | None:
-        """None when QEMU does not run. network user: 127.0.0.1, the host end of the SSH forward, which exists as
-        soon as QEMU does. network bridge: the address the bridge's DHCP server leased to the VM's lab NIC, waiting
-        up to `wait` seconds for it (the guest asks once it has booted)."""
-        name = node if isinstance(node, str) else node.name
-        if self._pid(name) is None:
-            return None
-        meta = self._meta(name) or {}
-        if meta.get("lab_address"):  # network lab: the static address the VM was given at create
-            return meta["lab_address"].split("/")[0]
-        lab_mac = meta.get("lab_mac")
-        if lab_mac is None:
-            return LOOPBACK
-        deadline = time.monotonic() + wait
-        while True:
-            try:
-                address = lease_address(self.leases_path().read_text(), lab_mac, time.time())
-            except FileNotFoundError:
-                address = None
-            except (OSError, ValueError) as exc:
-                raise ProviderError(f"{name}: cannot read the DHCP leases {self.leases_path()}: {exc}",
-                                    hint="set provider.qemu.leases to the bridge's leases file") from None
-            if address or time.monotonic() >= deadline or self._pid(name) is None:
-                return address
-            time.sleep(min(2.0, max(self.POLL, deadline - time.monotonic())))
-
-    def ssh_address(self, node, address: str | None = None) -> tuple[str, int]:  # noqa: ARG002 - SSH is forwarded
-        name = node if isinstance(node, str) else node.name
-        if self._pid(name) is None:
-            raise ProviderError(f"{name}: not running, so SSH does not answer", hint="`labctl boot` starts it")
-        port = self._run_record(name).get("ssh_port") or self._meta(name)["ssh_port"]
-        return LOOPBACK, int(port)
-
-    def network_problem(self) -> str | None:
-        if self.settings.network in ("bridge", "lab"):
-            return None
-        return ("provider.qemu.network is user: each VM is alone behind its own NAT (as 10.0.2.15) and reachable from "
-                "the host only through its forwarded SSH port, so there is no address a Kubernetes control plane could "
-                "advertise to the other nodes; a cluster needs network lab (rootless, shared by the lab's VMs) or "
-                "bridge")
-
-    def host_endpoint(self, node, guest_port: int, address: str | None = None) -> tuple[str, int]:
-        """Where the host reaches TCP `guest_port` of `node`: network lab: ("127.0.0.1", the port forwarded to it on
-        the first control plane of the node's cluster; NodePorts answer on every node, see qemu_net); otherwise the
-        node's address and the port itself. Raises ProviderError when the VM does not run or the port is not
-        forwarded (a stack declared after the VM started: its ports are forwarded at the next start)."""
-        name = node if isinstance(node, str) else node.name
-        if self.settings.network != "lab":
-            return super().host_endpoint(name, guest_port, address)
-        for holder in dict.fromkeys([name, qemu_net.first_control_plane(self.lab, name)]):
-            if holder is not None and self._pid(holder) is not None:
-                host_port = self._run_record(holder).get("forwards", {}).get(str(guest_port))
-                if host_port:
-                    return LOOPBACK, int(host_port)
-        raise ProviderError(f"{name}: TCP port {guest_port} is not forwarded to this host (network lab)",
-                            hint="ports are forwarded when the cluster's first control plane starts: `labctl "
-                            "shutdown` and `labctl boot` forward the ones clusters.json declares now")
 
     def image_path(self, image: str) -> Path:
         """The local file of base_image `image`: the file itself, or a URL's verified download in the cache (which
@@ -462,31 +375,6 @@ class QemuProvider(LabVMs):
         write_atomic(cache, json.dumps({"key": key, "problem": problem}) + "\n", 0o600)
         return problem
 
-    # -- ports -----------------------------------------------------------------------------------------------------
-    @staticmethod
-    def _port_free(port: int) -> bool:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            # like slirp's own listener: a connection in TIME_WAIT does not make the port busy
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            try:
-                sock.bind((LOOPBACK, port))
-            except OSError:
-                return False
-        return True
-
-    def _allocate_port(self, name: str, also: set[int] = frozenset()) -> int:  # type: ignore[assignment]
-        """The first port from ssh_port_base that no other VM of this lab holds (SSH or a forward), none of `also`,
-        and nothing listens on now."""
-        taken = set(also)
-        for entry in self._vm_dirs():
-            if entry.name != name and (meta := self._meta(entry.name)) is not None:
-                taken.add(meta.get("ssh_port"))
-                taken.update(meta.get("forwards", {}).values())
-        for port in range(self.settings.ssh_port_base, 65536):
-            if port not in taken and self._port_free(port):
-                return port
-        raise ProviderError(f"{name}: no free TCP port on {LOOPBACK} from {self.settings.ssh_port_base} up",
-                            hint="set provider.qemu.ssh_port_base to a free range")
 
     # -- changing ------------------------------------------------------------------------------------------------
     def create(self, node) -> bool:
@@ -521,10 +409,6 @@ class QemuProvider(LabVMs):
             raise
         return True
 
-    def _lab_addresses(self) -> set[str]:
-        """The lab addresses the lab's VMs hold (network lab; from their vm.json)."""
-        return {meta["lab_address"] for entry in self._vm_dirs()
-                if (meta := self._meta(entry.name)) is not None and meta.get("lab_address")}
 
     def _write_seed(self, node, instance_id: str, macs: dict[str, str], lab_address: str | None = None) -> None:
         keys = []
@@ -564,36 +448,6 @@ class QemuProvider(LabVMs):
         self._write_meta(name, {**meta, "cpu": node.cpu, "memory": node.memory})
         return changes
 
-    def _require_network(self, name: str, meta: dict) -> None:
-        """The network a VM was created with is part of its disk (the guest's network config): it cannot change."""
-        have = meta.get("network") or ("bridge" if "lab_mac" in meta else "user")
-        if have == "lab" == self.settings.network and \
-                not qemu_net.in_subnet(meta["lab_address"], self.settings.lab_subnet):
-            raise ProviderError(f"{name}: was created with the lab address {meta['lab_address']}, outside "
-                                f"provider.qemu.lab_subnet {self.settings.lab_subnet} now; the address is fixed when "
-                                "a VM is created", hint="set lab_subnet back to a range holding it, or `labctl "
-                                "destroy` and install again (the VMs' data is lost)")
-        if have != self.settings.network:
-            raise ProviderError(f"{name}: was created with provider.qemu.network {have}, clusters.json now says "
-                                f"{self.settings.network}; the network is fixed when a VM is created",
-                                hint=f"set it back to {have}, or `labctl destroy` and install again (the VMs' data "
-                                "is lost)")
-
-    def _forwards(self, name: str, meta: dict, ssh_port: int) -> dict[str, int]:
-        """network lab: guest port (a string: JSON keys) → host port for every port the host reaches through this VM
-        (qemu_net.forwarded_guest_ports). Recorded ports are kept; a new one, or one another program took since, gets
-        the next free port (and the move is announced). Called under the provider's lock."""
-        recorded, out = meta.get("forwards", {}), {}
-        for guest in map(str, qemu_net.forwarded_guest_ports(self.lab, name)):
-            host = recorded.get(guest)
-            if host is None or not self._port_free(host):
-                new = self._allocate_port(name, {ssh_port, *out.values(), *recorded.values()})
-                if host is not None:
-                    self._notify(f"{name}: port {host} is taken by another program; its forward to guest port "
-                                 f"{guest} moves to {new}")
-                host = new
-            out[guest] = host
-        return out
 
     def command(self, name: str, meta: dict, accel: Accel, port: int) -> list[str]:
         """The full argv of one VM's QEMU (detached: -daemonize, with -pidfile)."""
