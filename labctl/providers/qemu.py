@@ -27,8 +27,9 @@ boot; only if another program took it meanwhile does `start` move it (and record
     as QEMU does, like a DHCP lease before sshd is up, and waiting for SSH is the next phase's business (the
     transport retries while the guest boots). It is NOT the guest's own address: under user-mode networking that
     is 10.0.2.15 in every VM, and the node phases read it from the node's facts.
-Under user-mode networking VMs cannot reach each other, so a QEMU lab runs the node phases (prepare, runtime,
-kubepkgs) but not yet a multi-node kubeadm cluster; that needs a shared lab network (see the module's report).
+Under user-mode networking alone VMs cannot reach each other, so such a lab runs the node phases (prepare, runtime,
+kubepkgs) but forms no cluster (doctor and plan say so); network lab (a rootless segment, qemu_net.py) or bridge
+gives the VMs a network they share.
 
 Accelerator. KVM only when /dev/kvm opens and answers KVM_GET_API_VERSION AND a short probe boot of the lab's own
 kernel (or disk) under KVM prints "Linux version" on the serial console: on hosts whose nested virtualization is
