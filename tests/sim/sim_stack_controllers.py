@@ -14,6 +14,7 @@ that each stack's behaviour lives in its own module (tests/sim/sim_stack_<name>.
 from __future__ import annotations
 
 import copy
+import json
 from typing import Callable
 
 CONTROLLERS: list[Callable] = []
@@ -29,13 +30,19 @@ def admission_chain() -> list[Callable]:
 
 
 def pod_rejection(cluster, namespace: str, template: dict) -> str | None:
-    """The first admission refusal for a pod made from `template` in `namespace`, or None when it would be created."""
-    pod = copy.deepcopy(template)
-    for fn in admission_chain():
-        message = fn(cluster, namespace, pod)
-        if message:
-            return message
-    return None
+    """The first admission refusal for a pod made from `template` in `namespace`, or None when it would be created.
+
+    Everything admission reads (LimitRanges, quotas and the workloads they count, constraints, istiod's release) is
+    in the cluster's store, so a verdict holds until the store changes (its version): refresh() asks for every
+    workload at every API request, and without this a read-only `status` re-judged the same pods hundreds of times."""
+    key = (namespace, json.dumps(template, sort_keys=True))
+    cache = getattr(cluster, "_admission_verdicts", None)
+    if cache is None or cache[0] != cluster.store.version:
+        cache = cluster._admission_verdicts = (cluster.store.version, {})
+    if key not in cache[1]:
+        pod = copy.deepcopy(template)
+        cache[1][key] = next((m for fn in admission_chain() if (m := fn(cluster, namespace, pod))), None)
+    return cache[1][key]
 
 
 def run_controllers(cluster) -> None:
