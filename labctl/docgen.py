@@ -93,7 +93,11 @@ def markdown() -> str:
         "",
         "One file describes the whole lab. Every field added after the predecessor's format is optional, so its",
         "file loads unchanged. Unknown fields are errors (with the nearest known name suggested), and `labctl",
-        "validate` reports every problem at once with its JSON path. `labctl schema` prints the JSON schema.",
+        "validate` reports every problem at once with its JSON path (`validate --json`: a `problems` list of",
+        "`{path, message}`, each message quoting the rejected value). `labctl schema` prints the JSON schema",
+        "(with `$schema` and `$id`): save it beside the file (`labctl schema > clusters.schema.json`) and add",
+        "`\"$schema\": \"./clusters.schema.json\"` to clusters.json, and editors complete and check it; labctl ignores",
+        "that key.",
         "",
     ]
     for title, model in SECTIONS:

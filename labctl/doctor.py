@@ -120,7 +120,7 @@ def _version_tuple(text: str) -> tuple[int, ...] | None:
 
 
 def check_tart(lab: Lab | None) -> Finding:
-    from .providers.tart import TartProvider
+    from .providers.tart import NOT_FOUND, TartProvider
 
     if lab is None:  # clusters.json is broken; `tart --version` does not depend on it
         from . import model
@@ -131,8 +131,10 @@ def check_tart(lab: Lab | None) -> Finding:
     try:
         version = provider.available()
     except LabctlError as exc:
+        # a missing tart's own hint points at doctor (and at QEMU, which the platform check already says)
+        own = exc.hint if exc.message != NOT_FOUND else None
         return Finding("tart", "fail", exc.message.splitlines()[0],
-                       exc.hint or "install it with `brew install cirruslabs/cli/tart` (macOS on Apple silicon)")
+                       own or "install it with `brew install cirruslabs/cli/tart` (macOS on Apple silicon)")
     where = shutil.which(provider.tart) or provider.tart
     parsed = _version_tuple(version)
     if parsed is not None and parsed[:2] < GRACEFUL_STOP_VERSION:

@@ -11,6 +11,7 @@ import os
 import platform
 import shutil
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -102,8 +103,10 @@ class Budget:
         )
 
 
-def budget(lab: Lab, host: Host | None = None) -> Budget:
-    nodes = [n for _, n in lab.nodes]
+def budget(lab: Lab, host: Host | None = None, clusters: Iterable[str] = ()) -> Budget:
+    """The summed vCPUs, memory (MiB) and disk (GB) of the lab's nodes, or of those in `clusters` when given."""
+    chosen = set(clusters)
+    nodes = [n for c, n in lab.nodes if not chosen or c.name in chosen]
     return Budget(
         vcpus=sum(n.cpu for n in nodes),
         memory_mib=sum(n.memory for n in nodes),

@@ -124,14 +124,17 @@ def plan(lab: LabSession, opts: RunOptions, emit=None) -> Summary:
         ctx.close()
 
 
-def check_budget(lab: model.Lab, phase_names: list[str]) -> None:
-    """Refuse to create VMs whose memory would not fit the host (memory is never overcommitted)."""
+def check_budget(lab: model.Lab, phase_names: list[str], clusters: list[str] = ()) -> None:
+    """Refuse to create VMs whose memory would not fit the host (memory is never overcommitted). `clusters`: the
+    ones --cluster selected (all when empty): only their VMs are created now, so only they count, and the hint's
+    "one cluster at a time with --cluster" really gets past this check."""
     if "vms" not in phase_names:
         return
-    b = host.budget(lab)
+    b = host.budget(lab, clusters=clusters)
     if not b.memory_fits:
+        what = f"cluster{'s' if len(clusters) > 1 else ''} {', '.join(clusters)}" if clusters else "the lab"
         raise LabctlError(
-            f"the lab needs {b.memory_mib} MiB of memory but this host has {b.memory_available_mib} MiB to give "
+            f"{what} needs {b.memory_mib} MiB of memory but this host has {b.memory_available_mib} MiB to give "
             f"({b.describe()})",
             hint="lower `memory` of some nodes, drop a cluster, or install one cluster at a time with --cluster",
         )
@@ -181,8 +184,8 @@ def install(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=
             adopt: bool = False) -> Summary:
     """adopt: let the vms phase take over existing VMs labctl did not create (labctl/ownership.py)."""
     steps = build_steps(lab.model, phases_for("install"), opts.selection)
-    check_budget(lab.model, sorted({s.phase.name for s in steps}))
-    require_provider(lab)
+    require_provider(lab)  # first: without the provider nothing else matters (no Tart on Linux before a budget)
+    check_budget(lab.model, sorted({s.phase.name for s in steps}), opts.selection.clusters)
     removed = removed_nodes(lab)
     dropped = [s for s in removed_stacks(lab) if not opts.selection.clusters or s[0] in opts.selection.clusters]
     summary = run(lab, steps, opts, "install", emit=emit, notify=notify, on_start=on_start,

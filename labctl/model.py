@@ -377,6 +377,8 @@ def parse(text: str, source: str = "clusters.json", base_dir: Path | None = None
     from .validation import field_problems, lab_problems
 
     raw = config_json.read(text, source)
+    if isinstance(raw.get("$schema"), str):  # an editor's pointer to `labctl schema`'s output: not labctl's business
+        raw = {key: value for key, value in raw.items() if key != "$schema"}
     problems: list[Problem] = []
     lab = None
     try:
@@ -396,9 +398,17 @@ def load(path: Path) -> Lab:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError(str(path), [Problem("", "file not found; create one with `labctl init` or pass --config")]) from None
+        # the full path: a relative --config, LABCTL_CONFIG or the default is read from wherever labctl was started
+        error = ConfigError(str(path), [Problem("", f"file not found: looked for {path.absolute()}")])
+        error.hint = ("`labctl init` writes a starter clusters.json there (`--config PATH` elsewhere); or point "
+                      "--config (or LABCTL_CONFIG) at your lab file")
+        raise error from None
+    except IsADirectoryError:
+        raise ConfigError(str(path), [Problem("", f"{path.absolute()} is a folder, not a file: pass --config "
+                                              "with the lab file's path")]) from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(str(path), [Problem("", f"cannot read it: {exc}")]) from None
+        raise ConfigError(str(path), [Problem("", f"cannot read {path.absolute()}: "
+                                              f"{getattr(exc, 'strerror', None) or exc}")]) from None
     lab = parse(text, str(path), path.resolve().parent)
     if lab.ssh_key:
         try:

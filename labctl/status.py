@@ -240,6 +240,41 @@ def collect(lab: LabSession, clusters: list[str] | None = None, timeout: float =
         ctx.close()
 
 
+def snapshot(lab: LabSession, clusters: list[str] | None = None, timeout: float = TIMEOUT) -> dict:
+    """What `labctl status --json` prints and the dashboard shows: {"healthy": bool, "clusters": [ClusterStatus
+    .as_dict(), ...]}, each node's dict also carrying its declared size from clusters.json ("cpu" vCPUs, "memory"
+    MiB, "disk" GB). Raises what `collect` raises (LabctlError: e.g. an unknown cluster)."""
+    statuses = collect(lab, clusters, timeout)
+    out = {"healthy": all(c.healthy for c in statuses), "clusters": [c.as_dict() for c in statuses]}
+    for cluster in out["clusters"]:
+        declared = {n.name: n for n in lab.model.cluster(cluster["name"]).nodes}
+        for node in cluster["nodes"]:
+            spec = declared[node["name"]]
+            node.update(cpu=spec.cpu, memory=spec.memory, disk=spec.disk)
+    return out
+
+
+def next_steps(lab: LabSession, clusters: list[str] | None = None, urls: bool = True) -> list[dict]:
+    """What a user does with the clusters an install or boot just brought up, as kind tells after `create cluster`:
+    per chosen cluster that has a kubeconfig, {"cluster", "context" (labctl-<cluster>), "kubeconfig" (its own file),
+    "urls" (name → URL as `status` shows them)}. `urls`: ask for them with one status probe (short timeouts; a probe
+    that fails leaves them out rather than failing the command that succeeded); False: {} and no probe."""
+    from .kube import kubeconfig
+    from .lab import chosen_clusters
+
+    installed = [name for name in chosen_clusters(lab, clusters or [])
+                 if kubeconfig.read(lab.state, name) is not None]  # a boot of a lab never installed: nothing to reach
+    found = {}
+    if urls and installed:
+        try:
+            found = {c.name: dict(c.urls) for c in collect(lab, installed)}
+        except LabctlError:
+            pass
+    return [{"cluster": name, "context": kubeconfig.context_name(name),
+             "kubeconfig": str(kubeconfig.cluster_path(lab.state, name)), "urls": found.get(name, {})}
+            for name in installed]
+
+
 @dataclass
 class SmokeCheck:
     cluster: str

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 import ipaddress
 import json
+import re
 from datetime import date
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 
 from . import catalog, images
-from .config_json import json_path
+from .config_json import json_path, show
 from .errors import ConfigError, Problem
 from .model import Lab
 from .stack_validation import stack_problems
@@ -91,9 +92,32 @@ def field_problems(exc: ValidationError) -> list[Problem]:
             elif err["type"] == "string_type" and isinstance(err.get("input"), (int, float)):
                 msg += f'; quote it: "{err["input"]}"'
         else:
-            msg = err["msg"].removeprefix("Value error, ")
+            msg = _quoting_value(err)
         problems.append(Problem(json_path(loc), msg))
     return problems
+
+
+# pydantic's bound errors, said of the value: "-512 is not greater than 0"
+BOUNDS = {"greater_than": ("gt", "greater than"), "greater_than_equal": ("ge", "greater than or equal to"),
+          "less_than": ("lt", "less than"), "less_than_equal": ("le", "less than or equal to")}
+
+
+def _quoting_value(err: dict) -> str:
+    """pydantic's message for `err`, quoting the value it rejects (the reader sees what to fix without opening
+    the file): a Literal as "'boss' is not one of master, worker", a bound as "-512 is not greater than 0", any
+    other message gets ", not VALUE" unless it already names the value (labctl's own validators do)."""
+    value, ctx = err.get("input"), err.get("ctx") or {}
+    msg = err["msg"].removeprefix("Value error, ")
+    if isinstance(value, (dict, list)) or value is None:
+        return msg  # a container or a missing value: the path says where, there is no one value to quote
+    shown = json.dumps(value) if isinstance(value, bool) else show(value)  # show() cuts a megabyte-long value
+    if err["type"] == "literal_error":
+        allowed = re.findall(r"'([^']*)'", str(ctx.get("expected", ""))) or [str(ctx.get("expected", ""))]
+        return f"{shown} is not one of {', '.join(allowed)}"
+    if err["type"] in BOUNDS:
+        key, words = BOUNDS[err["type"]]
+        return f"{shown} is not {words} {ctx.get(key)}"
+    return msg if shown in msg else f"{msg}, not {shown}"
 
 
 # ---- whole-lab checks ------------------------------------------------------------------------------------------

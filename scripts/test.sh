@@ -15,6 +15,8 @@ command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(d
 command -v mkfs.ext4 >/dev/null || [ -x /sbin/mkfs.ext4 ] || missing+=(e2fsprogs)
 [ -x /usr/sbin/dnsmasq ] || missing+=(dnsmasq-base)  # DHCP on the real-VM tier's own bridge
 command -v mdir >/dev/null || missing+=(mtools)  # reads back the QEMU provider's NoCloud seed (a FAT image)
+command -v chromium >/dev/null || missing+=(chromium)  # the dashboard's browser test (playwright drives it)
+command -v tmux >/dev/null || missing+=(tmux)  # `status --watch` tested in a real terminal
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     echo "installing ${missing[*]} for the tests" >&2

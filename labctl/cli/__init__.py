@@ -39,9 +39,28 @@ class Globals:
     json: bool = False
     verbose: int = 0
     quiet: bool = False
+    output: str = ""  # -o: "json", "yaml" (both set json too: the command's one document) or "wide" (more columns)
 
 
 G = Globals()
+
+OUTPUTS = ("json", "yaml", "wide")
+
+
+def _set_output(value: str | None) -> str | None:
+    if value is None:
+        return value
+    if value not in OUTPUTS:
+        raise typer.BadParameter(f"{value!r} is not one of {', '.join(OUTPUTS)}")
+    G.output = value
+    G.json = G.json or value in ("json", "yaml")
+    return value
+
+
+def output_option():
+    """`-o json|yaml|wide` (kubectl's): for the commands that print one document and a table to widen."""
+    return typer.Option(None, "--output", "-o", metavar="json|yaml|wide", callback=_set_output,
+                        help="json: the same as --json; yaml: that document as YAML; wide: more columns.")
 
 
 def debug_log_path() -> Path:
@@ -94,9 +113,77 @@ def _global(
     json_output: bool = typer.Option(False, "--json", help="Machine-readable output (NDJSON events or one document)."),
     verbose: int = typer.Option(0, "--verbose", "-v", count=True, help="More output; -vv adds debug logs."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only errors and the final result."),
+    version: bool = typer.Option(False, "--version", is_eager=True, help="Print labctl's version and exit.",
+                                 callback=lambda value: _print_version(value)),
 ) -> None:
     G.config, G.json, G.verbose, G.quiet = config, json_output, verbose, quiet
     _setup_logging(verbose)
+
+
+def _command():
+    """`app` as a click command, the global options (--config, --json, -v, -q) added to every command too: kubectl
+    users write them after the command (`labctl status --json`), and each command's help lists them."""
+    from typer.main import get_command
+
+    command = get_command(app)
+    _add_global_options(command)
+    return command
+
+
+def _add_global_options(group, options=None) -> None:
+    """Copies of the group's own options (the `_global` callback's), on every command below `group`: not passed to
+    the command function, they set G when given, after the same option before the command (the last word wins)."""
+    import copy
+
+    def given(apply):
+        def callback(ctx, param, value):
+            if value:  # not given: what was said before the command (or its default) stands
+                apply(value)
+        return callback
+
+    def more_verbose(count: int) -> None:
+        G.verbose += count
+        _setup_logging(G.verbose)
+
+    apply = {"config": lambda v: setattr(G, "config", Path(v)), "json_output": lambda v: setattr(G, "json", True),
+             "verbose": more_verbose, "quiet": lambda v: setattr(G, "quiet", True), "version": _print_version}
+    if options is None:
+        options = []
+        for param in group.params:
+            option = copy.copy(param)
+            option.expose_value, option.envvar, option.default, option.show_default = False, None, None, False
+            option.callback = given(apply[param.name])
+            options.append(option)
+    for sub in group.commands.values():
+        if hasattr(sub, "commands"):
+            _add_global_options(sub, options)
+        else:
+            sub.params += options
+            sub.callback = _pipe_safe(sub.callback)
+
+
+class _PipeClosed(Exception):
+    """stdout's reader went away during a command: carried past typer (which exits 1 on a BrokenPipeError) to
+    _run, which ends quietly with 0."""
+
+
+def _pipe_safe(callback):
+    import functools
+
+    @functools.wraps(callback)
+    def run(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except BrokenPipeError as exc:
+            raise _PipeClosed() from exc
+
+    return run
+
+
+def _print_version(value: bool) -> None:
+    from .shell import print_version
+
+    print_version(value)
 
 
 def reporter():
@@ -116,7 +203,12 @@ def run_flow(flow, lab, opts, verb: str, warnings: list[str] = ()) -> None:
         summary = flow(lab, opts, emit=ui, notify=ui.note, on_start=ui.start)
     finally:
         ui.stop()
-    ui.summary(summary, verb, logs_hint=str(lab.state.logs))
+    after = None
+    if summary.ok and verb in ("install", "boot") and ui.mode != "quiet":  # what to do now, as kind tells
+        from ..status import next_steps
+
+        after = next_steps(lab, opts.selection.clusters, urls=ui.mode != "json")  # --json: no probe, data only
+    ui.summary(summary, verb, logs_hint=str(lab.state.logs), next_steps=after)
     if lab.state.write_failures:  # the steps ran and are shown above; what labctl could not keep comes last
         raise next(iter(lab.state.write_failures.values()))
     if not summary.ok:
@@ -124,6 +216,12 @@ def run_flow(flow, lab, opts, verb: str, warnings: list[str] = ()) -> None:
 
 
 def emit_json(data) -> None:
+    """A command's one document on stdout: JSON, or YAML with `-o yaml` (the same document)."""
+    if G.output == "yaml":
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False, allow_unicode=True))
+        return
     sys.stdout.write(json.dumps(data, indent=2) + "\n")
 
 
@@ -144,7 +242,11 @@ def _print_error(exc: BaseException) -> None:
         hint, code = f"the traceback is in {debug_log_path()} (or run with -v)", 1
     text, hint = redact(text), hint and redact(hint)
     if G.json:
-        sys.stdout.write(json.dumps({"event": "error", "error": text, "hint": hint, "exit_code": code}) + "\n")
+        doc = {"event": "error", "error": text, "hint": hint, "exit_code": code}
+        problems = getattr(exc, "problems", None)  # a ConfigError: each problem on its own, for editors and scripts
+        if problems is not None:
+            doc["problems"] = [{"path": p.path, "message": redact(p.message)} for p in problems]
+        sys.stdout.write(json.dumps(doc) + "\n")
     sys.stderr.write(f"error: {text}\n")
     if hint:
         sys.stderr.write(f"  hint: {hint}\n")
@@ -165,6 +267,10 @@ def main(hard_exit: bool = True) -> None:
         code = _run()
     except KeyboardInterrupt:  # a Ctrl-C while an error or the summary was being printed
         code = 130
+    try:
+        sys.stdout.flush()  # the last buffered output, here where a closed pipe is understood
+    except BrokenPipeError:
+        _closed_pipe()
     if code == 130:
         try:
             sys.stderr.write("interrupted\n")
@@ -189,6 +295,18 @@ def _exit_now(code: int) -> None:
     os._exit(code)
 
 
+def _closed_pipe() -> int:
+    """stdout's reader is gone (`labctl plan | head -1`): it wanted no more, which is not an error, so exit 0 with
+    no message, as cat and kubectl do. stdout is pointed at /dev/null first, so the interpreter's own flush at exit
+    does not fail on the same pipe again (https://docs.python.org/3/library/signal.html#note-on-sigpipe)."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout is no file (an in-process test's buffer): nothing to flush at exit
+        pass
+    return 0
+
+
 def _run() -> int:
     try:  # Typer ≥ 0.25 vendors click; older releases depend on it
         from typer._click.exceptions import ClickException, UsageError
@@ -197,8 +315,12 @@ def _run() -> int:
 
     from ..errors import LabctlError
 
+    if os.environ.get("_LABCTL_COMPLETE"):  # a completion script asking: Typer's completers answer it
+        from typer.completion import completion_init
+
+        completion_init()
     try:
-        code = app(standalone_mode=False)
+        code = _command()(standalone_mode=False)
     except ClickException as exc:
         exc.show()
         code = 2 if isinstance(exc, UsageError) else exc.exit_code
@@ -210,6 +332,8 @@ def _run() -> int:
         logging.getLogger("labctl").debug("command failed", exc_info=exc)
         _print_error(exc)
         code = exc.exit_code
+    except (BrokenPipeError, _PipeClosed):
+        code = _closed_pipe()
     except OSError as exc:  # a file labctl could not read or write that no layer below named: still a plain error
         logging.getLogger("labctl").debug("command failed", exc_info=exc)
         if exc.filename is None:
@@ -229,4 +353,4 @@ def _run() -> int:
     return code or 0
 
 
-from . import backup, commands, doctor, lifecycle, seal, status, terraform  # noqa: E402,F401  (registers the commands on `app`)
+from . import backup, commands, dashboard, doctor, lifecycle, nodes, seal, shell, status, terraform  # noqa: E402,F401  (registers the commands on `app`)

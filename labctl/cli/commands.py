@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import shlex
 import shutil
 from pathlib import Path
 
 import typer
 
-from . import G, app, emit_json, open_lab, reporter, run_flow
+from . import G, app, emit_json, open_lab, output_option, reporter, run_flow
 
 PHASES_HELP = "Phase name (repeatable or comma-separated)."
 
@@ -36,15 +37,22 @@ def init(
                                  "cluster sized for this Linux host, on the Ubuntu 24.04 cloud image and the "
                                  "rootless lab network."),
 ) -> None:
-    """Write a starter clusters.json into the current directory."""
+    """Write a starter clusters.json into the current directory (or where --config points)."""
     from ..errors import UsageError
     from ..resources import DEFAULT_CLUSTERS_JSON
 
     if provider not in ("tart", "qemu"):
         raise UsageError(f"--provider {provider!r}: use tart or qemu")
-    target = Path.cwd() / "clusters.json"
+    target = G.config.absolute()  # --config / LABCTL_CONFIG, so `labctl -c lab.json init` writes what it reads
+    if target.is_dir():  # --force replaces a file; a folder is never deleted to make room
+        raise UsageError(f"{target} is a folder, not a file: init writes the lab file there and will not replace a "
+                         "folder, even with --force", hint=f"remove or rename it, or pass --config with a file path, "
+                         f"e.g. `labctl --config {shlex.quote(str(target / 'clusters.json'))} init`")
     if target.exists() and not force:
         raise UsageError(f"{target} already exists", hint="edit it, or pass --force to replace it")
+    if not target.parent.is_dir():
+        raise UsageError(f"{target.parent} does not exist: init writes {target.name} into an existing folder",
+                         hint=f"create it first (`mkdir -p {shlex.quote(str(target.parent))}`), or pass another --config")
     if provider == "qemu":
         from ..starter import qemu_text
         from ..state import write_atomic
@@ -55,13 +63,15 @@ def init(
     if G.json:
         emit_json({"written": str(target), "provider": provider})
     else:
-        then = "`labctl validate`, `labctl doctor`, then `labctl install`" if provider == "qemu" else \
-            "`labctl validate`, then `labctl plan`"
+        # the next commands must find the file too: with a --config of its own, they carry it
+        cmd = "labctl" if target == Path.cwd() / "clusters.json" else f"labctl -c {shlex.quote(str(target))}"
+        then = f"`{cmd} validate`, `{cmd} doctor`, then `{cmd} install`" if provider == "qemu" else \
+            f"`{cmd} validate`, then `{cmd} plan`"
         typer.echo(f"wrote {target}; next: {then}")
 
 
 @app.command()
-def validate() -> None:
+def validate(output: str = output_option()) -> None:
     """Check clusters.json: every problem at once, each with its JSON path; show the resource budget."""
     from .. import host, validation
 
@@ -88,6 +98,8 @@ def validate() -> None:
         })
         return
     typer.echo(f"{G.config}: valid — {len(lab.clusters)} clusters, {len(lab.nodes)} nodes")
+    if G.quiet:  # the result only
+        return
     typer.echo(f"  budget: {budget.describe()}")
     for w in warnings:
         typer.echo(f"  warning: {w}")
@@ -95,10 +107,23 @@ def validate() -> None:
 
 @app.command()
 def schema() -> None:
-    """Print the JSON schema of clusters.json."""
+    """Print the JSON schema of clusters.json (`labctl schema > clusters.schema.json`, then `"$schema":
+    "./clusters.schema.json"` in clusters.json lets an editor complete and check it)."""
     from ..model import Lab
 
-    emit_json(Lab.model_json_schema())
+    emit_json(schema_document(Lab.model_json_schema()))
+
+
+SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"  # the dialect pydantic 2 generates
+SCHEMA_ID = "urn:labctl:clusters.json"  # a name, not a download: labctl has no published schema URL
+
+
+def schema_document(generated: dict) -> dict:
+    """pydantic's schema of Lab → the published document: `$schema` (the dialect) and `$id` first, and a `$schema`
+    property so a clusters.json that points at its schema is still valid against it (model.parse ignores it)."""
+    properties = {"$schema": {"type": "string", "description": "the JSON schema this file follows (for editors); "
+                              "labctl ignores it"}, **generated.get("properties", {})}
+    return {"$schema": SCHEMA_DIALECT, "$id": SCHEMA_ID, **generated, "properties": properties}
 
 
 @app.command()
@@ -107,6 +132,7 @@ def plan(
     start: str = typer.Option(None, "--from", metavar="PHASE", help="Start at this phase."),
     skip: list[str] = typer.Option(None, "--skip", metavar="PHASE", help=PHASES_HELP),
     cluster: list[str] = typer.Option(None, "--cluster", metavar="CLUSTER", help="Only these clusters (repeatable)."),
+    output: str = output_option(),
 ) -> None:
     """Show what `install` would change: every step's check against the live lab. Changes nothing."""
     from ..lab import RunOptions, plan as make_plan, spec_changes
@@ -125,7 +151,7 @@ def plan(
             "steps": [r.as_dict() for r in summary.results],
         })
     else:
-        reporter().plan(summary, changes)
+        reporter().plan(summary, changes, wide=G.output == "wide")
 
 
 @app.command()
@@ -151,7 +177,7 @@ def install(
     from ..validation import check_supported, warnings
 
     if dry_run:
-        return plan(only, start, skip, cluster)
+        return plan(only, start, skip, cluster, None)
     from functools import partial
 
     opts = RunOptions(_selection(only, start, skip, cluster, node, stack), parallel, fail_fast)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from . import G, app, emit_json, open_lab
+from . import G, app, emit_json, open_lab, output_option
 from .commands import names
 
 CLUSTER_HELP = "Only these clusters (repeatable or comma-separated)."
@@ -17,7 +17,9 @@ def _mark(probe) -> str:
     return "–" if probe.skipped else ("✓" if probe.ok else "✗")
 
 
-def _tables(statuses):
+def _tables(statuses, specs: dict | None = None):
+    """The status tables; `specs` (node name → its clusters.json Node), for -o wide: what each VM was given and
+    the SSH probe's detail as more columns."""
     from rich.console import Group
     from rich.table import Table
 
@@ -25,11 +27,17 @@ def _tables(statuses):
     for c in statuses:
         verdict = "[green]healthy[/]" if c.healthy else "[red]not healthy[/]"
         table = Table(title=f"{c.name}: {verdict}", title_justify="left", expand=False)
-        for col in ("node", "role", "VM", "address", "SSH", "Kubernetes", "version"):
+        wide = ("CPU", "memory MiB", "disk GB", "SSH detail") if specs is not None else ()
+        for col in ("node", "role", "VM", "address", "SSH", "Kubernetes", "version", *wide):
             table.add_column(col)
         for n in c.nodes:
+            more = []
+            if specs is not None:
+                spec = specs.get(n.name)
+                more = [str(spec.cpu), str(spec.memory), str(spec.disk)] if spec else ["-", "-", "-"]
+                more.append(n.ssh.detail or "-")
             table.add_row(n.name, n.role, n.vm, n.address or "-", _mark(n.ssh),
-                          f"{_mark(n.ready)} {n.ready.detail}", n.version or "-")
+                          f"{_mark(n.ready)} {n.ready.detail}", n.version or "-", *more)
         out.append(table)
         lines = [f"  API {_mark(c.api)} {c.api.detail}", f"  Cilium {_mark(c.cilium)} {c.cilium.detail}",
                  f"  CoreDNS {_mark(c.dns)} {c.dns.detail}"]
@@ -48,28 +56,51 @@ def status(
     cluster: list[str] = typer.Option(None, "--cluster", metavar="CLUSTER", help=CLUSTER_HELP),
     watch: float = typer.Option(0, "--watch", "-w", help="Refresh every N seconds until Ctrl-C."),
     timeout: float = typer.Option(5.0, "--timeout", help="Seconds for each probe."),
+    output: str = output_option(),
 ) -> None:
     """VMs, SSH, nodes, Cilium, DNS and stacks per cluster. Exit 0 only when everything declared is healthy."""
-    from ..status import collect
+    from ..status import collect, snapshot
 
     lab = open_lab()
     if G.json:
-        statuses = collect(lab, names(cluster), timeout)
-        emit_json({"healthy": all(c.healthy for c in statuses), "clusters": [c.as_dict() for c in statuses]})
-    elif watch:
-        from rich.console import Console
+        report = snapshot(lab, names(cluster), timeout)
+        emit_json(report)
+        if not report["healthy"]:
+            raise typer.Exit(1)
+        return
+    if watch:
+        from rich.console import Group
         from rich.live import Live
 
-        with Live(console=Console(), auto_refresh=False) as live:
+        from ..ui import make_console
+        from rich.text import Text
+
+        from ..dashboard.collector import Collector
+
+        # the probes run in the collector's thread and the main thread only waits for them: Ctrl-C (exit 130, as for
+        # any command) then never lands inside a probe's thread pools
+        chosen = names(cluster)
+        collector = Collector(lambda: collect(lab, chosen, timeout), watch).start()
+        with Live(console=make_console(), auto_refresh=False) as live:
+            probes = 0
             while True:
-                statuses = collect(lab, names(cluster), timeout)
-                live.update(_tables(statuses), refresh=True)
-                time.sleep(watch)  # the user asked for this cadence; Ctrl-C ends it
+                probes = collector.wait_probe(probes)
+                now = collector.latest()
+                # when it was taken, so a frozen screen is told from a steady lab; a failed probe keeps the last view
+                taken = time.strftime("%H:%M:%S", time.localtime(now["taken"])) if now["taken"] else "never"
+                failed = f"\nthe last probe failed: {now['error']}" if now["error"] else ""
+                header = Text(f"every {watch:g} s, last at {taken} (Ctrl-C stops){failed}\n", style="dim")
+                live.update(Group(header, _tables(now["snapshot"] or [])), refresh=True)
+    elif G.quiet:  # only the result: a line per cluster
+        statuses = collect(lab, names(cluster), timeout)
+        for c in statuses:
+            typer.echo(f"{c.name}: {'healthy' if c.healthy else 'not healthy'}")
     else:
-        from rich.console import Console
+        from ..ui import make_console
 
         statuses = collect(lab, names(cluster), timeout)
-        Console().print(_tables(statuses))
+        specs = {n.name: n for _, n in lab.model.nodes} if G.output == "wide" else None
+        make_console().print(_tables(statuses, specs))
     if not all(c.healthy for c in statuses):
         raise typer.Exit(1)
 

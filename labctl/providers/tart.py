@@ -12,6 +12,7 @@ import contextlib
 import ipaddress
 import json
 import os
+import platform
 import shlex
 import signal
 import subprocess
@@ -28,6 +29,16 @@ from .base import VM, LabVMs, shrink_error
 # module constant, not an option: tests/integration/test_hung_node_cli.py points it at a throwaway sshd.
 SSH_PORT = 22
 NOT_FOUND = "tart not found: install it with `brew install cirruslabs/cli/tart`; validate/plan/schema work without it"
+
+
+def not_found_hint() -> str:
+    """What to do about a missing tart on this host: Tart runs only on macOS on Apple silicon (reference/tart-cli.md),
+    so anywhere else the way on is the QEMU provider, which `labctl init --provider qemu` writes a starter lab for."""
+    if platform.system() == "Darwin":
+        return "`labctl doctor` checks everything the VM commands need on this Mac"
+    return (f"Tart runs only on macOS on Apple silicon; on {platform.system() or 'this system'} use the QEMU provider: "
+            "`labctl init --provider qemu` writes a starter lab for it (or set provider.type to qemu in clusters.json)"
+            ", and `labctl doctor` checks what this host has")
 
 # What tart's exit codes mean (reference/tart-cli.md, "Exit codes and errors").
 MEANING = {
@@ -84,7 +95,7 @@ class TartProvider(LabVMs):
             done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
                                   env=self._env(), timeout=timeout)
         except FileNotFoundError:
-            raise ProviderError(NOT_FOUND) from None
+            raise ProviderError(NOT_FOUND, hint=not_found_hint()) from None
         except OSError as exc:  # e.g. not executable
             raise ProviderError(f"cannot run `{self.tart}`: {exc}", hint="check the tart installation") from None
         except subprocess.TimeoutExpired:
@@ -220,7 +231,7 @@ class TartProvider(LabVMs):
                 proc = subprocess.Popen(argv, start_new_session=True, stdin=subprocess.DEVNULL, stdout=log,
                                         stderr=subprocess.STDOUT, env=self._env())
             except FileNotFoundError:
-                raise ProviderError(NOT_FOUND) from None
+                raise ProviderError(NOT_FOUND, hint=not_found_hint()) from None
         write_atomic(self._pid_file(name), f"{proc.pid}\n")
         deadline = time.monotonic() + self.START_TIMEOUT
         while True:

@@ -29,6 +29,7 @@ from tests.sim.fake_tart import read_json
 from tests.sim.sim_cluster_scripts import ClusterScripts, f_exists
 from tests.sim.sim_registry import RegistryNode
 from tests.sim.sim_backup import BackupScripts
+from tests.sim.sim_logs import LogScripts
 
 if TYPE_CHECKING:
     from tests.sim.sim_lab import SimLab
@@ -105,7 +106,7 @@ def _receive(conn: socket.socket) -> bytes:
         return b""
 
 
-class SimNode(ClusterScripts, RegistryNode, BackupScripts):
+class SimNode(ClusterScripts, RegistryNode, BackupScripts, LogScripts):
     """One VM's guest: the state its facts are printed from, and the node-side effect of every script."""
 
     def __init__(self, lab: SimLab, cluster: str, name: str, role: str):
