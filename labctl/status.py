@@ -58,6 +58,8 @@ class ClusterStatus:
     stacks: dict[str, Probe] = field(default_factory=dict)
     urls: dict[str, str] = field(default_factory=dict)
     kubeconfig: str = ""
+    pods_not_ready: list[str] = field(default_factory=list)  # informational, as `kubectl get pods -A` would show
+    events: list[str] = field(default_factory=list)  # the newest Warning events, newest last
 
     @property
     def healthy(self) -> bool:
@@ -119,6 +121,50 @@ def _stacks(ctx, cluster: Cluster, kube, api: Probe) -> tuple[dict[str, Probe], 
     return probes, urls
 
 
+POD_LINES, EVENT_LINES = 20, 10
+
+
+def pods_not_ready(pods: list[dict], limit: int = POD_LINES) -> list[str]:
+    """"namespace/name: phase (reason)" for each pod that is neither Succeeded nor Ready (Pod condition Ready, the
+    READY column of `kubectl get pods`), at most `limit`, sorted."""
+    out = []
+    for pod in pods:
+        status, meta = pod.get("status") or {}, pod.get("metadata") or {}
+        phase = status.get("phase", "Pending")
+        ready = any(c.get("type") == "Ready" and c.get("status") == "True" for c in status.get("conditions") or [])
+        if phase == "Succeeded" or ready:
+            continue
+        waiting = [s["state"]["waiting"].get("reason", "") for s in status.get("containerStatuses") or []
+                   if (s.get("state") or {}).get("waiting")]
+        reason = next((r for r in waiting if r), status.get("reason", ""))
+        out.append(f"{meta.get('namespace', '')}/{meta.get('name', '?')}: {phase}" + (f" ({reason})" if reason else ""))
+    return sorted(out)[:limit]
+
+
+def recent_warnings(events: list[dict], limit: int = EVENT_LINES) -> list[str]:
+    """"time namespace/kind/name: reason: message" of the newest `limit` Warning events, oldest first (events.k8s.io
+    and core Events carry the time in lastTimestamp, eventTime or the creation time)."""
+    def when(e: dict) -> str:
+        return e.get("lastTimestamp") or e.get("eventTime") or (e.get("metadata") or {}).get("creationTimestamp") or ""
+
+    warnings = sorted((e for e in events if e.get("type") == "Warning"), key=when)[-limit:]
+    return [f"{when(e)} {(e.get('metadata') or {}).get('namespace', '')}/{(e.get('involvedObject') or {}).get('kind', '')}/"
+            f"{(e.get('involvedObject') or {}).get('name', '')}: {e.get('reason', '')}: {e.get('message', '')}".strip()
+            for e in warnings]
+
+
+def _pods_and_events(kube) -> tuple[list[str], list[str]]:
+    """Two list requests once the API answered; a failure leaves the panels empty (they are information, the
+    probes above them say whether the cluster is healthy)."""
+    from .kube.client import parallel
+
+    try:
+        pods, events = parallel(lambda: kube.list("v1", "Pod", None), lambda: kube.list("v1", "Event", None))
+    except LabctlError:
+        return [], []
+    return pods_not_ready(pods), recent_warnings(events)
+
+
 def _cluster(ctx, cluster: Cluster, vms: dict, timeout: float, pool) -> ClusterStatus:
     from .kube import kubeconfig
 
@@ -173,6 +219,7 @@ def _cluster(ctx, cluster: Cluster, vms: dict, timeout: float, pool) -> ClusterS
     }
     api, infos = futures["api"].result()
     stacks, stack_urls = _stacks(ctx, cluster, kube, api)
+    pods, events = _pods_and_events(kube) if api.ok else ([], [])
     nodes = []
     for fut in futures["nodes"]:
         node, state, address, ssh = fut.result()
@@ -199,7 +246,7 @@ def _cluster(ctx, cluster: Cluster, vms: dict, timeout: float, pool) -> ClusterS
             if (url := host_url(provider, node.name, node.address, template)) is not None}
     return ClusterStatus(
         cluster.name, nodes, api, futures["cilium"].result(), futures["dns"].result(), stacks, urls,
-        str(kubeconfig.cluster_path(ctx.state, cluster.name)) if have_kubeconfig else "",
+        str(kubeconfig.cluster_path(ctx.state, cluster.name)) if have_kubeconfig else "", pods, events,
     )
 
 

@@ -385,7 +385,7 @@ class Kube:
                 self._resources[(api_version, kind)] = found
         return found
 
-    def _path(self, api_version: str, kind: str, namespace: str, name: str | None = None) -> str:
+    def _path(self, api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
         res = self.resource(api_version, kind)
         if res is None:
             raise KubeError(f"{self.cluster}: the API does not serve {kind} ({api_version}) yet",
@@ -393,7 +393,8 @@ class Kube:
                             "provides it must be installed first", status=404)
         plural, namespaced = res
         base = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-        where = f"/namespaces/{namespace or 'default'}" if namespaced else ""
+        # namespace None: every namespace (a list across them); "" for a namespaced kind: `default`, as kubectl does
+        where = f"/namespaces/{namespace or 'default'}" if namespaced and namespace is not None else ""
         return f"{base}{where}/{plural}" + (f"/{name}" if name else "")
 
     def get(self, api_version: str, kind: str, namespace: str, name: str) -> dict | None:
@@ -402,7 +403,8 @@ class Kube:
             return None
         return self._call(f"read {kind} {namespace}/{name}", "GET", self._path(api_version, kind, namespace, name))
 
-    def list(self, api_version: str, kind: str, namespace: str = "", label_selector: str = "") -> list[dict]:
+    def list(self, api_version: str, kind: str, namespace: str | None = "", label_selector: str = "") -> list[dict]:
+        """The objects of a kind in `namespace` (None: in every namespace); [] when the kind is not served."""
         if self.resource(api_version, kind) is None:
             return []
         query = [("labelSelector", label_selector)] if label_selector else []

@@ -45,6 +45,15 @@ def test_dashboard_in_a_browser_shows_the_lab_and_a_node_going_down(sim, tmp_pat
     required("chromium", Path(CHROMIUM).exists())
     playwright = pytest.importorskip("playwright.sync_api")
     assert labctl("--json", "install", "--cluster", "dev").code == 0
+    # what a user's broken workload leaves: a crash-looping pod and its Warning event (the sim runs no pods itself)
+    store = sim.clusters["dev"].store
+    store.put("api/v1", "pods", {"metadata": {"name": "web-7f9c"}, "status": {
+        "phase": "Running", "conditions": [{"type": "Ready", "status": "False"}],
+        "containerStatuses": [{"name": "web", "state": {"waiting": {"reason": "CrashLoopBackOff"}}}]}}, "demo")
+    store.put("api/v1", "events", {"metadata": {"name": "web-7f9c.1"}, "type": "Warning", "reason": "BackOff",
+                                   "message": "Back-off restarting failed container web",
+                                   "involvedObject": {"kind": "Pod", "name": "web-7f9c", "namespace": "demo"},
+                                   "lastTimestamp": "2026-11-30T12:00:00Z"}, "demo")
     lab = LabSession.open(sim.config)
     collector = Collector(lambda: snapshot(lab, None, 2.0), interval=0.5).start()
     server = DashboardServer(collector)
@@ -87,6 +96,9 @@ def test_dashboard_in_a_browser_shows_the_lab_and_a_node_going_down(sim, tmp_pat
             stacks = page.eval_on_selector_all("ul.stacks li", "items => items.map(i => i.dataset.stack)")
             assert stacks == CLUSTERS["dev"]["stacks"]
             assert page.eval_on_selector_all("ul.urls a", "links => links.length") > 0
+            shown = page.eval_on_selector_all("ul.lines li", "items => items.map(i => i.textContent)")
+            assert "demo/web-7f9c: Running (CrashLoopBackOff)" in shown, shown
+            assert "2026-11-30T12:00:00Z demo/Pod/web-7f9c: BackOff: Back-off restarting failed container web" in shown
             page.screenshot(path=str(ARTIFACTS / "dashboard-dev.png"), full_page=True)
             print(f"cluster page screenshot: {ARTIFACTS / 'dashboard-dev.png'}")
             browser.close()

@@ -64,3 +64,23 @@ def test_junit_names_the_failing_check():
     assert [c.get("name") for c in failing] == ["coredns-available"]
     assert "0/2 ready" in failing[0].find("failure").get("message")
     assert suites["dev"].find("testcase[@name='stack-istio']/skipped") is not None
+
+
+def test_pods_not_ready_and_recent_warnings_read_as_kubectl_shows_them():
+    from labctl.status import pods_not_ready, recent_warnings
+
+    def pod(name, phase, ready, waiting=None):
+        status = {"phase": phase, "conditions": [{"type": "Ready", "status": "True" if ready else "False"}]}
+        if waiting:
+            status["containerStatuses"] = [{"name": "c", "state": {"waiting": {"reason": waiting}}}]
+        return {"metadata": {"namespace": "demo", "name": name}, "status": status}
+
+    pods = [pod("ok", "Running", True), pod("done", "Succeeded", False), pod("crash", "Running", False, "CrashLoopBackOff"),
+            pod("new", "Pending", False)]
+    assert pods_not_ready(pods) == ["demo/crash: Running (CrashLoopBackOff)", "demo/new: Pending"]
+    events = [{"type": "Normal", "reason": "Pulled", "lastTimestamp": "2026-01-01T00:00:03Z"},
+              *({"type": "Warning", "reason": f"R{i}", "message": "m", "metadata": {"namespace": "demo"},
+                 "involvedObject": {"kind": "Pod", "name": "p"}, "lastTimestamp": f"2026-01-01T00:00:{i:02d}Z"}
+                for i in (5, 1, 9))]
+    assert recent_warnings(events, limit=2) == ["2026-01-01T00:00:05Z demo/Pod/p: R5: m",
+                                                "2026-01-01T00:00:09Z demo/Pod/p: R9: m"]

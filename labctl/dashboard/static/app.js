@@ -74,6 +74,11 @@
     }));
   }
 
+  function lines(items, empty) {
+    if (!items || !items.length) return el("p", {class: "muted"}, empty);
+    return el("ul", {class: "lines"}, ...items.map((line) => el("li", {}, line)));
+  }
+
   function clusterCard(c, full) {
     const ready = c.nodes.filter((n) => n.ready.ok).length;
     const title = full ? el("span", {}, c.name) : el("a", {href: `cluster/${encodeURIComponent(c.name)}`}, c.name);
@@ -82,11 +87,16 @@
         " ", el("span", {class: "muted"}, `${ready}/${c.nodes.length} nodes Ready`)),
       nodesTable(c, full), probes(c));
     if (full) {
-      card.append(el("h3", {}, "stacks"), stacks(c), el("h3", {}, "URLs"), urls(c));
+      card.append(el("h3", {}, "stacks"), stacks(c), el("h3", {}, "URLs"), urls(c),
+        el("h3", {}, "pods not ready"), lines(c.pods_not_ready, "none"),
+        el("h3", {}, "recent warning events"), lines(c.events, "none"));
       if (c.kubeconfig) card.append(el("p", {class: "muted"}, `kubeconfig: ${c.kubeconfig} (context labctl-${c.name})`));
     } else {
       card.append(el("div", {class: "columns"}, el("div", {}, el("h3", {}, "stacks"), stacks(c)),
         el("div", {}, el("h3", {}, "URLs"), urls(c))));
+      if (c.pods_not_ready && c.pods_not_ready.length) {
+        card.append(el("h3", {}, `pods not ready (${c.pods_not_ready.length})`), lines(c.pods_not_ready, ""));
+      }
     }
     return card;
   }
