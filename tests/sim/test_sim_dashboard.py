@@ -85,6 +85,8 @@ def test_dashboard_in_a_browser_shows_the_lab_and_a_node_going_down(sim, tmp_pat
             row = page.inner_text(f'tr[data-node="{STOPPED}"]')
             assert "stopped" in row and "NotReady" in row, row
             assert page.get_attribute('section[data-cluster="dev"]', "data-healthy") == "false"
+            overview = page.eval_on_selector_all('section[data-cluster="dev"] ul.lines li', "i => i.map(x => x.textContent)")
+            assert "demo/web-7f9c: Running (CrashLoopBackOff)" in overview, overview  # pods not ready, on the overview
             ARTIFACTS.mkdir(parents=True, exist_ok=True)
             page.screenshot(path=str(ARTIFACTS / "dashboard-overview.png"), full_page=True)
             print(f"dashboard screenshot: {ARTIFACTS / 'dashboard-overview.png'}")

@@ -97,6 +97,9 @@
       if (c.pods_not_ready && c.pods_not_ready.length) {
         card.append(el("h3", {}, `pods not ready (${c.pods_not_ready.length})`), lines(c.pods_not_ready, ""));
       }
+      if (c.events && c.events.length) {
+        card.append(el("h3", {}, "recent warning events"), lines(c.events.slice(-3), ""));
+      }
     }
     return card;
   }
