@@ -95,6 +95,26 @@ def fake_tart(tmp_path, monkeypatch):
 
 
 @pytest.fixture
+def lab_file(tmp_path):
+    """A copy of the shipped clusters.json in the test's own folder."""
+    path = tmp_path / "clusters.json"
+    path.write_bytes(SHIPPED.read_bytes())
+    return path
+
+
+@pytest.fixture
+def lab_dir(tmp_path, monkeypatch, fake_tart):
+    """The test's folder as a simulated lab's home (tests/sim: put a clusters.json there, open a SimLab): the
+    working directory, with fresh addresses from the fake tart and no wait for them."""
+    from tests.sim.sim_lab import lease_prefix
+
+    monkeypatch.setenv("FAKE_TART_LEASE_PREFIX", lease_prefix())
+    monkeypatch.setenv("FAKE_TART_IP_DELAY", "0")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+@pytest.fixture
 def fake_qemu(tmp_path, monkeypatch):
     """The fake qemu-system-x86_64 and qemu-img (tests/sim/fake_qemu.py) on PATH, with the accelerator left to
     labctl; every fake VM and its QMP socket is gone afterwards."""

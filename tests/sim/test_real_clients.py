@@ -33,7 +33,7 @@ import yaml
 from labctl import catalog, model, stacks
 from tests.realclients import RealClients, real_clients
 from tests.sim.test_sim_e2e import labctl, summary_of
-from tests.sim.test_sim_stacks import lab_dir, open_sim, results  # noqa: F401 - lab_dir is a fixture
+from tests.sim.test_sim_stacks import open_sim, results
 
 pytestmark = pytest.mark.sim
 
@@ -71,7 +71,7 @@ def table(text: str) -> list[dict[str, str]]:
     return [dict(zip(header, split.split(line.strip()), strict=False)) for line in lines[1:]]
 
 
-def test_real_kubectl_and_helm_read_the_installed_lab(lab_dir, fake_tart):  # noqa: F811
+def test_real_kubectl_and_helm_read_the_installed_lab(lab_dir, fake_tart):
     clients = real_clients()
     demo = lab_dir / "manifests" / "demo"
     demo.mkdir(parents=True)
@@ -163,7 +163,7 @@ def kubectl_run(clients: RealClients, home: Path, config: Path, *args: str) -> s
 
 @pytest.mark.parametrize("containerd, runtime", [("2.2", r"containerd://2\.2\.\d+"),
                                                   ("1.7", r"containerd://1\.7\.\d+")])
-def test_real_kubectl_lists_the_nodes_through_labctls_kubeconfigs(lab_dir, fake_tart,  # noqa: F811
+def test_real_kubectl_lists_the_nodes_through_labctls_kubeconfigs(lab_dir, fake_tart,
                                                                    containerd, runtime):
     clients = real_clients()
     with open_sim(lab_dir, fake_tart, TWO) as sim:

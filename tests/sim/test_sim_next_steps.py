@@ -9,23 +9,18 @@ import json
 import pytest
 
 from tests.conftest import SHIPPED
-from tests.sim.sim_lab import SimLab, lease_prefix
+from tests.sim.test_sim_stacks import open_sim
 from tests.sim.test_sim_e2e import labctl, summary_of
 
 pytestmark = pytest.mark.sim
 
 
 @pytest.fixture
-def small(fake_tart, tmp_path, monkeypatch):
+def small(lab_dir, fake_tart):
     """The shipped lab's dev cluster alone (dev-master, dev-worker1 and its stacks)."""
     raw = json.loads(SHIPPED.read_text())
     raw["clusters"] = [c for c in raw["clusters"] if c["name"] == "dev"]
-    config = tmp_path / "clusters.json"
-    config.write_text(json.dumps(raw))
-    monkeypatch.setenv("FAKE_TART_LEASE_PREFIX", lease_prefix())
-    monkeypatch.setenv("FAKE_TART_IP_DELAY", "0")
-    monkeypatch.chdir(tmp_path)
-    with SimLab(config, fake_tart) as lab:
+    with open_sim(lab_dir, fake_tart, raw) as lab:
         yield lab
 
 

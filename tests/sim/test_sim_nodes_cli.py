@@ -18,7 +18,7 @@ import tarfile
 import pytest
 
 from labctl.state import LabState
-from tests.sim.sim_lab import SimLab, lease_prefix
+from tests.sim.test_sim_stacks import open_sim
 from tests.sim.test_sim_e2e import labctl, summary_of
 
 pytestmark = pytest.mark.sim
@@ -31,13 +31,8 @@ LAB = {"ssh_password": PASSWORD,
 
 
 @pytest.fixture
-def small(tmp_path, monkeypatch, fake_tart):
-    monkeypatch.setenv("FAKE_TART_LEASE_PREFIX", lease_prefix())
-    monkeypatch.setenv("FAKE_TART_IP_DELAY", "0")
-    monkeypatch.chdir(tmp_path)
-    config = tmp_path / "clusters.json"
-    config.write_text(json.dumps(LAB))
-    with SimLab(config, fake_tart) as sim:
+def small(lab_dir, fake_tart):
+    with open_sim(lab_dir, fake_tart, LAB) as sim:
         yield sim
 
 

@@ -13,7 +13,7 @@ import pytest
 from labctl import backup
 from tests.sim.sim_backup import IMAGES, WANTS, tools_image
 from tests.sim.test_sim_e2e import labctl, summary_of
-from tests.sim.test_sim_stacks import lab_dir, open_sim, results  # noqa: F401  (lab_dir is a fixture)
+from tests.sim.test_sim_stacks import open_sim, results
 
 pytestmark = pytest.mark.sim
 

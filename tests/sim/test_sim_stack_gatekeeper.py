@@ -11,7 +11,7 @@ from tests.sim import sim_stack_gatekeeper as gk
 from tests.sim.kube_resources import APPS, CRD_PREFIX, CRDS
 from tests.sim.kube_store import namespace_object
 from tests.sim.test_sim_e2e import labctl, summary_of
-from tests.sim.test_sim_stacks import applies, helm_installs, lab_dir, open_sim, results  # noqa: F401 (fixture)
+from tests.sim.test_sim_stacks import applies, helm_installs, open_sim, results
 
 pytestmark = pytest.mark.sim
 

@@ -16,7 +16,7 @@ from labctl import stacks as S
 from phases import cni
 from tests.conftest import run_cli
 from tests.sim.kube_resources import APPS
-from tests.sim.sim_lab import SimLab, lease_prefix
+from tests.sim.test_sim_stacks import open_sim
 from tests.sim.sim_stack_controllers import pod_rejection
 from tests.sim.sim_stack_istio import AdmissionOnly, inject_sidecar
 
@@ -128,17 +128,13 @@ LAB = {"clusters": [{
 
 
 @pytest.mark.sim
-def test_cilium_socket_lb_bypassing_istio_is_fixed_by_one_upgrade(fake_tart, tmp_path, monkeypatch):
+def test_cilium_socket_lb_bypassing_istio_is_fixed_by_one_upgrade(fake_tart, lab_dir):
     """Defect (a) of the predecessor's phase 12: with kube-proxy replacement, Cilium's socket load balancing in the
     pods' namespaces bypasses Istio's routing (the canary split, the circuit breaker) unless socketLB.hostNamespaceOnly
     is set (Cilium docs, "Integration with Istio"). Declaring istio upgrades Cilium once with it; a second install
     changes nothing."""
-    config = tmp_path / "clusters.json"
-    config.write_text(json.dumps(LAB))
-    monkeypatch.setenv("FAKE_TART_LEASE_PREFIX", lease_prefix())
-    monkeypatch.setenv("FAKE_TART_IP_DELAY", "0")
-    monkeypatch.chdir(tmp_path)
-    with SimLab(config, fake_tart) as lab:
+    config = lab_dir / "clusters.json"
+    with open_sim(lab_dir, fake_tart, LAB) as lab:
         result = run_cli("--json", "install", "--skip", "stacks", env=ENV)
         assert result.code == 0, result.out
         sim = lab.clusters["dev"]

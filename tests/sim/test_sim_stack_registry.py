@@ -12,7 +12,7 @@ import pytest
 from tests.sim import sim_registry
 from tests.sim.sim_node import CONTAINERD_PACKAGES
 from tests.sim.test_sim_e2e import labctl, summary_of
-from tests.sim.test_sim_stacks import lab_dir, open_sim  # noqa: F401  (fixture)
+from tests.sim.test_sim_stacks import open_sim
 
 pytestmark = pytest.mark.sim
 
@@ -36,7 +36,7 @@ def two_clusters() -> dict:
 
 
 @pytest.mark.parametrize("containerd", ["1.7", "2.2"])
-def test_a_pushed_image_pulls_on_another_clusters_node(lab_dir, fake_tart, containerd):  # noqa: F811
+def test_a_pushed_image_pulls_on_another_clusters_node(lab_dir, fake_tart, containerd):
     with open_sim(lab_dir, fake_tart, two_clusters()) as sim:
         sim.containerd = containerd
         result = labctl("--json", "install")
@@ -58,7 +58,7 @@ def test_a_pushed_image_pulls_on_another_clusters_node(lab_dir, fake_tart, conta
         assert again.code == 0 and summary_of(again.out)["counts"]["changed"] == 0
 
 
-def test_hosts_toml_ignored_because_config_path_is_empty(lab_dir, fake_tart):  # noqa: F811
+def test_hosts_toml_ignored_because_config_path_is_empty(lab_dir, fake_tart):
     """Predecessor defect (reference/stacks.md phase 17): containerd 1.7's default config has an empty config_path,
     so the hosts.toml written on every node was ignored and pulls went to https:// of a plain-HTTP registry. labctl
     sets config_path in the runtime phase; a node put back on the package's default fails the pull exactly so, and
@@ -85,7 +85,7 @@ def test_hosts_toml_ignored_because_config_path_is_empty(lab_dir, fake_tart):  #
         assert sim_registry.pull(sim, "dev-worker1", IMAGE).startswith("http://")
 
 
-def test_a_node_restarted_at_a_new_address_still_pulls_after_boot(lab_dir, fake_tart):  # noqa: F811
+def test_a_node_restarted_at_a_new_address_still_pulls_after_boot(lab_dir, fake_tart):
     """The image reference names a stable name, not an address: after the registry's nodes come back at other
     addresses, `labctl boot` re-runs the hook and the same reference pulls again."""
     raw = two_clusters()

@@ -14,7 +14,7 @@ import yaml
 
 from tests.sim.fake_kube import FakeKube
 from tests.sim.test_sim_e2e import labctl, summary_of
-from tests.sim.test_sim_stacks import lab_dir, open_sim  # noqa: F401  (the fixture)
+from tests.sim.test_sim_stacks import open_sim
 
 pytestmark = pytest.mark.sim
 
@@ -51,7 +51,7 @@ def _secret_writes(bodies, namespace: str) -> list[tuple[str, str]]:
             and p.startswith(f"/api/v1/namespaces/{namespace}/secrets")]
 
 
-def test_demo_credentials_are_sealed_secrets_not_plain_secrets(lab_dir, fake_tart, bodies, tmp_path,  # noqa: F811
+def test_demo_credentials_are_sealed_secrets_not_plain_secrets(lab_dir, fake_tart, bodies, tmp_path,
                                                                monkeypatch):
     debug_log = tmp_path / "state" / "debug.log"
     monkeypatch.setenv("LABCTL_DEBUG_LOG", str(debug_log))
@@ -105,7 +105,7 @@ def test_demo_credentials_are_sealed_secrets_not_plain_secrets(lab_dir, fake_tar
         assert _secret_writes(bodies[mark:], DEMO_NS) == []
 
 
-def test_labctl_seal_output_is_unsealed_by_the_controller_and_only_where_it_was_sealed_for(  # noqa: F811
+def test_labctl_seal_output_is_unsealed_by_the_controller_and_only_where_it_was_sealed_for(
         lab_dir, fake_tart, tmp_path):
     with open_sim(lab_dir, fake_tart, LAB) as sim:
         cert = tmp_path / "tls.crt"

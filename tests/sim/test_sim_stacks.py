@@ -15,7 +15,7 @@ import pytest
 
 from labctl import stacks
 from tests.conftest import SHIPPED
-from tests.sim.sim_lab import SimLab, lease_prefix
+from tests.sim.sim_lab import SimLab
 from tests.sim.test_sim_e2e import events, labctl, summary_of
 
 pytestmark = pytest.mark.sim
@@ -47,14 +47,6 @@ def applies(sim: SimLab) -> int:
     """Server-side applies the API servers have seen (PATCH with fieldManager), all clusters."""
     return sum(1 for c in sim.clusters.values() for method, path in c.store.requests if method == "PATCH"
                and "/nodes/" not in path)
-
-
-@pytest.fixture
-def lab_dir(tmp_path, monkeypatch, fake_tart):
-    monkeypatch.setenv("FAKE_TART_LEASE_PREFIX", lease_prefix())
-    monkeypatch.setenv("FAKE_TART_IP_DELAY", "0")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def open_sim(lab_dir: Path, fake_tart, raw: dict) -> SimLab:

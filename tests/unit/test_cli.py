@@ -5,18 +5,9 @@ from __future__ import annotations
 import json
 import os
 
-import pytest
-
-from tests.conftest import SHIPPED, run_cli
+from tests.conftest import run_cli
 
 NO_TART = {"PATH": "/usr/bin:/bin"}  # no tart anywhere on PATH, as on any Linux machine
-
-
-@pytest.fixture
-def lab_file(tmp_path):
-    path = tmp_path / "clusters.json"
-    path.write_bytes(SHIPPED.read_bytes())
-    return path
 
 
 def test_plan_without_tart_prints_the_whole_lab(lab_file):

@@ -14,17 +14,10 @@ import threading
 import pytest
 import yaml
 
-from tests.conftest import FIXTURES, ROOT, SHIPPED, run_cli
+from tests.conftest import FIXTURES, ROOT, run_cli
 
 NO_TART = {"PATH": "/usr/bin:/bin"}  # no tart anywhere on PATH: plan shows every VM as unknown, quickly
 ESCAPE = "\x1b["
-
-
-@pytest.fixture
-def lab_file(tmp_path):
-    path = tmp_path / "clusters.json"
-    path.write_bytes(SHIPPED.read_bytes())
-    return path
 
 
 # ---- global flags after the command ------------------------------------------------------------------------------

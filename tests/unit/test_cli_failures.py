@@ -13,13 +13,6 @@ from tests.conftest import SHIPPED, run_cli
 NO_TART = {"PATH": "/usr/bin:/bin", "LABCTL_HOST_MEMORY_MIB": "16384"}  # no tart, and too little memory for all
 
 
-@pytest.fixture
-def lab_file(tmp_path):
-    path = tmp_path / "clusters.json"
-    path.write_bytes(SHIPPED.read_bytes())
-    return path
-
-
 def test_no_tart_is_said_before_the_memory_budget(lab_file):
     result = run_cli("-c", str(lab_file), "install", env=NO_TART)
     assert result.code == 1

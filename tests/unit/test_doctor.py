@@ -13,17 +13,10 @@ import platform
 import pytest
 
 from labctl import host
-from tests.conftest import SHIPPED, run_cli
+from tests.conftest import run_cli
 
 NO_TART = "/usr/bin:/bin"  # no tart anywhere, as on any Linux machine
 ROOMY = {"LABCTL_HOST_MEMORY_MIB": str(256 * 1024), "LABCTL_HOST_CPUS": "16"}  # 22 vCPU / 16 = 1.38x
-
-
-@pytest.fixture
-def lab_file(tmp_path):
-    path = tmp_path / "clusters.json"
-    path.write_bytes(SHIPPED.read_bytes())
-    return path
 
 
 @pytest.fixture
