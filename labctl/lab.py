@@ -247,7 +247,7 @@ def _claimed(ctx: Context, cluster) -> set[tuple[str, ...]]:
 
 def _prune_stack(ctx: Context, cluster_name: str, name: str) -> None:
     """Uninstall a stack labctl recorded: its releases (Helm on the control plane), objects, Secrets, namespaces."""
-    from .render import script
+    from .helm import uninstall_release
     from .stacks import STACK_LABEL, SYSTEM_NAMESPACES
 
     record = ctx.state.read()["stacks"][cluster_name][name]
@@ -258,11 +258,7 @@ def _prune_stack(ctx: Context, cluster_name: str, name: str) -> None:
     for namespace, release in reversed(record["releases"]):
         if ("release", namespace, release) in kept:
             continue  # a declared stack installs the same release now (e.g. the stack was renamed)
-        if kube.helm_release(namespace, release) is not None:
-            ctx.transport(cluster.masters[0].name).run(script(
-                "stacks.helm-uninstall", "cluster/stack-helm-uninstall.sh.j2", cluster=cluster_name, stack=name,
-                release=release, namespace=namespace, timeout="10m", helm_version=f"v{ctx.lab.versions.helm}",
-            ), sudo=True, timeout=15 * 60)
+        uninstall_release(ctx, cluster, name, namespace, release)
     for api_version, kind, namespace, obj_name in reversed(record["objects"]):
         if kind == "Namespace" and (obj_name in SYSTEM_NAMESPACES or ("namespace", obj_name) in kept):
             continue

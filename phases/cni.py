@@ -11,6 +11,7 @@ apply: only when the check fails (a second install issues no `helm upgrade`): He
 from __future__ import annotations
 
 from labctl.engine import Check, Phase, Target
+from labctl.helm import HELM_TIMEOUT, recover_pending
 from labctl.kube import API_PORT, endpoint_host
 from labctl.kube.client import parallel
 from labctl.render import render, script
@@ -21,7 +22,6 @@ REPO_NAME = "cilium"
 REPO_URL = "https://helm.cilium.io/"
 CHART = "cilium/cilium"
 VALUES_PATH = "/etc/labctl/cilium-values.yaml"
-HELM_TIMEOUT = "10m"  # first install pulls the agent, envoy, operator and Hubble images on every node
 SETTLE_WAIT = 300  # after Helm's wait: CiliumNodes and Node Ready follow the agents within a minute or so
 
 
@@ -168,6 +168,7 @@ class Cni(Phase):
         transport = ctx.transport(cluster.masters[0].name)
         helm = f"v{lab.versions.helm}"
         transport.run(script("cni.helm-binary", "cluster/helm-binary.sh.j2", version=helm), sudo=True, timeout=300)
+        recover_pending(ctx, cluster, NAMESPACE, RELEASE)
         transport.put(VALUES_PATH, cilium_values(lab, cluster).encode(), 0o644, sudo=True)
         ctx.note(f"{cluster.name}: helm upgrade --install cilium {lab.versions.cilium} (waits for the agents)")
         install = script(

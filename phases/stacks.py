@@ -23,7 +23,9 @@ from labctl.engine import Check, Phase, Target
 from labctl.stack_hooks import HOOKS
 from labctl.render import script
 
-from .cni import HELM_TIMEOUT, rollback_flag
+from labctl.helm import HELM_TIMEOUT, recover_pending, uninstall_release
+
+from .cni import rollback_flag
 
 VALUES_DIR = "/etc/labctl/stacks"
 READY_WAIT = 900  # Jenkins fetches its plugins and Prometheus pulls several images on a first start
@@ -154,13 +156,26 @@ class StackState:
         return [[o["apiVersion"], o["kind"], S.object_namespace(self.kube, o, self.stack.namespace), o["metadata"]["name"]]
                 for o in self.stack.objects]
 
+    def _recorded(self) -> dict:
+        return self.ctx.state.read().get("stacks", {}).get(self.cluster.name, {}).get(self.stack.name, {})
+
     def orphans(self) -> list[list[str]]:
         """Objects labctl applied for this stack earlier that its manifests no longer have (a file was deleted):
         `kubectl apply --prune` would remove them, and so does labctl."""
-        recorded = self.ctx.state.read().get("stacks", {}).get(self.cluster.name, {}).get(self.stack.name, {})
         current = self.identities()
-        return [o for o in recorded.get("objects", []) if not any(_same_object(o, c) for c in current)
+        return [o for o in self._recorded().get("objects", []) if not any(_same_object(o, c) for c in current)
                 and self.kube.get(o[0], o[1], o[2], o[3]) is not None]
+
+    def orphan_releases(self) -> list[list[str]]:
+        """[namespace, release] of releases this stack installed earlier under another namespace or release name
+        (a user chart moved): Helm keeps the old one, so labctl uninstalls it, unless a declared stack of the cluster
+        installs that very release now (e.g. a renamed stack)."""
+        declared = {(r.namespace, r.release) for r in self.stack.releases}
+        others = self.ctx.state.read().get("stacks", {}).get(self.cluster.name, {})
+        declared |= {tuple(r) for name, record in others.items() if name != self.stack.name
+                     for r in record.get("releases", [])}
+        return [r for r in self._recorded().get("releases", []) if tuple(r) not in declared
+                and self.kube.helm_release(r[0], r[1]) is not None]
 
 
     def not_ready(self) -> list[str]:
@@ -170,6 +185,8 @@ class StackState:
         found = [f"namespace {ns} missing" for ns in self.missing_namespaces()]
         found += [f"{c.name} credentials not in Secret {c.namespace}/{c.secret}" for c in self.stale_credentials()]
         found += [p for r in self.stack.releases if (p := self.release_problem(r))]
+        found += [f"release {rel} in namespace {ns} is no longer declared (the stack moved it)"
+                  for ns, rel in self.orphan_releases()]
         stale = self.stale_objects()
         if stale:
             names = ", ".join(f"{o['kind']} {o['metadata']['name']}" for o in stale[:3])
@@ -218,9 +235,9 @@ class Stacks(Phase):
         cluster, stack = self._stack(ctx, target)
         live = StackState(ctx, cluster, stack)
         kube = live.kube
-        orphans = live.orphans()
+        orphans, moved = live.orphans(), live.orphan_releases()
         # recorded before anything is installed, so `install --prune` can remove a stack whose install failed
-        self._record(ctx, cluster, stack, orphans + live.identities())
+        self._record(ctx, cluster, stack, orphans + live.identities(), moved)
         for ns in live.missing_namespaces():
             kube.apply(_namespace(ns, stack.name))
         for cred in live.stale_credentials():
@@ -237,10 +254,13 @@ class Stacks(Phase):
         for obj in sorted(stale, key=lambda o: APPLY_FIRST.get(o["kind"], len(APPLY_FIRST))):
             self._wait_served(kube, obj)
             kube.apply(obj, stack.namespace)
+        for namespace, release in moved:
+            ctx.note(f"{cluster.name}: {stack.name}: uninstalling release {release} from {namespace} (moved)")
+            uninstall_release(ctx, cluster, stack.name, namespace, release)
         for api_version, kind, namespace, name in reversed(orphans):
             ctx.note(f"{cluster.name}: {stack.name}: deleting {kind} {name} (no longer in its manifests)")
             kube.delete(api_version, kind, namespace, name)
-        if orphans or stale:  # now every kind is served, each object is recorded with its real scope
+        if orphans or stale or moved:  # now every kind is served, each object is recorded with its real scope
             self._record(ctx, cluster, stack, live.identities())
 
         def settled() -> tuple[bool, str]:
@@ -256,6 +276,8 @@ class Stacks(Phase):
             parts.append(f"{len(stale)} object(s) applied")
         if orphans:
             parts.append(f"{len(orphans)} deleted")
+        if moved:
+            parts.append(f"{len(moved)} moved release(s) uninstalled")
         return f"{stack.name}: " + (", ".join(parts) if parts else "ready")
 
     def _helm(self, ctx, cluster, stack: S.StackDef, releases: list[S.ReleaseDef]) -> None:
@@ -266,6 +288,7 @@ class Stacks(Phase):
         helm = f"v{lab.versions.helm}"
         transport.run(script("cni.helm-binary", "cluster/helm-binary.sh.j2", version=helm), sudo=True, timeout=300)
         for release in releases:
+            recover_pending(ctx, cluster, release.namespace, release.release)
             values_path = f"{VALUES_DIR}/{stack.name}/{release.release}.yaml"
             transport.put(values_path, yaml.safe_dump(release.values, sort_keys=True).encode(), 0o600, sudo=True)
             ctx.note(f"{cluster.name}: helm upgrade --install {release.release} ({release.chart} {release.version})")
@@ -287,10 +310,11 @@ class Stacks(Phase):
                                f"{obj['kind']} not served: its CRD is not Established"), timeout=CRD_WAIT, interval=1)
 
     @staticmethod
-    def _record(ctx, cluster, stack: S.StackDef, objects: list[list[str]]) -> None:
-        """What `install --prune` removes if the stack leaves clusters.json (no passwords: names only)."""
+    def _record(ctx, cluster, stack: S.StackDef, objects: list[list[str]], moved: list[list[str]] = ()) -> None:
+        """What `install --prune` removes if the stack leaves clusters.json (no passwords: names only); `moved`:
+        releases it installed before under another namespace/name, kept in the record until uninstalled."""
         record = {
-            "releases": [[r.namespace, r.release] for r in stack.releases],
+            "releases": [list(r) for r in moved] + [[r.namespace, r.release] for r in stack.releases],
             "objects": objects,
             "secrets": [[c.namespace, c.secret] for c in stack.credentials],
             "namespaces": _namespaces(stack),

@@ -168,6 +168,8 @@ class ClusterScripts:
         cluster = self.lab.clusters[self.cluster]
         if not cluster.api_up():
             return 1, "Error: Kubernetes cluster unreachable"
+        if refused := cluster.pending(p["namespace"], p["release"]):
+            return 1, refused
         revision = cluster.helm_upgrade(p, yaml.safe_load(self.files[p["values_path"]]) or {})
         return 0, (f'Release "{p["release"]}" has been upgraded. Happy Helming!\nNAME: {p["release"]}\n'
                    f"NAMESPACE: {p['namespace']}\nSTATUS: deployed\nREVISION: {revision}")
@@ -193,6 +195,18 @@ class ClusterScripts:
         if not cluster.api_up():
             return 1, "Error: Kubernetes cluster unreachable"
         return cluster.helm_uninstall(p["release"], p["namespace"], p.get("stack"))
+
+    def _helm_recover(self, p, address):
+        """labctl's way out of a pending release: `helm rollback`, or `helm uninstall` of an unfinished first
+        install (script helm.recover)."""
+        if failed := self._helm_fails(p, values=False):
+            return failed
+        cluster = self.lab.clusters[self.cluster]
+        if not cluster.api_up():
+            return 1, "Error: Kubernetes cluster unreachable"
+        if p["uninstall"]:
+            return cluster.helm_uninstall(p["release"], p["namespace"], None)
+        return cluster.helm_rollback(p["release"], p["namespace"])
 
     def _repair_probe(self, p, address):
         lines = []

@@ -86,6 +86,39 @@ class SimHelm:
                 self.store.delete("api/v1", "secrets", secret["metadata"]["name"], namespace)
             return revision
 
+    def pending(self, namespace: str, release: str) -> str | None:
+        """Helm's errPending (pkg/action/upgrade.go): while the newest revision is pending-install/-upgrade/
+        -rollback (a Helm stopped mid-operation), every upgrade fails with this message; None when it may go on."""
+        secrets = self._release_secrets(namespace, release)
+        if secrets and secrets[-1]["metadata"]["labels"].get("status", "").startswith("pending"):
+            return "Error: UPGRADE FAILED: another operation (install/upgrade/rollback) is in progress"
+        return None
+
+    def helm_rollback(self, release: str, namespace: str) -> tuple[int, str]:
+        """`helm rollback <release>` (no revision: the one before the newest; pkg/action/rollback.go): a new revision
+        with that revision's chart, values and manifest, deployed; the newest and every deployed one superseded."""
+        with self.store.lock:
+            secrets = self._release_secrets(namespace, release)
+            if not secrets:
+                return 1, f"Error: release: not found"
+            current = decode_release(secrets[-1])
+            target = next((s for s in secrets if int(s["metadata"]["labels"]["version"]) == current["version"] - 1),
+                          None)
+            if target is None:
+                return 1, f"Error: release has no {current['version'] - 1} version"
+            old = decode_release(target)
+            for secret in secrets:  # the pending one too: rollback supersedes the current release
+                if secret["metadata"]["labels"].get("status") in ("deployed", current["info"]["status"]):
+                    record = decode_release(secret)
+                    record["info"]["status"] = "superseded"
+                    secret["metadata"]["labels"]["status"] = "superseded"
+                    secret["data"] = {"release": encode_release(record)}
+                    self.store.put("api/v1", "secrets", secret, namespace)
+            chart = old["chart"]["metadata"]
+            self._write_release(namespace, release, chart["name"], chart["version"], old.get("config") or {},
+                                old.get("manifest") or "", description=f"Rollback to {old['version']}")
+        return 0, "Rollback was a success! Happy Helming!"
+
     def helm_upgrade(self, p: dict, values: dict) -> int:
         """Cilium's `helm upgrade --install --wait`: a new release revision and the chart's workloads; its operator
         registers Cilium's CRDs."""
@@ -122,6 +155,8 @@ class SimHelm:
         (then --atomic / --rollback-on-failure uninstalls a first install or rolls an upgrade back). When every
         release of a catalogue stack is deployed, the stack's own `ready` objects appear (what its operator makes)."""
         release, namespace = p["release"], p["namespace"]
+        if refused := self.pending(namespace, release):
+            return 1, refused
         stack, rel = _catalogue_release(p["stack"], release)
         with self.store.lock:
             if self.store.get("api/v1", "namespaces", namespace) is None:  # --create-namespace
