@@ -974,6 +974,10 @@ def stack_scripts() -> dict[str, str]:
                     rollback_flag="--atomic", crds_path=r.crds or "").text
                 out[f"stacks.helm-uninstall@{cluster.name}/{r.release}"] = script(
                     "stacks.helm-uninstall", "cluster/stack-helm-uninstall.sh.j2", **params).text
+                for status in ("pending-install", "pending-upgrade"):
+                    out[f"helm.recover@{cluster.name}/{r.release}/{status}"] = script(
+                        "helm.recover", "cluster/helm-recover.sh.j2", **params, status=status,
+                        uninstall=status == "pending-install").text
     return out
 
 
@@ -983,6 +987,6 @@ def test_every_cluster_script_passes_bash_n_and_shellcheck(tmp_path):
     templates = sorted(p.name for p in (ROOT / "templates" / "cluster").glob("*.sh.j2"))
     assert ids == {"endpoint.hosts", "init.kubeadm", "join.token", "join.upload-certs", "join.kubeadm",
                    "cni.helm-binary", "cni.helm-install", "repair.probe", "repair.node-ip", "repair.control-plane",
-                   "stacks.helm-install", "stacks.helm-uninstall"}
+                   "stacks.helm-install", "stacks.helm-uninstall", "helm.recover"}
     assert len(templates) == len(ids)
     check_bash_scripts(scripts, tmp_path)
