@@ -19,8 +19,10 @@ the load average is printed: other work here slows every process start). The rea
 start/end from the engine's events, walked back from the last step to finish) of the median run shows where the
 time went: modelled work, overhead inside steps (tart calls, facts, API requests), or waiting for a worker.
 `--sequential` adds one `--parallel 1` install for comparison (no target: it follows from the bound's).
+`--ha` gives the shipped lab's prod cluster three masters (docs/ha.md): they join one at a time, its workers
+together after them, in parallel with the other clusters.
 
-    python benchmarks/install_sim.py [--scale 10] [--runs 3] [--clusters N] [--sequential]
+    python benchmarks/install_sim.py [--scale 10] [--runs 3] [--clusters N] [--sequential] [--ha]
 """
 
 from __future__ import annotations
@@ -60,6 +62,8 @@ MODEL = {
     "init.kubeadm": 120.0,  # image pulls + kubeadm init
     "join.token": 1.0,
     "join.kubeadm": 45.0,
+    "join.upload-certs": 2.0,  # HA: the control-plane certificates under this run's key
+    "endpoint.haproxy": 1.0,  # HA workers: haproxy.cfg + reload (the package came with kubepkgs)
     "cni.helm-binary": 5.0,
     "cni.helm-install": 120.0,  # helm upgrade --install --wait: agent, envoy, operator, Hubble images
     "stacks.helm-install": 90.0,  # per release: chart download, image pulls, helm's --wait
@@ -93,13 +97,20 @@ def weight(step: Step, scale: float) -> float:
 
 
 def critical_path(steps: list[Step], scale: float) -> tuple[float, list[Step]]:
-    """The longest chain of modelled work through the step graph (steps come in dependency order)."""
+    """The longest chain of modelled work through the step graph (a step's dependencies may come after it in
+    `steps`: stacks that require another cluster's, e.g. Argo CD's destinations)."""
     finish: dict[Step, float] = {}
     via: dict[Step, Step | None] = {}
+
+    def done(step: Step) -> float:
+        if step not in finish:
+            before = max(step.deps, key=done, default=None)
+            finish[step] = (done(before) if before else 0.0) + weight(step, scale)
+            via[step] = before
+        return finish[step]
+
     for step in steps:
-        before = max(step.deps, key=lambda d: finish[d], default=None)
-        finish[step] = (finish[before] if before else 0.0) + weight(step, scale)
-        via[step] = before
+        done(step)
     last = max(steps, key=lambda s: finish[s])
     chain = [last]
     while via[chain[-1]] is not None:
@@ -168,6 +179,17 @@ def lab_document(clusters: int | None) -> dict:
         out.append(copy)
     raw["clusters"] = out
     return raw
+
+
+def with_ha(document: dict, cluster: str = "prod", masters: int = 3) -> dict:
+    """`document` with `cluster`'s master copied into `masters` control planes (name2, name3, ...)."""
+    out = json.loads(json.dumps(document))
+    spec = next(c for c in out["clusters"] if c["name"] == cluster)
+    first = next(n for n in spec["nodes"] if n["role"] == "master")
+    extra = [{**first, "name": f"{first['name']}{i}"} for i in range(2, masters + 1)]
+    at = spec["nodes"].index(first) + 1
+    spec["nodes"][at:at] = extra
+    return out
 
 
 def one_install(parallel: int, scale: float, document: dict) -> tuple[float, dict]:
@@ -279,11 +301,14 @@ def main() -> int:
     parser.add_argument("--clusters", type=int, default=None,
                         help="N clusters copied from the shipped ones instead of the shipped lab (20: 50 VMs)")
     parser.add_argument("--sequential", action="store_true", help="also one (long) --parallel 1 install")
+    parser.add_argument("--ha", action="store_true", help="prod with three masters (an HA control plane)")
     args = parser.parse_args()
 
     document = lab_document(args.clusters)
+    if args.ha:
+        document = with_ha(document)
     session = flows.LabSession.open(ROOT / "clusters.json")
-    lab = session.model if args.clusters is None else model.parse(json.dumps(document))
+    lab = session.model if args.clusters is None and not args.ha else model.parse(json.dumps(document))
     steps = build_steps(lab, flows.phases_for("install"))
     bound, chain = critical_path(steps, args.scale)
     total = sum(weight(s, args.scale) for s in steps)

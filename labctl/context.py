@@ -40,6 +40,7 @@ class Context:
         self.state = state
         self.options = options or {}
         self._provider = provider
+        self._routed = False
         self._transport_factory = transport_factory
         self._kube_factory = kube_factory
         self._notify = notify or (lambda text: None)
@@ -68,6 +69,10 @@ class Context:
                 from . import providers
 
                 self._provider = providers.get(self.lab, state=self.state, notify=self.note)
+            if not self._routed:  # static nodes' calls go to the static provider (labctl/providers/static.py)
+                from .providers.static import route
+
+                self._provider, self._routed = route(self.lab, self._provider), True
             return self._provider
 
     # -- nodes -----------------------------------------------------------------------------------------------

@@ -7,7 +7,9 @@ stop anything. The checks follow the lab's provider:
         downloadable, asked with one short HEAD request), and the accelerator: KVM only if a
         short probe boot of the lab's own kernel prints on the console (a KVM that hangs is reported, with the TCG
         fallback), otherwise TCG;
-and for both: memory, CPU overcommit, free disk where the VMs' disks live, clusters.json.
+  orchard: the controller answers and accepts the service account, its workers have room for the lab's VMs (no
+        host checks: the VMs run on the workers);
+and for tart and qemu: memory, CPU overcommit, free disk where the VMs' disks live, clusters.json.
 
 Doctor reads the host (platform, memory, CPUs, free disk, files on PATH); its one network question is that HEAD
 request (offline: a warning). Its only subprocesses are the providers' own tools (`tart --version`; `qemu-system-* --version`, `qemu-img info`, and the KVM probe, at most
@@ -187,7 +189,7 @@ def _existing(path: Path) -> Path:
 def check_disk(lab: Lab, where: Path, elsewhere: str) -> Finding:
     """Free space where the VMs' disks live (`elsewhere`: how to move them to another volume)."""
     free = host.free_disk_gb(_existing(where))
-    disks = [n.disk for _, n in lab.nodes]
+    disks = [n.disk for _, n in lab.nodes if not n.static] or [0]  # a static machine's disk is its own
     total, largest = sum(disks), max(disks)
     # APFS clones and qcow2 overlays are copy-on-write: a fresh VM costs almost nothing and grows towards its disk
     # size as it is used.
@@ -260,7 +262,7 @@ def check_images(provider: QemuProvider) -> Finding:
     size = int(info.get("virtual-size", 0)) / 1024**3
     where = f"{lab.base_image} (downloaded: {base})" if url else str(base)
     detail = f"{where}: {info.get('format', '?')}, {size:.1f} GiB" + (", direct kernel boot" if settings.kernel else "")
-    small = [f"{n.name} ({n.disk} GB)" for _, n in lab.nodes if n.disk < size]
+    small = [f"{n.name} ({n.disk} GB)" for _, n in lab.nodes if n.disk < size and not n.static]
     if small:
         return Finding("images", "fail", f"{detail}; smaller disks than the image: {', '.join(small)}",
                        f"raise those nodes' `disk` to {math.ceil(size)} or more (disks only grow)")
@@ -444,17 +446,26 @@ def diagnose(config: Path, detect: Callable[[], host.Host] | None = None) -> Rep
     lab, config_finding = load_config(config)
     h = _detect(detect or host.detect)
     kind = lab.provider.type if lab is not None else "tart"
-    findings = [_guarded("platform", lambda: check_platform(h, kind))]
+    if kind == "orchard":  # the VMs run on the controller's workers: this machine's platform, memory, disk are moot
+        from .providers.orchard import doctor_findings as orchard_findings
+
+        findings = orchard_findings(lab, config)
+    else:
+        findings = [_guarded("platform", lambda: check_platform(h, kind))]
     if kind == "tart":
         findings.append(_guarded("tart", lambda: check_tart(lab)))
     if lab is not None:
         b = host.budget(lab, h)
-        findings += [_guarded("memory", lambda: check_memory(b)), _guarded("cpu", lambda: check_cpu(b))]
+        if kind != "orchard":
+            findings += [_guarded("memory", lambda: check_memory(b)), _guarded("cpu", lambda: check_cpu(b))]
         if kind == "qemu":
             findings += qemu_findings(lab, config)
-        else:
+        elif kind == "tart":
             findings.append(_guarded("disk", lambda: check_disk(lab, tart_home(), "set TART_HOME to a bigger volume")))
             if lab.provider.tart.network == "softnet":
                 findings.append(_guarded("softnet", check_softnet))
+        from .static_nodes import doctor_findings  # static machines: SSH, sudo, OS (one facts probe each)
+
+        findings += doctor_findings(lab, config)
     findings.append(config_finding)
     return Report(findings)

@@ -65,7 +65,7 @@ def guest_architecture(provider: str) -> str:
     guests of the host's own architecture, so Tart VMs are arm64; labctl starts QEMU
     with the host's own qemu-system-<machine> (providers/qemu.default_binary), so its guests are the host's
     architecture. An unknown machine is returned as it is (lower case)."""
-    if provider == "tart":
+    if provider in ("tart", "orchard"):  # Orchard's workers are Macs running Tart
         return "arm64"
     machine = platform.machine().lower()
     return _OCI_ARCH.get(machine, machine)
@@ -106,7 +106,8 @@ class Budget:
 def budget(lab: Lab, host: Host | None = None, clusters: Iterable[str] = ()) -> Budget:
     """The summed vCPUs, memory (MiB) and disk (GB) of the lab's nodes, or of those in `clusters` when given."""
     chosen = set(clusters)
-    nodes = [n for c, n in lab.nodes if not chosen or c.name in chosen]
+    # static nodes are machines of their own: they take nothing from this host
+    nodes = [n for c, n in lab.nodes if (not chosen or c.name in chosen) and not n.static]
     return Budget(
         vcpus=sum(n.cpu for n in nodes),
         memory_mib=sum(n.memory for n in nodes),

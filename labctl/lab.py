@@ -130,6 +130,8 @@ def check_budget(lab: model.Lab, phase_names: list[str], clusters: list[str] = (
     "one cluster at a time with --cluster" really gets past this check."""
     if "vms" not in phase_names:
         return
+    if lab.provider.type == "orchard":  # the VMs live on the controller's workers: install checks their capacity
+        return
     b = host.budget(lab, clusters=clusters)
     if not b.memory_fits:
         what = f"cluster{'s' if len(clusters) > 1 else ''} {', '.join(clusters)}" if clusters else "the lab"
@@ -186,6 +188,8 @@ def install(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=
     steps = build_steps(lab.model, phases_for("install"), opts.selection)
     require_provider(lab)  # first: without the provider nothing else matters (no Tart on Linux before a budget)
     check_budget(lab.model, sorted({s.phase.name for s in steps}), opts.selection.clusters)
+    if lab.model.provider.type == "orchard" and any(s.phase.name == "vms" for s in steps):
+        _check_orchard_capacity(lab, opts.selection.clusters)
     removed = removed_nodes(lab)
     dropped = [s for s in removed_stacks(lab) if not opts.selection.clusters or s[0] in opts.selection.clusters]
     summary = run(lab, steps, opts, "install", emit=emit, notify=notify, on_start=on_start,
@@ -315,6 +319,18 @@ def _prune(ctx: Context, cluster_name: str, node_name: str) -> None:
     ctx.note(f"{node_name}: pruned (drained, Node and VM deleted)")
 
 
+def _check_orchard_capacity(lab: LabSession, clusters: list[str]) -> None:
+    """Refuse, before any VM is created, an install whose new VMs the Orchard workers cannot hold."""
+    from .providers.orchard import check_capacity
+
+    ctx = lab.context()
+    try:
+        check_capacity(ctx.provider, [n for c, n in lab.model.nodes
+                                      if not n.static and (not clusters or c.name in clusters)])
+    finally:
+        ctx.close()
+
+
 def require_provider(lab: LabSession) -> str:
     """The provider's version, or one clear ProviderError (e.g. tart is not installed) before any step runs.
 
@@ -334,16 +350,28 @@ def boot(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=Non
 
 
 def shutdown(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None,
-             grace_seconds: float | None = None, drain: bool = False) -> Summary:
+             grace_seconds: float | None = None, drain: bool = False, power_off: bool = False) -> Summary:
     """Power the VMs off, workers first. grace_seconds: how long each guest gets for every graceful way (in-guest
     power-off, then SIGUSR2) before the next, harder one; None = the phase's default."""
     steps = build_steps(lab.model, phases_for("shutdown"), opts.selection)
+    if lab.model.provider.type == "orchard":  # before any guest is asked to power off: it could not come back
+        from .providers.orchard import cannot_stop
+
+        raise cannot_stop()
     require_provider(lab)
     # Only ask a guest to power off if it answers right away; a dead one is stopped by the provider instead.
-    options: dict[str, Any] = {**_short_bounds(), "drain": drain}
+    # power_off: static machines too (labctl/static_nodes.py); by default they are only cordoned and drained
+    options: dict[str, Any] = {**_short_bounds(), "drain": drain, "power_off": power_off}
     if grace_seconds is not None:
         options["grace_seconds"] = grace_seconds
-    return run(lab, steps, opts, "shutdown", emit=emit, notify=notify, on_start=on_start, options=options)
+    summary = run(lab, steps, opts, "shutdown", emit=emit, notify=notify, on_start=on_start, options=options)
+    if summary.ok and not opts.selection.clusters and opts.selection.whole:
+        from . import apiproxy
+
+        stopped = apiproxy.stop(lab.state)  # the whole lab is off: the HA clusters' host endpoint goes too
+        if stopped and notify:
+            notify(f"API forwarder {stopped}")
+    return summary
 
 
 def chosen_clusters(lab: LabSession, clusters: list[str]) -> list[str]:
@@ -360,13 +388,15 @@ def destroy_targets(lab: LabSession, clusters: list[str], nodes: list[str] = ())
     return [n.name for c, n in lab.model.nodes if c.name in chosen and n.name in named]
 
 
-def destroy(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None) -> Summary:
-    """Delete the lab's VMs (all, or those of --cluster), then what labctl kept about them."""
+def destroy(lab: LabSession, opts: RunOptions, emit=None, notify=None, on_start=None,
+            reset_static: bool = False) -> Summary:
+    """Delete the lab's VMs (all, or those of --cluster), then what labctl kept about them. Static machines are
+    drained and their Nodes deleted, never the machines; reset_static: also `kubeadm reset -f` on them."""
     steps = build_steps(lab.model, phases_for("destroy"), opts.selection)
     require_provider(lab)
     everything = not opts.selection.clusters
     summary = run(lab, steps, opts, "destroy", emit=emit, notify=notify, on_start=on_start,
-                  options=_short_bounds())
+                  options={**_short_bounds(), "reset_static": reset_static})
     if opts.selection.nodes:  # some nodes only (Terraform's per-node resources): their clusters stay
         _forget_nodes(lab, [r.step.target for r in summary.results if r.status in ("changed", "unchanged")])
         return summary
@@ -395,16 +425,29 @@ def _forget_clusters(lab: LabSession, clusters: list[str], everything: bool) -> 
         return
     from .kube import kubeconfig
 
+    from . import apiproxy
+
     with lab.state.locked("destroy"):
         for name in clusters:
             kubeconfig.remove(lab.state, name)
+            apiproxy.forget(lab.state, name)  # its listener closes; the forwarder stops once no cluster is left
+        if everything or not apiproxy.read_routes(lab.state.root):
+            apiproxy.stop(lab.state)
             for node in lab.model.cluster(name).nodes:
                 lab.state.forget_node_logs(node.name)
         lab.state.forget(clusters)
         credentials.forget(lab.state, clusters)
         if everything:
+            from . import snapshots
+
             for child in lab.state.root.iterdir():
-                if child.name != "lock":
+                if child.name == "qemu":  # snapshot VMs' folders are labctl-snap-*: kept with their snapshots
+                    for vm in child.iterdir():
+                        if not vm.name.startswith(snapshots.PREFIX):
+                            shutil.rmtree(vm) if vm.is_dir() else vm.unlink()
+                    if not any(child.iterdir()):
+                        child.rmdir()
+                elif child.name not in ("lock", "snapshots"):  # `destroy --snapshots` deleted those before
                     shutil.rmtree(child) if child.is_dir() else child.unlink()
             lab.state.remove_lock()  # while holding it (see LabState.locked)
     if everything:

@@ -109,8 +109,11 @@ class Taint(Strict):
 class Node(Strict):
     name: str = Field(description="VM name and Kubernetes node name; unique across the whole lab")
     role: Literal["master", "worker"] = Field(description="`master` runs the control plane")
-    cpu: StrictInt = Field(gt=0, le=TART_UINT16_MAX, description="vCPUs (may be overcommitted across the lab)")
-    memory: StrictInt = Field(gt=0, le=TART_MEMORY_MAX_MIB, description="memory in MiB (never overcommitted across the lab)")
+    # None only on a static node (a machine labctl does not size); validation.static_problems requires them on a VM
+    cpu: StrictInt | None = Field(default=None, gt=0, le=TART_UINT16_MAX,
+                                  description="vCPUs (may be overcommitted across the lab); required for a VM")
+    memory: StrictInt | None = Field(default=None, gt=0, le=TART_MEMORY_MAX_MIB,
+                                     description="memory in MiB (never overcommitted across the lab); required for a VM")
     disk: StrictInt = Field(
         default=catalog.IMAGE_DISK_GB,
         ge=catalog.IMAGE_DISK_GB,
@@ -119,8 +122,29 @@ class Node(Strict):
     )
     labels: dict[str, str] = Field(default_factory=dict, description="Kubernetes node labels")
     taints: list[Taint] = Field(default_factory=list, description="Kubernetes node taints")
+    provider: Literal["static"] | None = Field(
+        default=None, description="`static`: an existing machine labctl reaches over SSH at `address` and never "
+        "creates, resizes, powers off or deletes (docs/byo-nodes.md); default: a VM of the lab's provider")
+    address: str | None = Field(default=None, description="static node: the machine's IPv4 address or DNS name")
+    ssh_user: str | None = Field(default=None, description="static node: its SSH user (default: the lab's ssh_user)")
+    ssh_port: StrictInt | None = Field(default=None, ge=1, le=65535, description="static node: its SSH port (default 22)")
+    ssh_key: str | None = Field(default=None, description="static node: first-contact private key file (default: the "
+                                "lab's ssh_key, else its ssh_password)")
 
     _name = field_validator("name")(lambda v: dns_label(v, 63))
+
+    @property
+    def static(self) -> bool:
+        """An existing machine (provider "static"), not a VM labctl creates."""
+        return self.provider == "static"
+
+    @field_validator("ssh_user")
+    @classmethod
+    def _node_user(cls, v: str | None) -> str | None:
+        if v is not None and not USER_NAME.match(v):
+            raise ValueError(f"{show(v)} is not a user name: ≤32 of [A-Za-z0-9_.-], not starting with '-', '.' or "
+                             "a digit")
+        return v
 
     @field_validator("labels")
     @classmethod
@@ -315,11 +339,51 @@ class QemuSettings(Strict):
         return value
 
 
+class OrchardSettings(Strict):
+    """An Orchard controller that places the lab's Tart VMs on its workers (reference/orchard.md). The token is
+    never in clusters.json: it is read from the environment variable `token_env`."""
+
+    controller_url: str | None = Field(
+        default=None, pattern=r"^https?://[^\s/]+(/\S*)?$",
+        description="the controller's base URL, e.g. https://orchard.example.com:6120 (its API is under /v1)")
+    service_account: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9:._-]{1,253}$", description="the service account labctl signs in as "
+        "(needs the roles compute:read and compute:write)")
+    token_env: str = Field(
+        default="ORCHARD_SERVICE_ACCOUNT_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
+        description="the environment variable that holds the service account's token (Orchard's own name by default)")
+    ca_cert: str | None = Field(
+        default=None, description="PEM file of the controller's certificate or its CA (Orchard makes a self-signed "
+        "one by default); relative paths are beside clusters.json")
+    bridge_interface: str = Field(
+        default="en0", pattern=r"^[A-Za-z0-9_.-]{1,15}$",
+        description="the workers' interface the VMs are bridged to (`net-bridged`): only bridged VMs are reachable "
+        "from this machine and from VMs on other workers")
+    labels: dict[str, str] = Field(
+        default_factory=dict, description="worker labels every VM requires (Orchard places it only on such workers)")
+    ip_wait_seconds: StrictInt = Field(
+        default=120, ge=0, le=TART_UINT16_MAX, description="how long the controller may wait for a VM's address")
+    start_wait_seconds: StrictInt = Field(
+        default=900, ge=1, le=86400,
+        description="how long a new VM may take to be placed, pulled, cloned and booted by its worker")
+
+
 class ProviderSettings(Strict):
-    type: Literal["tart", "qemu"] = Field(
-        default="tart", description="the VM provider: tart (macOS on Apple silicon) or qemu (Linux hosts)")
+    type: Literal["tart", "qemu", "orchard"] = Field(
+        default="tart", description="the VM provider: tart (macOS on Apple silicon), qemu (Linux hosts) or orchard "
+        "(Tart VMs on the Macs of an Orchard controller)")
     tart: TartSettings = Field(default_factory=TartSettings)
     qemu: QemuSettings = Field(default_factory=QemuSettings)
+    orchard: OrchardSettings = Field(default_factory=OrchardSettings)
+
+    @model_validator(mode="after")
+    def _orchard(self) -> ProviderSettings:
+        if self.type == "orchard":
+            missing = [f for f in ("controller_url", "service_account") if getattr(self.orchard, f) is None]
+            if missing:
+                raise ValueError(f"provider type 'orchard' needs orchard.{' and orchard.'.join(missing)} "
+                                 "(the controller's URL and the service account labctl signs in as)")
+        return self
 
 
 class Lab(Strict):
@@ -419,7 +483,18 @@ def load(path: Path) -> Lab:
     if lab.ssh_key and not key.is_absolute():
         # a relative key path means "beside clusters.json", not "wherever labctl happens to be started"
         lab = lab.model_copy(update={"ssh_key": str(path.resolve().parent / lab.ssh_key)})
-    return lab
+    return _static_keys(lab, path.resolve().parent)
+
+
+def _static_keys(lab: Lab, base: Path) -> Lab:
+    """Static nodes' relative ssh_key paths made absolute (beside clusters.json), like the lab's own."""
+    if not any(n.ssh_key and not Path(n.ssh_key).expanduser().is_absolute() for _, n in lab.nodes):
+        return lab
+    clusters = [c.model_copy(update={"nodes": [
+        n.model_copy(update={"ssh_key": str(base / n.ssh_key)})
+        if n.ssh_key and not Path(n.ssh_key).expanduser().is_absolute() else n for n in c.nodes]})
+        for c in lab.clusters]
+    return lab.model_copy(update={"clusters": clusters})
 
 
 # ---- spec hashes -------------------------------------------------------------------------------------------------

@@ -60,11 +60,15 @@ class ClusterStatus:
     kubeconfig: str = ""
     pods_not_ready: list[str] = field(default_factory=list)  # informational, as `kubectl get pods -A` would show
     events: list[str] = field(default_factory=list)  # the newest Warning events, newest last
+    # clusters with several masters only (None otherwise): the host's endpoint (labctl's forwarder) and etcd
+    endpoint: dict | None = None  # {"address": "127.0.0.1:<port>" | None, "running", "pid", "backends": [...]}
+    etcd: dict | None = None  # {"ok", "detail", "skipped", "quorum", "leader", "asked", "error", "members": [...]}
 
     @property
     def healthy(self) -> bool:
         probes = [self.api, self.cilium, self.dns, *self.stacks.values()]
-        return all(n.healthy for n in self.nodes) and all(p.ok or p.skipped for p in probes)
+        etcd_ok = self.etcd is None or self.etcd["ok"] or self.etcd["skipped"]
+        return all(n.healthy for n in self.nodes) and all(p.ok or p.skipped for p in probes) and etcd_ok
 
     def as_dict(self) -> dict:
         out = asdict(self)
@@ -165,8 +169,37 @@ def _pods_and_events(kube) -> tuple[list[str], list[str]]:
     return pods_not_ready(pods), recent_warnings(events)
 
 
+def host_endpoint(ctx, cluster: Cluster, timeout: float) -> dict:
+    """The host's endpoint of an HA cluster: where labctl's forwarder listens (recorded, whether it runs or not), its
+    pid, and each master it forwards to with whether that accepts a TCP connection now (labctl/apiproxy.py)."""
+    from . import apiproxy
+
+    where = apiproxy.endpoint(ctx.state, cluster.name)
+    pid = apiproxy.pid(ctx.state.root)
+    return {"address": f"{where[0]}:{where[1]}" if where else None, "running": pid is not None,
+            "pid": pid if pid and pid > 0 else None,
+            "backends": apiproxy.backends_answering(ctx.state, cluster.name, min(timeout, 1.0))}
+
+
+def etcd_members(ctx, cluster: Cluster, vms: dict, installed: bool, timeout: float) -> dict:
+    """etcd as the first running control plane's etcdctl sees it (one SSH command, labctl/etcd.py): members with
+    health and the leader. ok = quorum and every member healthy."""
+    from . import etcd
+
+    empty = {"quorum": False, "leader": None, "asked": None, "error": "", "members": []}
+    if not installed:
+        return {"ok": False, "detail": "not installed", "skipped": True, **empty}
+    running = [m for m in cluster.masters if (vm := vms.get(m.name)) is not None and vm.running]
+    try:
+        view = etcd.ask(ctx, cluster, timeout, masters=running)
+    except LabctlError as exc:
+        return {"ok": False, "detail": exc.message.splitlines()[0], "skipped": False, **empty}
+    ok = view.quorum and all(m.healthy for m in view.members)
+    return {"ok": ok, "detail": view.describe(), "skipped": False, **view.as_dict()}
+
+
 def _cluster(ctx, cluster: Cluster, vms: dict, timeout: float, pool) -> ClusterStatus:
-    from .kube import kubeconfig
+    from .kube import highly_available, kubeconfig
 
     provider = ctx.provider
     kube = ctx.kube(cluster)
@@ -217,6 +250,9 @@ def _cluster(ctx, cluster: Cluster, vms: dict, timeout: float, pool) -> ClusterS
         "cilium": pool.submit(_guard, workloads, *cilium_checks),
         "dns": pool.submit(_guard, workloads, ("deployment_ready", "kube-system", "coredns")),
     }
+    if ha := highly_available(cluster):
+        futures["endpoint"] = pool.submit(host_endpoint, ctx, cluster, timeout)
+        futures["etcd"] = pool.submit(etcd_members, ctx, cluster, vms, have_kubeconfig, timeout)
     api, infos = futures["api"].result()
     stacks, stack_urls = _stacks(ctx, cluster, kube, api)
     pods, events = _pods_and_events(kube) if api.ok else ([], [])
@@ -244,9 +280,12 @@ def _cluster(ctx, cluster: Cluster, vms: dict, timeout: float, pool) -> ClusterS
         wanted.update({name: (worker, url) for name, url in stack_urls.items()})
     urls = {name: url for name, (node, template) in wanted.items()
             if (url := host_url(provider, node.name, node.address, template)) is not None}
+    if ha and (where := futures["endpoint"].result()["address"]):
+        urls["api"] = f"https://{where}"  # the host's endpoint: the kubeconfig names it too
     return ClusterStatus(
         cluster.name, nodes, api, futures["cilium"].result(), futures["dns"].result(), stacks, urls,
         str(kubeconfig.cluster_path(ctx.state, cluster.name)) if have_kubeconfig else "", pods, events,
+        futures["endpoint"].result() if ha else None, futures["etcd"].result() if ha else None,
     )
 
 
@@ -278,7 +317,7 @@ def collect(lab: LabSession, clusters: list[str] | None = None, timeout: float =
         vms = ctx.provider.list()
         chosen = [lab.model.cluster(name) for name in names]
         # workers: per cluster, one per node probe plus the API questions, so nothing waits behind a dead node
-        width = sum(len(c.nodes) + 4 for c in chosen)  # +4: API, Cilium, DNS, slack
+        width = sum(len(c.nodes) + 6 for c in chosen)  # +6: API, Cilium, DNS, endpoint, etcd, slack
         with ThreadPoolExecutor(max_workers=width, thread_name_prefix="status") as pool:
             outer = ThreadPoolExecutor(max_workers=len(chosen) or 1, thread_name_prefix="status-cluster")
             with outer:

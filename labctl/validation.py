@@ -23,6 +23,7 @@ from .config_json import json_path, show
 from .errors import ConfigError, Problem
 from .model import Lab
 from .stack_validation import stack_problems
+from .static_nodes import static_problems
 from .host import guest_architecture
 
 
@@ -129,6 +130,28 @@ NODE_NETWORKS = {
 }
 
 
+MAX_MASTERS = 7  # etcd's own advice: more members cost write latency and add no useful fault tolerance in a lab
+
+
+def master_count_problem(cluster: Any, masters: int) -> str | None:
+    """Why `masters` control planes (stacked etcd members) do not make a sound cluster, or None (1, 3, 5, 7).
+
+    etcd commits a write only with a majority, floor(n/2)+1 members running (etcd docs, "FAQ: What is failure
+    tolerance?"): 3 members survive one loss, 5 two. An even count tolerates no more losses than the odd count
+    below it (2 tolerate none, 4 one) while adding one more member that can fail, so it is refused.
+    """
+    if masters % 2 == 0 and masters > 0:
+        survives = (masters - 1) // 2
+        return (f"cluster {cluster!r} has {masters} masters (role 'master' in its nodes): etcd needs a majority, "
+                f"{masters // 2 + 1} of {masters}, running, so {masters} masters survive only {survives} lost "
+                f"({masters - 1} would survive as many) and add one more that can fail; use {masters - 1} or "
+                f"{masters + 1} masters (1, 3, 5 or 7)")
+    if masters > MAX_MASTERS:
+        return (f"cluster {cluster!r} has {masters} masters; labctl supports 1, 3, 5 or 7 (more etcd members slow "
+                "every write and tolerate no loss a lab needs)")
+    return None
+
+
 def _cidr_or_none(value: Any) -> ipaddress.IPv4Network | None:
     if not isinstance(value, str):  # ip_network() also takes ints (and so bools): field validation reports them
         return None
@@ -159,8 +182,9 @@ def lab_problems(raw: dict, base_dir: Path | None = None) -> list[Problem]:
         problems.append(Problem("base_image", "provider qemu boots a disk image: set base_image to a qcow2 or raw "
                                 f"image file or an https:// URL of one, e.g. {images.ubuntu_cloud_image_or_example()} "
                                 "(the default is Tart's OCI image)"))
-    elif isinstance(raw.get("base_image"), str) and provider_type in ("tart", "qemu"):
-        why = images.problem(provider_type, raw["base_image"], exists=lambda value: _is_file(base_dir, value))
+    elif isinstance(raw.get("base_image"), str) and provider_type in ("tart", "qemu", "orchard"):
+        kind = "tart" if provider_type == "orchard" else provider_type  # Orchard's workers clone with tart
+        why = images.problem(kind, raw["base_image"], exists=lambda value: _is_file(base_dir, value))
         if why:
             problems.append(Problem("base_image", why))
     seen_clusters: dict[str, str] = {}
@@ -180,6 +204,8 @@ def lab_problems(raw: dict, base_dir: Path | None = None) -> list[Problem]:
         roles = [n.get("role") for n in nodes if isinstance(n, dict)]
         if nodes and "master" not in roles:
             problems.append(Problem(f"{cpath}.nodes", f"cluster {cname!r} has no node with role 'master'; add one"))
+        if problem := master_count_problem(cname, roles.count("master")):
+            problems.append(Problem(f"{cpath}.nodes", problem))
         for ni, node in enumerate(nodes):
             if not isinstance(node, dict):
                 continue
@@ -229,6 +255,7 @@ def lab_problems(raw: dict, base_dir: Path | None = None) -> list[Problem]:
     # Pods are routed between clusters (ClusterMesh-ready), so a pod CIDR may overlap nothing; services are
     # cluster-local, so two clusters may reuse a service range, but never one that is some cluster's pod range.
     problems += _overlap_problems(networks)
+    problems += static_problems(clusters, provider_type, provider)
     node_networks = dict(NODE_NETWORKS.get(provider_type, NODE_NETWORKS["tart"]))
     if lab_net := _qemu_lab_subnet(provider):
         if lab_net.overlaps(node_networks["qemu user-mode"]):
@@ -312,6 +339,6 @@ def warnings(lab: Lab, today: date | None = None) -> list[str]:
         out.append(f"versions.kubernetes: 1.{minor} is newer than the Kubernetes versions labctl knows (up to "
                    f"1.{newest}): it installs it like 1.{newest} (kubeadm v1beta4, 1.{newest}'s pause image), untested")
     for cluster, node in lab.nodes:
-        if node.role == "master" and node.memory < 2048:
+        if node.role == "master" and node.memory is not None and node.memory < 2048:
             out.append(f"{node.name}: {node.memory} MiB leaves little room for the control plane; 2048+ is safer")
     return out

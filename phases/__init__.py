@@ -15,6 +15,7 @@ ORDER = {
         "runtime",  # containerd with SystemdCgroup and the right sandbox image
         "kubepkgs",  # kubeadm/kubelet/kubectl at the pinned version, held
         "init",  # kubeadm init on the first control plane, kubeconfigs
+        "preflight",  # static machines (not labctl's VMs) ready to join: load, memory, containerd, API reachable
         "join",  # control planes one at a time, workers in parallel
         "cni",  # Cilium (kube-proxy free) + Hubble via Helm
         "nodeconfig",  # node labels and taints from clusters.json

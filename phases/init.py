@@ -1,8 +1,8 @@
 """init: `kubeadm init` on each cluster's first control plane, and a kubeconfig for it on this machine.
 
 check: the control plane is initialised (kubeadm's own markers, reference §3: manifests/kube-apiserver.yaml AND
-       admin.conf), its /etc/hosts sends the stable API name to it, and .labctl/kubeconfig/<cluster>.yaml points at
-       its current address and trusts its CA, as do the copies `labctl kubeconfig --merge` put in the user's files.
+       admin.conf), its /etc/hosts sends the stable API name to it (to 127.0.0.1 in an HA cluster, docs/ha.md), and
+       .labctl/kubeconfig/<cluster>.yaml points at its current address and trusts its CA, as do the copies `labctl kubeconfig --merge` put in the user's files.
 apply: a node without a control plane gets the hosts line, the rendered config and `kubeadm init`. There is no
        `kubeadm reset` anywhere: a node where kubeadm ran but left no complete control plane is reported, not wiped.
        An initialised control plane whose address changed (DHCP after a reboot) is repaired in place instead
@@ -12,14 +12,18 @@ apply: a node without a control plane gets the hosts line, the rendered config a
 
 from __future__ import annotations
 
+from labctl import apiproxy
 from labctl.engine import Check, Phase, Target
 from labctl.errors import LabctlError, StepError
 from labctl.kube import (
     API_PORT,
+    LOCAL_API,
     AddressProbe,
     Repair,
-    api_url,
+    balancer,
+    endpoint_address,
     endpoint_host,
+    highly_available,
     host_api,
     hosts_address,
     kubeconfig,
@@ -68,7 +72,8 @@ def host_sans(ctx, cluster, address: str) -> tuple[str, ...]:
 
 
 def hosts_entry(cluster, api_address: str):
-    """The script that points the stable API name at the first control plane, on whichever node runs it."""
+    """The script that points the stable API name at `api_address` on whichever node runs it: the first control
+    plane's address, or 127.0.0.1 on the nodes of an HA cluster (docs/ha.md)."""
     return script("endpoint.hosts", "cluster/endpoint-hosts.sh.j2", cluster=cluster.name,
                   name=endpoint_host(cluster.name), address=api_address, hosts_file=HOSTS)
 
@@ -91,9 +96,14 @@ def kubeconfig_problem(ctx, cluster, address: str) -> str | None:
     merged = kubeconfig.merged_problem(ctx.state)
     if merged:
         return merged  # writing this cluster's kubeconfig rebuilds merged.yaml from the clusters' files
-    want = api_url(*host_api(ctx, cluster, address))
+    if proxy := apiproxy.problem(ctx, cluster):  # an HA cluster: the host reaches it through labctl's forwarder
+        return proxy
+    want, name = apiproxy.host_server(ctx, cluster, address)
     if kubeconfig.server(local) != want:
         return f"the kubeconfig points at {kubeconfig.server(local)}, the control plane answers at {want}"
+    if kubeconfig.tls_server_name(local) != name:
+        return f"the kubeconfig verifies the API certificate as {kubeconfig.tls_server_name(local) or 'its address'}, " \
+               f"want {name or 'its address'}"
     ca = ctx.transport(cluster.masters[0].name).get(CA_CERT, sudo=True)
     if not kubeconfig.same_pem(ca, kubeconfig.ca_pem(local)):
         return "the kubeconfig on this machine is for another cluster (its CA differs)"
@@ -110,8 +120,8 @@ def merged_problem(ctx, cluster) -> str | None:
 
 def fetch_kubeconfig(ctx, cluster, address: str) -> str:
     admin = ctx.transport(cluster.masters[0].name).get(ADMIN_CONF, sudo=True)
-    server = api_url(*host_api(ctx, cluster, address))
-    path = kubeconfig.write(ctx.state, cluster.name, kubeconfig.from_admin_conf(admin, cluster.name, server))
+    server, name = apiproxy.host_server(ctx, cluster, address)
+    path = kubeconfig.write(ctx.state, cluster.name, kubeconfig.from_admin_conf(admin, cluster.name, server, name))
     return str(path)
 
 
@@ -142,13 +152,24 @@ def pending_repairs(ctx, cluster, only: list[str] | None = None) -> list[Repair]
 def repair_addresses(ctx, cluster, only: list[str] | None = None) -> list[str]:
     """Bring the kubeadm files and hosts lines of `cluster` (or of the nodes in `only`) in line with the nodes'
     current addresses. Returns what was changed, one line per action."""
-    repairs = pending_repairs(ctx, cluster, only)
+    repairs = []
+    for repair in pending_repairs(ctx, cluster, only):
+        if (repair.kind == "hosts" and repair.new == LOCAL_API and (only is None or repair.node not in only)
+                and ctx.node(repair.node)[1].role == "worker"):
+            # an HA cluster's worker moves to its local haproxy only in its own join step, which runs after its
+            # kubepkgs (which installs haproxy); init runs beside the workers' kubepkgs (a grown cluster)
+            ctx.note(f"{repair.node}: the API endpoint moves to its local haproxy in its join step")
+            continue
+        repairs.append(repair)
     if any(r.kind == "hosts" for r in repairs):
         cni.mark_restart(ctx, cluster, True)  # before the change: a run stopped after it still restarts Cilium
     for repair in repairs:
         transport = ctx.transport(repair.node)
         ctx.note(f"repairing {repair}")
         if repair.kind == "hosts":
+            if repair.new == LOCAL_API and ctx.node(repair.node)[1].role == "worker":
+                # an HA cluster's worker: its local balancer must answer at 127.0.0.1 before the name points there
+                balancer.ensure(ctx, cluster, ctx.node(repair.node)[1])
             transport.run(hosts_entry(cluster, repair.new), sudo=True, timeout=60)
         elif repair.kind == "node-ip":
             run = script("repair.node-ip", "cluster/repair-node-ip.sh.j2", node=repair.node, old=repair.old,
@@ -171,6 +192,8 @@ def reconcile_addresses(ctx, cluster, repair: bool = True) -> list[str]:
     `repair=False` right after `kubeadm init`: nothing can have moved yet."""
     address = node_address(ctx, cluster.masters[0])
     done = repair_addresses(ctx, cluster) if repair else []
+    if highly_available(cluster):  # the host's endpoint: labctl's forwarder, told the masters' addresses, running
+        done += apiproxy.sync(ctx, cluster)[1]
     problem = kubeconfig_problem(ctx, cluster, address)
     if problem:
         done.append(f"kubeconfig {fetch_kubeconfig(ctx, cluster, address)} ({problem})")
@@ -208,8 +231,9 @@ class Init(Phase):
             if facts.kubeadm_ran:
                 return Check(False, f"{master.name}: kubeadm ran but left no complete control plane (reported)")
             return Check(False, f"kubeadm init on {master.name} ({address})")
-        if hosts_address(facts.text(HOSTS), endpoint_host(cluster.name)) != address:
-            return Check(False, f"{master.name}: /etc/hosts does not send {endpoint_host(cluster.name)} to {address}")
+        want = endpoint_address(cluster, address)
+        if hosts_address(facts.text(HOSTS), endpoint_host(cluster.name)) != want:
+            return Check(False, f"{master.name}: /etc/hosts does not send {endpoint_host(cluster.name)} to {want}")
         problem = kubeconfig_problem(ctx, cluster, address) or merged_problem(ctx, cluster)
         if problem:
             return Check(False, problem)
@@ -239,6 +263,10 @@ class Init(Phase):
                          **init_params(ctx.lab, cluster, address))
             try:
                 transport.run(run, sudo=True, timeout=INIT_TIMEOUT)
+                if highly_available(cluster):
+                    # kubeadm init returned with its API server answering: from now on this master reaches the API
+                    # at 127.0.0.1, itself, whichever member is down later (docs/ha.md)
+                    transport.run(hosts_entry(cluster, LOCAL_API), sudo=True, timeout=60)
             finally:
                 ctx.invalidate(master.name)
             done.append(f"kubeadm init on {master.name}")

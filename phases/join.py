@@ -1,10 +1,11 @@
 """join: every other node joins its cluster — further control planes one at a time, then all workers together.
 
 check: the node joined (kubeadm's marker, /etc/kubernetes/kubelet.conf), resolves the API name to the first control
-       plane, and the API shows its Node at its current address and Ready — or NotReady only because no CNI is
-       installed yet (the `cni` phase comes next and makes it Ready).
-apply: a node that never joined gets the hosts line, a join config with a bootstrap token and CA hash fetched fresh
-       from the first control plane in this run, and `kubeadm join`; then its Node must register.
+       plane (HA cluster: to 127.0.0.1, and a worker's local haproxy is as labctl renders it and running), and the
+       API shows its Node at its current address and Ready — or NotReady only because no CNI is installed yet (the `cni` phase comes next and makes it Ready).
+apply: a node that never joined gets the hosts line (HA: a worker its haproxy first; a master a running member's
+       address, 127.0.0.1 once its own control plane is up), a join config with a bootstrap token and CA hash
+       fetched fresh from a running control plane in this run, and `kubeadm join`; then its Node must register.
        A joined node whose address or hosts line went stale is repaired in place. A joined node that is NotReady
        for any other reason is reported (StepError), never joined again: kubeadm join on a joined node fails,
        and `kubeadm reset` would throw away whatever runs there.
@@ -16,13 +17,14 @@ import hashlib
 import secrets
 import string
 
-from labctl import redact
+from labctl import apiproxy, redact
 from labctl.engine import Check, Phase, Target
-from labctl.errors import StepError
-from labctl.kube import API_PORT, endpoint_host, hosts_address, node_address
+from labctl.errors import LabctlError, StepError
+from labctl.kube import API_PORT, LOCAL_API, balancer, endpoint_host, highly_available, hosts_address, node_address
 from labctl.remote.facts import BOOTSTRAP_KUBELET_CONF, HOSTS, KUBELET_CONF
 from labctl.render import render, script
 
+from . import cni
 from .init import CA_CERT, CRI_SOCKET, hosts_entry, repair_addresses
 
 JOIN_CONFIG = "/etc/labctl/kubeadm-join.yaml"  # holds the token: 0600, removed by the join script
@@ -74,7 +76,7 @@ def _credentials(ctx, cluster) -> tuple[str, str]:
     reaches the node log, the terminal or the debug log (labctl/redact.py)."""
     token = new_token()
     redact.register(token, token.split(".", 1)[1])
-    transport = ctx.transport(cluster.masters[0].name)
+    transport = ctx.transport(live_member(ctx, cluster)[0].name)
     run = script("join.token", "cluster/join-token.sh.j2", cluster=cluster.name, ttl=TOKEN_TTL,
                  description="labctl join", token=token)
     transport.run(run, sudo=True, timeout=120)
@@ -86,8 +88,39 @@ def _certificate_key(ctx, cluster) -> str:
     key = secrets.token_hex(32)  # what `kubeadm certs certificate-key` prints: 32 random bytes, hex
     redact.register(key)  # before upload-certs prints it back ("Using certificate key: ...")
     run = script("join.upload-certs", "cluster/upload-certs.sh.j2", cluster=cluster.name, certificate_key=key)
-    ctx.transport(cluster.masters[0].name).run(run, sudo=True, timeout=120)
+    ctx.transport(live_member(ctx, cluster)[0].name).run(run, sudo=True, timeout=120)
     return key
+
+
+def live_member(ctx, cluster, joining=None) -> tuple:
+    """(master, its address): the first control plane of `cluster` (clusters.json order, `joining` left out) that is
+    reachable and has a control plane (kubeadm's markers). Where join tokens and certificates come from, and where a
+    joining master's hosts line points until its own API server answers. Raises StepError when there is none."""
+    tried = []
+    for master in cluster.masters:
+        if master is joining:
+            continue
+        try:
+            address = node_address(ctx, master)
+            if ctx.facts(master.name).control_plane_initialised:
+                return master, address
+            tried.append(f"{master.name}: no control plane yet")
+        except LabctlError as exc:
+            tried.append(str(exc).splitlines()[0])
+    raise StepError(f"{cluster.name}: no running control plane to join ({'; '.join(tried) or 'none'})",
+                    hint="`labctl status` shows the masters; `labctl boot` starts stopped ones")
+
+
+def endpoint_problem(ctx, cluster, node) -> str | None:
+    """Why `node`'s way to the API by the stable name is not the one labctl keeps, or None: its hosts line (the first
+    master's address; 127.0.0.1 in an HA cluster) and, on a worker of an HA cluster, its local balancer."""
+    ha = highly_available(cluster)
+    want = LOCAL_API if ha else node_address(ctx, cluster.masters[0])
+    if hosts_address(ctx.facts(node.name).text(HOSTS), endpoint_host(cluster.name)) != want:
+        return f"/etc/hosts does not send {endpoint_host(cluster.name)} to {want}"
+    if ha and node.role == "worker":
+        return balancer.problem(ctx, cluster, node)
+    return None
 
 
 def _state(ctx, cluster, node) -> tuple[str, str]:
@@ -97,14 +130,13 @@ def _state(ctx, cluster, node) -> tuple[str, str]:
         if facts.exists(BOOTSTRAP_KUBELET_CONF) or facts.kubeadm_ran:
             return "broken", "kubeadm ran here but the node never finished joining (no kubelet.conf)"
         return "absent", "not joined yet"
-    api_address = node_address(ctx, cluster.masters[0])
-    if hosts_address(facts.text(HOSTS), endpoint_host(cluster.name)) != api_address:
+    if problem := endpoint_problem(ctx, cluster, node):
         if ctx.kube(cluster).node(node.name) is None:
             # A moved control plane keeps its Nodes; one that has none of this node was made anew (its VM was
             # deleted and `init` ran again): repairing the address would leave the kubelet trusting the old CA,
             # and waiting for it to register would take the whole REGISTER_WAIT, per node.
             return "broken", _never_registered(cluster, node)
-        return "stale", f"/etc/hosts does not send {endpoint_host(cluster.name)} to {api_address}"
+        return "stale", problem
     return _api_state(ctx, cluster, node)
 
 
@@ -134,7 +166,8 @@ def _api_state(ctx, cluster, node) -> tuple[str, str]:
 class Join(Phase):
     name = "join"
     scope = "node"
-    after = ("kubepkgs", "init")  # its own node's packages (init waits only for the first control plane's)
+    # its own node's packages (init waits only for the first control plane's); a static machine's readiness
+    after = ("kubepkgs", "init", "preflight")
     description = "control planes one at a time, then workers in parallel"
 
     def applies(self, lab, cluster) -> bool:
@@ -162,12 +195,21 @@ class Join(Phase):
             )
         if state == "stale":
             done = repair_addresses(ctx, cluster, only=[node.name])
+            if highly_available(cluster) and node.role == "worker" and (changed := balancer.ensure(ctx, cluster, node)):
+                done.insert(0, changed)
             self._wait_registered(ctx, cluster, node)
             return "; ".join(done) or detail
         address = node_address(ctx, node)
         control_plane = node.role == "master"
         transport = ctx.transport(node.name)
-        transport.run(hosts_entry(cluster, node_address(ctx, cluster.masters[0])), sudo=True, timeout=60)
+        ha = highly_available(cluster)
+        if ha and not control_plane:
+            balancer.ensure(ctx, cluster, node)  # before the hosts line: 127.0.0.1 must answer from then on
+            api_address = LOCAL_API
+        else:
+            # a joining master of an HA cluster has no API server of its own yet: a live member's until it has
+            api_address = live_member(ctx, cluster, joining=node)[1] if ha else node_address(ctx, cluster.masters[0])
+        transport.run(hosts_entry(cluster, api_address), sudo=True, timeout=60)
         token, ca_hash = ctx.once(f"join-credentials:{cluster.name}", lambda: _credentials(ctx, cluster))
         key = None
         if control_plane:
@@ -179,9 +221,18 @@ class Join(Phase):
                      config_path=JOIN_CONFIG)
         try:
             transport.run(run, sudo=True, timeout=JOIN_TIMEOUT)
+            if ha and control_plane:
+                # `kubeadm join --control-plane` returns once its API server and etcd member are healthy (its
+                # control-plane-check/etcd join phases), so the stable name may now resolve to this master itself.
+                # A Cilium agent the kubelet started here meanwhile (a cluster grown under a running Cilium) holds a
+                # copy of /etc/hosts naming the member it joined through: the cni phase restarts it (cni.py).
+                cni.mark_restart(ctx, cluster, True)
+                transport.run(hosts_entry(cluster, LOCAL_API), sudo=True, timeout=60)
         finally:
             ctx.invalidate(node.name)
         self._wait_registered(ctx, cluster, node)
+        if ha and control_plane:  # the host's endpoint forwards to the new member too
+            apiproxy.sync(ctx, cluster)
         return f"joined {cluster.name} as {'a control plane' if control_plane else 'a worker'}"
 
     def _wait_registered(self, ctx, cluster, node) -> None:

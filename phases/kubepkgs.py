@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from labctl.engine import Check, Phase, Target
 from labctl.errors import CommandError, StepError
+from labctl.kube import balancer as balancer_module
+from labctl.kube import highly_available
 from labctl.remote import apt
 from labctl.remote.base import Script
 from labctl.remote.facts import (
@@ -48,8 +50,10 @@ def source_line(kubernetes: str) -> str:
     return f"deb [signed-by={KUBE_KEYRING}] {repo_url(kubernetes)} /"
 
 
-def actions(facts: NodeFacts, kubernetes: str) -> list[Action]:
-    """What differs, in the order the script does it. Raises StepError for what labctl must not fix itself."""
+def actions(facts: NodeFacts, kubernetes: str, balancer: bool = False) -> list[Action]:
+    """What differs, in the order the script does it. `balancer`: the node is a worker of a cluster with several
+    masters and needs the distribution's haproxy (labctl/kube/balancer.py). Raises StepError for what labctl must
+    not fix itself."""
     out: list[Action] = []
     want_minor = minor(kubernetes)
     have_minor = facts.k8s_repo_minor
@@ -80,6 +84,9 @@ def actions(facts: NodeFacts, kubernetes: str) -> list[Action]:
     if not facts.kubelet.is_enabled:
         # kubeadm's preflight warns when it is not; it crash-loops until init/join, which is expected.
         out.append(Action("enable-kubelet", f"kubelet.service is {facts.kubelet.enabled or 'not installed'}"))
+    if balancer and not (facts.packages.get(balancer_module.PACKAGE) and
+                         facts.packages[balancer_module.PACKAGE].installed):
+        out.append(Action("haproxy", "no haproxy (this worker's local API balancer: the cluster has several masters)"))
     return out
 
 
@@ -89,6 +96,7 @@ def params(kubernetes: str, pending: list[Action]) -> dict:
         "version": kubernetes,
         "minor": minor(kubernetes),
         "packages": list(KUBE_PACKAGES),
+        "balancer_package": balancer_module.PACKAGE,
         "key_url": repo_url(kubernetes) + "Release.key",
         "keyring": KUBE_KEYRING,
         "list_file": KUBE_LIST,
@@ -98,7 +106,9 @@ def params(kubernetes: str, pending: list[Action]) -> dict:
 
 
 def todo(ctx, target: Target) -> list[Action]:
-    return actions(ctx.facts(target.node), ctx.lab.versions.kubernetes)
+    cluster, node = next((c, n) for c, n in ctx.lab.nodes if n.name == target.node)
+    balancer = highly_available(cluster) and node.role == "worker"
+    return actions(ctx.facts(target.node), ctx.lab.versions.kubernetes, balancer)
 
 
 def render(ctx, target: Target, pending: list[Action]) -> Script:

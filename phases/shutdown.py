@@ -5,12 +5,12 @@ check: the VM is not running (or does not exist), or it is not labctl's (labctl/
 apply: ask the guest to power off over SSH when it answers (a clean systemd shutdown); the provider then waits for
        it, sends SIGUSR2 to `tart run` (an ACPI shutdown request) when the guest did not go, and pulls the plug with
        `tart stop` only as the last resort; the result says which it took. Workers go first, control planes last, so
-       the control plane sees its workers leave. With --drain, each worker is cordoned and its pods evicted first.
+       the control plane sees its workers leave; several control planes one at a time, the first one last. With --drain, each worker is cordoned and its pods evicted first.
 """
 
 from __future__ import annotations
 
-from labctl import ownership
+from labctl import ownership, static_nodes
 from labctl.engine import Check, Phase, Target
 from labctl.errors import CommandError, TransportError
 from labctl.kube import kubeconfig
@@ -35,12 +35,19 @@ def poweroff_in_guest(ctx, name: str) -> bool:
 class Shutdown(Phase):
     name = "shutdown"
     scope = "node"
-    description = "power off from inside the guest, workers first"
+    description = "power off from inside the guest, workers first, masters one at a time"
 
     def waves(self, cluster):
-        return [cluster.workers, cluster.masters]
+        # Workers first. Several masters go one at a time and the first (the one `kubeadm init` ran on) last: each
+        # member that leaves is seen leaving by a quorum that is still there, and the members' order is the same
+        # on every shutdown (boot starts them all at once and waits for quorum).
+        masters = [[m] for m in reversed(cluster.masters)] if len(cluster.masters) > 1 else [cluster.masters]
+        return [cluster.workers, *masters]
 
     def check(self, ctx, target: Target) -> Check:
+        cluster, node = ctx.node(target.node)
+        if node.static:  # an existing machine: cordoned and drained, powered off only with --power-off
+            return Check(*static_nodes.shutdown_check(ctx, cluster, node))
         vm = ctx.provider.get(target.node)
         if vm is None:
             return Check(True, "no VM")
@@ -50,6 +57,8 @@ class Shutdown(Phase):
 
     def apply(self, ctx, target: Target) -> str:
         cluster, node = ctx.node(target.node)
+        if node.static:
+            return static_nodes.shutdown_apply(ctx, cluster, node)
         if not ownership.owns(ctx.state, target.cluster, node.name):  # never drain nor stop a VM labctl did not create
             raise ownership.not_ours(node.name)
         drained = ""

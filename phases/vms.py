@@ -2,7 +2,8 @@
 
 check: the VM exists, its size matches clusters.json, it is running, and the provider reports an address (the
        provider checks Running first: a stopped VM's old DHCP lease is no address).
-apply: make sure the base image is there (once per run, not once per node), clone if absent, resize (a running VM
+apply: make sure the base image is there (once per run, not once per node), clone if absent (from the golden
+       image matching the lab's versions when there is one: labctl/golden.py), resize (a running VM
        is stopped and started again for that, announced), start, and wait for the address.
 A VM of that name that labctl did not create is refused (labctl/ownership.py) unless the run adopts (`--adopt`).
 Waiting for SSH is the next phase's business.
@@ -35,6 +36,19 @@ def _ensure_image(ctx) -> None:
         provider.pull(image)
 
 
+def source(ctx):
+    """What new VMs are cloned from in this run, and why (labctl/golden.py choose): the golden image matching the
+    lab's versions when there is one, else the base image. Asked once per run."""
+    from labctl import golden
+
+    def choose():
+        if not hasattr(ctx.provider, "golden_source"):  # a provider without images of its own (static machines)
+            return golden.Source(ctx.lab.base_image, None, ctx.lab.base_image)
+        return golden.choose(ctx.lab, ctx.provider, ctx.state)
+
+    return ctx.once("vms:source", choose)
+
+
 class Vms(Phase):
     name = "vms"
     scope = "node"
@@ -43,8 +57,11 @@ class Vms(Phase):
     def check(self, ctx, target: Target) -> Check:
         _, node = ctx.node(target.node)
         vm = ctx.provider.get(node.name)
+        if node.static:  # an existing machine (labctl/providers/static.py): it only has to answer
+            return Check(vm.running, f"static machine at {node.address}: SSH "
+                         + ("answers" if vm.running else "does not answer"))
         if vm is None:
-            return Check(False, f"no VM yet: clone {ctx.lab.base_image}")
+            return Check(False, f"no VM yet: clone {source(ctx).why}")
         if not ownership.owns(ctx.state, target.cluster, node.name):
             if ctx.options.get("adopt"):
                 return Check(False, f"VM {node.name} exists and was not created by labctl: adopt it (--adopt)")
@@ -64,13 +81,22 @@ class Vms(Phase):
     def apply(self, ctx, target: Target) -> str:
         _, node = ctx.node(target.node)
         provider = ctx.provider
+        if node.static:  # never created nor started: one that does not answer is refused, saying so
+            provider.start(node)
+            return f"static machine at {node.address}: SSH answers"
         done: list[str] = []
         vm = provider.get(node.name)
         running = vm is not None and vm.running
         if vm is None:
-            ctx.once(f"image:{ctx.lab.base_image}", lambda: _ensure_image(ctx))
-            ctx.note(f"{node.name}: cloning {ctx.lab.base_image}")
-            if not provider.create(node):  # someone made one with that name in the meantime
+            src = source(ctx)
+            if src.golden:  # the lab's versions have a golden image: the node phases will find their work done
+                ctx.note(f"{node.name}: cloning {src.why}")
+                created = provider.create(node, image=src.image)
+            else:
+                ctx.once(f"image:{ctx.lab.base_image}", lambda: _ensure_image(ctx))
+                ctx.note(f"{node.name}: cloning {ctx.lab.base_image}")
+                created = provider.create(node)
+            if not created:  # someone made one with that name in the meantime
                 raise ownership.not_ours(node.name)
             ownership.claim(ctx.state, node.name, "created")
             done.append("cloned")

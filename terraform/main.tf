@@ -13,7 +13,7 @@ resource "terraform_data" "lab" {
 }
 
 resource "terraform_data" "vms_platform-master" {
-  triggers_replace = "768086166454c38c"
+  triggers_replace = "fc3ff73ba2c69e6f"
   input = {
     cluster = "platform"
     node    = "platform-master"
@@ -46,7 +46,7 @@ resource "terraform_data" "node_platform-master" {
 }
 
 resource "terraform_data" "vms_platform-worker1" {
-  triggers_replace = "33931ade7e37be15"
+  triggers_replace = "7d7e4680cccf0bc8"
   input = {
     cluster = "platform"
     node    = "platform-worker1"
@@ -79,7 +79,7 @@ resource "terraform_data" "node_platform-worker1" {
 }
 
 resource "terraform_data" "vms_platform-worker2" {
-  triggers_replace = "8834c33510526653"
+  triggers_replace = "a6645949f35c846c"
   input = {
     cluster = "platform"
     node    = "platform-worker2"
@@ -112,7 +112,7 @@ resource "terraform_data" "node_platform-worker2" {
 }
 
 resource "terraform_data" "vms_dev-master" {
-  triggers_replace = "96f5b95d6fb75276"
+  triggers_replace = "887308b030fc4347"
   input = {
     cluster = "dev"
     node    = "dev-master"
@@ -145,7 +145,7 @@ resource "terraform_data" "node_dev-master" {
 }
 
 resource "terraform_data" "vms_dev-worker1" {
-  triggers_replace = "2f91b957b5dab92a"
+  triggers_replace = "842eca2148f3b8c8"
   input = {
     cluster = "dev"
     node    = "dev-worker1"
@@ -178,7 +178,7 @@ resource "terraform_data" "node_dev-worker1" {
 }
 
 resource "terraform_data" "vms_staging-master" {
-  triggers_replace = "80f1d7ef9353f932"
+  triggers_replace = "dda2c991bbe896e2"
   input = {
     cluster = "staging"
     node    = "staging-master"
@@ -211,7 +211,7 @@ resource "terraform_data" "node_staging-master" {
 }
 
 resource "terraform_data" "vms_staging-worker1" {
-  triggers_replace = "474067a392c55f95"
+  triggers_replace = "68c8b61ee9d8946a"
   input = {
     cluster = "staging"
     node    = "staging-worker1"
@@ -244,7 +244,7 @@ resource "terraform_data" "node_staging-worker1" {
 }
 
 resource "terraform_data" "vms_prod-master" {
-  triggers_replace = "ecf97e9bc4616dab"
+  triggers_replace = "7ee0b28383ca0ad6"
   input = {
     cluster = "prod"
     node    = "prod-master"
@@ -277,7 +277,7 @@ resource "terraform_data" "node_prod-master" {
 }
 
 resource "terraform_data" "vms_prod-worker1" {
-  triggers_replace = "8b2437e346431779"
+  triggers_replace = "67e1b823db426772"
   input = {
     cluster = "prod"
     node    = "prod-worker1"
@@ -310,7 +310,7 @@ resource "terraform_data" "node_prod-worker1" {
 }
 
 resource "terraform_data" "vms_prod-worker2" {
-  triggers_replace = "fe6cbd323d29e8c9"
+  triggers_replace = "6641c569bbe8ffa8"
   input = {
     cluster = "prod"
     node    = "prod-worker2"
@@ -343,7 +343,7 @@ resource "terraform_data" "node_prod-worker2" {
 }
 
 resource "terraform_data" "init_platform" {
-  triggers_replace = "cc05cc8f0421b4fb"
+  triggers_replace = "cc313d1300442b06"
   input = {
     cluster = "platform"
     config  = "../clusters.json"
@@ -359,7 +359,7 @@ resource "terraform_data" "init_platform" {
 }
 
 resource "terraform_data" "init_dev" {
-  triggers_replace = "22d570c7d9569a7b"
+  triggers_replace = "c01e014c2ae5f0fd"
   input = {
     cluster = "dev"
     config  = "../clusters.json"
@@ -375,7 +375,7 @@ resource "terraform_data" "init_dev" {
 }
 
 resource "terraform_data" "init_staging" {
-  triggers_replace = "ba7ec891f5491c12"
+  triggers_replace = "b2aeee49c3e6d224"
   input = {
     cluster = "staging"
     config  = "../clusters.json"
@@ -391,7 +391,7 @@ resource "terraform_data" "init_staging" {
 }
 
 resource "terraform_data" "init_prod" {
-  triggers_replace = "ee6bca6ef32dad59"
+  triggers_replace = "5df11d8930cb9b4e"
   input = {
     cluster = "prod"
     config  = "../clusters.json"
@@ -407,7 +407,7 @@ resource "terraform_data" "init_prod" {
 }
 
 resource "terraform_data" "join_platform-worker1" {
-  triggers_replace = "33931ade7e37be15"
+  triggers_replace = "7d7e4680cccf0bc8"
   input = {
     cluster = "platform"
     node    = "platform-worker1"
@@ -425,7 +425,7 @@ resource "terraform_data" "join_platform-worker1" {
 }
 
 resource "terraform_data" "join_platform-worker2" {
-  triggers_replace = "8834c33510526653"
+  triggers_replace = "a6645949f35c846c"
   input = {
     cluster = "platform"
     node    = "platform-worker2"
@@ -443,7 +443,7 @@ resource "terraform_data" "join_platform-worker2" {
 }
 
 resource "terraform_data" "join_dev-worker1" {
-  triggers_replace = "2f91b957b5dab92a"
+  triggers_replace = "842eca2148f3b8c8"
   input = {
     cluster = "dev"
     node    = "dev-worker1"
@@ -461,7 +461,7 @@ resource "terraform_data" "join_dev-worker1" {
 }
 
 resource "terraform_data" "join_staging-worker1" {
-  triggers_replace = "474067a392c55f95"
+  triggers_replace = "68c8b61ee9d8946a"
   input = {
     cluster = "staging"
     node    = "staging-worker1"
@@ -479,7 +479,7 @@ resource "terraform_data" "join_staging-worker1" {
 }
 
 resource "terraform_data" "join_prod-worker1" {
-  triggers_replace = "8b2437e346431779"
+  triggers_replace = "67e1b823db426772"
   input = {
     cluster = "prod"
     node    = "prod-worker1"
@@ -497,7 +497,7 @@ resource "terraform_data" "join_prod-worker1" {
 }
 
 resource "terraform_data" "join_prod-worker2" {
-  triggers_replace = "fe6cbd323d29e8c9"
+  triggers_replace = "6641c569bbe8ffa8"
   input = {
     cluster = "prod"
     node    = "prod-worker2"
@@ -581,7 +581,7 @@ resource "terraform_data" "cni_prod" {
 }
 
 resource "terraform_data" "nodeconfig_platform-master" {
-  triggers_replace = "768086166454c38c"
+  triggers_replace = "fc3ff73ba2c69e6f"
   input = {
     cluster = "platform"
     config  = "../clusters.json"
@@ -598,7 +598,7 @@ resource "terraform_data" "nodeconfig_platform-master" {
 }
 
 resource "terraform_data" "nodeconfig_platform-worker1" {
-  triggers_replace = "33931ade7e37be15"
+  triggers_replace = "7d7e4680cccf0bc8"
   input = {
     cluster = "platform"
     config  = "../clusters.json"
@@ -615,7 +615,7 @@ resource "terraform_data" "nodeconfig_platform-worker1" {
 }
 
 resource "terraform_data" "nodeconfig_platform-worker2" {
-  triggers_replace = "8834c33510526653"
+  triggers_replace = "a6645949f35c846c"
   input = {
     cluster = "platform"
     config  = "../clusters.json"
@@ -632,7 +632,7 @@ resource "terraform_data" "nodeconfig_platform-worker2" {
 }
 
 resource "terraform_data" "nodeconfig_dev-master" {
-  triggers_replace = "96f5b95d6fb75276"
+  triggers_replace = "887308b030fc4347"
   input = {
     cluster = "dev"
     config  = "../clusters.json"
@@ -649,7 +649,7 @@ resource "terraform_data" "nodeconfig_dev-master" {
 }
 
 resource "terraform_data" "nodeconfig_dev-worker1" {
-  triggers_replace = "2f91b957b5dab92a"
+  triggers_replace = "842eca2148f3b8c8"
   input = {
     cluster = "dev"
     config  = "../clusters.json"
@@ -666,7 +666,7 @@ resource "terraform_data" "nodeconfig_dev-worker1" {
 }
 
 resource "terraform_data" "nodeconfig_staging-master" {
-  triggers_replace = "80f1d7ef9353f932"
+  triggers_replace = "dda2c991bbe896e2"
   input = {
     cluster = "staging"
     config  = "../clusters.json"
@@ -683,7 +683,7 @@ resource "terraform_data" "nodeconfig_staging-master" {
 }
 
 resource "terraform_data" "nodeconfig_staging-worker1" {
-  triggers_replace = "474067a392c55f95"
+  triggers_replace = "68c8b61ee9d8946a"
   input = {
     cluster = "staging"
     config  = "../clusters.json"
@@ -700,7 +700,7 @@ resource "terraform_data" "nodeconfig_staging-worker1" {
 }
 
 resource "terraform_data" "nodeconfig_prod-master" {
-  triggers_replace = "ecf97e9bc4616dab"
+  triggers_replace = "7ee0b28383ca0ad6"
   input = {
     cluster = "prod"
     config  = "../clusters.json"
@@ -717,7 +717,7 @@ resource "terraform_data" "nodeconfig_prod-master" {
 }
 
 resource "terraform_data" "nodeconfig_prod-worker1" {
-  triggers_replace = "8b2437e346431779"
+  triggers_replace = "67e1b823db426772"
   input = {
     cluster = "prod"
     config  = "../clusters.json"
@@ -734,7 +734,7 @@ resource "terraform_data" "nodeconfig_prod-worker1" {
 }
 
 resource "terraform_data" "nodeconfig_prod-worker2" {
-  triggers_replace = "fe6cbd323d29e8c9"
+  triggers_replace = "6641c569bbe8ffa8"
   input = {
     cluster = "prod"
     config  = "../clusters.json"

@@ -44,6 +44,16 @@ variable "vm_provider" {
       ssh_wait_seconds = number
       image_checksums  = string
     })
+    orchard = object({
+      controller_url     = string
+      service_account    = string
+      token_env          = string
+      ca_cert            = string
+      bridge_interface   = string
+      labels             = map(string)
+      ip_wait_seconds    = number
+      start_wait_seconds = number
+    })
   })
   description = "the VM provider and its settings"
   default = {
@@ -69,6 +79,16 @@ variable "vm_provider" {
       ip_wait_seconds  = 180
       ssh_wait_seconds = null
       image_checksums  = null
+    }
+    orchard = {
+      controller_url     = null
+      service_account    = null
+      token_env          = "ORCHARD_SERVICE_ACCOUNT_TOKEN"
+      ca_cert            = null
+      bridge_interface   = "en0"
+      labels             = {}
+      ip_wait_seconds    = 120
+      start_wait_seconds = 900
     }
   }
 }
@@ -106,6 +126,11 @@ variable "clusters" {
         value  = string
         effect = string
       }))
+      provider = string
+      address  = string
+      ssh_user = string
+      ssh_port = number
+      ssh_key  = string
     }))
     stacks = list(string)
     cilium = object({
@@ -122,13 +147,18 @@ variable "clusters" {
       service_cidr = "10.96.0.0/16"
       nodes = [
         {
-          name   = "platform-master"
-          role   = "master"
-          cpu    = 2
-          memory = 4096
-          disk   = 20
-          labels = {}
-          taints = []
+          name     = "platform-master"
+          role     = "master"
+          cpu      = 2
+          memory   = 4096
+          disk     = 20
+          labels   = {}
+          taints   = []
+          provider = null
+          address  = null
+          ssh_user = null
+          ssh_port = null
+          ssh_key  = null
         },
         {
           name   = "platform-worker1"
@@ -139,7 +169,12 @@ variable "clusters" {
           labels = {
             "node-role.kubernetes.io/worker" = ""
           }
-          taints = []
+          taints   = []
+          provider = null
+          address  = null
+          ssh_user = null
+          ssh_port = null
+          ssh_key  = null
         },
         {
           name   = "platform-worker2"
@@ -150,7 +185,12 @@ variable "clusters" {
           labels = {
             "node-role.kubernetes.io/worker" = ""
           }
-          taints = []
+          taints   = []
+          provider = null
+          address  = null
+          ssh_user = null
+          ssh_port = null
+          ssh_key  = null
         },
       ]
       stacks = ["rbac", "storage", "metrics-server", "monitoring", "alerting", "argocd", "jenkins", "sealed-secrets", "backup", "registry"]
@@ -166,13 +206,18 @@ variable "clusters" {
       service_cidr = "10.97.0.0/16"
       nodes = [
         {
-          name   = "dev-master"
-          role   = "master"
-          cpu    = 2
-          memory = 4096
-          disk   = 20
-          labels = {}
-          taints = []
+          name     = "dev-master"
+          role     = "master"
+          cpu      = 2
+          memory   = 4096
+          disk     = 20
+          labels   = {}
+          taints   = []
+          provider = null
+          address  = null
+          ssh_user = null
+          ssh_port = null
+          ssh_key  = null
         },
         {
           name   = "dev-worker1"
@@ -183,7 +228,12 @@ variable "clusters" {
           labels = {
             "node-role.kubernetes.io/worker" = ""
           }
-          taints = []
+          taints   = []
+          provider = null
+          address  = null
+          ssh_user = null
+          ssh_port = null
+          ssh_key  = null
         },
       ]
       stacks = ["rbac", "network-policies", "metrics-server", "hpa-demo", "istio", "gatekeeper", "quotas"]
@@ -199,13 +249,18 @@ variable "clusters" {
       service_cidr = "10.98.0.0/16"
       nodes = [
         {
-          name   = "staging-master"
-          role   = "master"
-          cpu    = 2
-          memory = 4096
-          disk   = 20
-          labels = {}
-          taints = []
+          name     = "staging-master"
+          role     = "master"
+          cpu      = 2
+          memory   = 4096
+          disk     = 20
+          labels   = {}
+          taints   = []
+          provider = null
+          address  = null
+          ssh_user = null
+          ssh_port = null
+          ssh_key  = null
         },
         {
           name   = "staging-worker1"
@@ -216,7 +271,12 @@ variable "clusters" {
           labels = {
             "node-role.kubernetes.io/worker" = ""
           }
-          taints = []
+          taints   = []
+          provider = null
+          address  = null
+          ssh_user = null
+          ssh_port = null
+          ssh_key  = null
         },
       ]
       stacks = ["rbac", "metrics-server", "quotas"]
@@ -232,13 +292,18 @@ variable "clusters" {
       service_cidr = "10.99.0.0/16"
       nodes = [
         {
-          name   = "prod-master"
-          role   = "master"
-          cpu    = 2
-          memory = 4096
-          disk   = 20
-          labels = {}
-          taints = []
+          name     = "prod-master"
+          role     = "master"
+          cpu      = 2
+          memory   = 4096
+          disk     = 20
+          labels   = {}
+          taints   = []
+          provider = null
+          address  = null
+          ssh_user = null
+          ssh_port = null
+          ssh_key  = null
         },
         {
           name   = "prod-worker1"
@@ -249,7 +314,12 @@ variable "clusters" {
           labels = {
             "node-role.kubernetes.io/worker" = ""
           }
-          taints = []
+          taints   = []
+          provider = null
+          address  = null
+          ssh_user = null
+          ssh_port = null
+          ssh_key  = null
         },
         {
           name   = "prod-worker2"
@@ -260,7 +330,12 @@ variable "clusters" {
           labels = {
             "node-role.kubernetes.io/worker" = ""
           }
-          taints = []
+          taints   = []
+          provider = null
+          address  = null
+          ssh_user = null
+          ssh_port = null
+          ssh_key  = null
         },
       ]
       stacks = ["rbac", "metrics-server", "quotas"]

@@ -131,6 +131,19 @@ def fake_qemu(tmp_path, monkeypatch):
 
 
 @pytest.fixture(autouse=True)
+def _no_api_forwarder_left():
+    """A test that installs an HA cluster (even in a recorded world) starts labctl's detached API forwarder
+    (labctl/apiproxy.py); it is stopped when the test ends instead of outliving the run."""
+    yield
+    from labctl import apiproxy
+    from labctl.state import LabState
+
+    for root in list(apiproxy.STARTED):
+        apiproxy.stop(LabState(root))
+    apiproxy.STARTED.clear()
+
+
+@pytest.fixture(autouse=True)
 def _isolated_debug_log(tmp_path, monkeypatch):
     # The debug log goes to the user's state dir by default; keep tests out of it.
     monkeypatch.setenv("LABCTL_DEBUG_LOG", str(tmp_path / "debug.log"))

@@ -353,4 +353,6 @@ def _run() -> int:
     return code or 0
 
 
+from . import snapshot_cli  # noqa: E402,F401  (labctl snapshot …)
+from . import images_cli  # noqa: E402,F401  (labctl image build)
 from . import backup, commands, dashboard, doctor, lifecycle, nodes, seal, shell, status, terraform  # noqa: E402,F401  (registers the commands on `app`)

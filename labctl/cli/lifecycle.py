@@ -34,13 +34,16 @@ def shutdown(
                                   help="Seconds a guest gets to power off by itself (in-guest, then ACPI) before "
                                        "the next, harder way; default 120."),
     drain: bool = typer.Option(False, "--drain", help="Cordon and drain each worker first; `boot` uncordons it."),
+    power_off: bool = typer.Option(False, "--power-off", help="Static machines too: power them off from inside "
+                                   "(by default they are only cordoned and drained)."),
 ) -> None:
     """Power the lab's VMs off cleanly: in-guest power-off, workers first; a hard stop only as the last resort."""
     from functools import partial
 
     from ..lab import shutdown as flow
 
-    run_flow(partial(flow, grace_seconds=timeout, drain=drain), open_lab(), _opts(cluster), "shutdown")
+    run_flow(partial(flow, grace_seconds=timeout, drain=drain, power_off=power_off), open_lab(), _opts(cluster),
+             "shutdown")
 
 
 @app.command()
@@ -50,9 +53,16 @@ def destroy(
     node: list[str] = typer.Option(None, "--node", metavar="NODE", help="Only these nodes' VMs (repeatable or "
                                    "comma-separated); their clusters' records stay."),
     wait: bool = typer.Option(False, "--wait", help=WAIT_HELP),
+    snapshots: bool = typer.Option(False, "--snapshots", help="Also delete every snapshot (`labctl snapshot list`) "
+                                   "and its VMs; without it they are kept."),
+    reset_static: bool = typer.Option(False, "--reset-static", help="Also `kubeadm reset -f` on static machines "
+                                      "(by default they are drained and their Nodes deleted, nothing more)."),
 ) -> None:
-    """Delete the lab's VMs (only those in clusters.json) and what labctl kept about them. Safe to run twice."""
+    """Delete the lab's VMs (only those in clusters.json) and what labctl kept about them. Safe to run twice.
+    Static machines are never deleted: drained, their Nodes deleted (and `kubeadm reset` with --reset-static)."""
     from ..errors import UsageError
+    from functools import partial
+
     from ..lab import destroy as flow
     from ..lab import destroy_targets, require_provider
 
@@ -64,10 +74,23 @@ def destroy(
         if not sys.stdin.isatty():
             raise UsageError("destroy deletes VMs and needs confirmation", hint="pass --yes to run it unattended")
         require_provider(lab)  # a missing tart is said before the question, not after the answer
-        typer.echo(f"This deletes {len(targets)} VMs and their disks: {', '.join(targets)}")
+        static = {n.name for _, n in lab.model.nodes if n.static}
+        vms = [t for t in targets if t not in static]
+        typer.echo(f"This deletes {len(vms)} VMs and their disks: {', '.join(vms)}")
+        if static & set(targets):
+            typer.echo(f"and removes these static machines from their clusters (the machines stay): "
+                       f"{', '.join(t for t in targets if t in static)}")
+        if snapshots:
+            from .. import snapshots as snaps
+
+            typer.echo(f"and every snapshot: {', '.join(m['name'] for m in snaps.manifests(lab.state)) or 'none'}")
         if not typer.confirm("Delete them?", default=False):
             raise typer.Exit(1)
-    run_flow(flow, lab, opts, "destroy")
+    if snapshots:
+        from .snapshot_cli import delete_all
+
+        delete_all(lab)
+    run_flow(partial(flow, reset_static=reset_static), lab, opts, "destroy")
 
 
 @app.command("forget-host")

@@ -34,13 +34,16 @@ def _tables(statuses, specs: dict | None = None):
             more = []
             if specs is not None:
                 spec = specs.get(n.name)
-                more = [str(spec.cpu), str(spec.memory), str(spec.disk)] if spec else ["-", "-", "-"]
+                # a static machine's size is its own: no cpu/memory in clusters.json
+                more = [str(v) if v is not None else "-" for v in (spec.cpu, spec.memory, spec.disk)] if spec \
+                    else ["-", "-", "-"]
                 more.append(n.ssh.detail or "-")
             table.add_row(n.name, n.role, n.vm, n.address or "-", _mark(n.ssh),
                           f"{_mark(n.ready)} {n.ready.detail}", n.version or "-", *more)
         out.append(table)
         lines = [f"  API {_mark(c.api)} {c.api.detail}", f"  Cilium {_mark(c.cilium)} {c.cilium.detail}",
                  f"  CoreDNS {_mark(c.dns)} {c.dns.detail}"]
+        lines += _ha_lines(c)
         lines += [f"  stack {name} {_mark(p)} {p.detail}" for name, p in c.stacks.items()]
         lines += [f"  {name}: {url}" for name, url in c.urls.items()]
         if c.kubeconfig:
@@ -49,6 +52,24 @@ def _tables(statuses, specs: dict | None = None):
 
         out.append(Text("\n".join(lines) + "\n"))
     return Group(*out)
+
+
+def _ha_lines(c) -> list[str]:
+    """An HA cluster's host endpoint and etcd members (nothing for a single master)."""
+    from types import SimpleNamespace
+
+    out = []
+    if c.endpoint is not None:
+        ep = c.endpoint
+        how = f"forwarder pid {ep['pid']}" if ep["running"] else "forwarder not running: `labctl boot` starts it"
+        backends = ", ".join(f"{b['node']} {'✓' if b['answering'] else '✗'}" for b in ep["backends"]) or "none known"
+        out.append(f"  endpoint {ep['address'] or '(none yet)'} ({how}) → {backends}")
+    if c.etcd is not None:
+        out.append(f"  etcd {_mark(SimpleNamespace(**c.etcd))} {c.etcd['detail']}")
+        for m in c.etcd["members"]:
+            state = "✓" if m["healthy"] else f"✗ {m['error']}".rstrip()
+            out.append(f"    {m['name']} {m['peer_url']} {state}{' leader' if m['leader'] else ''}")
+    return out
 
 
 @app.command()

@@ -40,6 +40,22 @@ def endpoint_host(cluster: str) -> str:
     return f"{cluster}-api.{DOMAIN}"
 
 
+LOCAL_API = "127.0.0.1"  # where the stable name resolves on every node of an HA cluster (docs/ha.md)
+
+
+def highly_available(cluster: Cluster) -> bool:
+    """Whether `cluster` has several control planes (stacked etcd members): then every node reaches the API at
+    127.0.0.1 — a master its own API server, a worker its local HAProxy (docs/ha.md) — instead of one master's address."""
+    return len(cluster.masters) > 1
+
+
+def endpoint_address(cluster: Cluster, first_master_address: str) -> str:
+    """The address a joined node's /etc/hosts gives the stable API name: the first control plane's address in a
+    single-master cluster, LOCAL_API in an HA one (every master serves the API there; every worker's HAProxy
+    listens there)."""
+    return LOCAL_API if highly_available(cluster) else first_master_address
+
+
 def endpoint(cluster: str) -> str:
     """kubeadm's controlPlaneEndpoint and Cilium's service host:port."""
     return f"{endpoint_host(cluster)}:{API_PORT}"
@@ -141,7 +157,7 @@ def plan_repair(cluster: Cluster, addresses: dict[str, str], probes: dict[str, A
     name), then kubelets' --node-ip, then the control plane (its script restarts the kubelet last).
     """
     first = cluster.masters[0].name
-    api_ip = _ip(addresses[first], first)
+    api_ip = endpoint_address(cluster, _ip(addresses[first], first))
     hosts: list[Repair] = []
     node_ips: list[Repair] = []
     control: list[Repair] = []
@@ -150,7 +166,8 @@ def plan_repair(cluster: Cluster, addresses: dict[str, str], probes: dict[str, A
         if probe is None or node.name not in addresses:
             continue
         new = _ip(addresses[node.name], node.name)
-        if probe.endpoint_ip != api_ip:
+        if probe.endpoint_ip != api_ip and (probe.node_ip is not None or api_ip != LOCAL_API):
+            # (in an HA cluster a node not joined yet is left to its join: 127.0.0.1 answers there only after it)
             hosts.append(Repair("hosts", node.name, api_ip, probe.endpoint_ip))
         if probe.node_ip is not None and probe.node_ip != new:
             node_ips.append(Repair("node-ip", node.name, new, _ip(probe.node_ip, node.name)))

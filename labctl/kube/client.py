@@ -356,8 +356,13 @@ class Kube:
         """`kubectl rollout restart`: stamp the pod template with the annotation kubectl uses
         (`kubectl.kubernetes.io/restartedAt`, RFC 3339; kubectl's polymorphichelpers/objectrestarter.go), so the
         controller replaces every pod as in a rollout. `kind` is "DaemonSet" or "Deployment". False when it does
-        not exist; KubeError for any other failure."""
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        not exist; KubeError for any other failure.
+
+        The stamp has microseconds, unlike kubectl's: a second restart within the same second (e.g. after `init`
+        and again after the workers' `join` moved their API name) would otherwise patch in the very same value,
+        which changes nothing, and the pods started in between would keep their old /etc/hosts copy."""
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1e6):06d}Z"
         patch = {"spec": {"template": {"metadata": {"annotations": {RESTARTED_AT: stamp}}}}}
         path = self._path("apps/v1", kind, namespace, name)
         return self._call(f"restart {kind} {namespace}/{name}", "PATCH", path, body=patch,

@@ -3,7 +3,9 @@
 Each cluster's file is its control plane's admin.conf with two changes: the server is the control plane's current
 address (`https://<ip>:6443`: the Mac does not resolve the stable API name the nodes use, and the API server
 certificate carries the address as a SAN, so TLS verification stays on), and the cluster/user/context are named
-`labctl-<cluster>` so several clusters live side by side in one file. `merged.yaml` holds one context per cluster;
+`labctl-<cluster>` so several clusters live side by side in one file. A cluster with several masters is reached
+through labctl's forwarder instead (`https://127.0.0.1:<port>` with `tls-server-name: <cluster>-api.labctl.internal`,
+labctl/apiproxy.py), so the file keeps working whichever master is off. `merged.yaml` holds one context per cluster;
 writing or removing one cluster leaves the others' entries as they are, so `KUBECONFIG=.labctl/kubeconfig/
 merged.yaml kubectl --context labctl-dev ...` keeps working across installs and destroys.
 
@@ -73,8 +75,14 @@ def _named(items: list[dict] | None, name: str | None) -> dict:
     return (items or [{}])[0]
 
 
-def from_admin_conf(admin_conf: bytes | str, cluster: str, server: str) -> dict[str, Any]:
-    """admin.conf (as kubeadm wrote it) → the kubeconfig labctl keeps for `cluster`, pointing at `server`."""
+def from_admin_conf(admin_conf: bytes | str, cluster: str, server: str,
+                    tls_server_name: str | None = None) -> dict[str, Any]:
+    """admin.conf (as kubeadm wrote it) → the kubeconfig labctl keeps for `cluster`, pointing at `server`.
+
+    `tls_server_name`: the name the API server certificate is verified against (and sent as SNI) when `server` is not
+    one of its SANs: an HA cluster's host endpoint is labctl's forwarder on 127.0.0.1 (labctl/apiproxy.py), and the
+    certificate names the stable API name (controlPlaneEndpoint). kubectl and client-go read the field as
+    `clusters[].cluster.tls-server-name` (kubernetes.io/docs/reference/config-api/kubeconfig.v1/#Cluster)."""
     src = _load(admin_conf, "admin.conf")
     context = _named(src.get("contexts"), src.get("current-context")).get("context", {})
     entry = dict(_named(src.get("clusters"), context.get("cluster")).get("cluster", {}))
@@ -82,6 +90,9 @@ def from_admin_conf(admin_conf: bytes | str, cluster: str, server: str) -> dict[
     if "certificate-authority-data" not in entry or not user:
         raise LabctlError("admin.conf has no CA or no user credentials; was kubeadm init interrupted?")
     entry["server"] = server
+    entry.pop("tls-server-name", None)
+    if tls_server_name:
+        entry["tls-server-name"] = tls_server_name
     name = context_name(cluster)
     return {
         "apiVersion": "v1",
@@ -125,6 +136,10 @@ def merged_problem(state: LabState) -> str | None:
 
 def server(config: dict[str, Any]) -> str | None:
     return (config.get("clusters") or [{}])[0].get("cluster", {}).get("server")
+
+
+def tls_server_name(config: dict[str, Any]) -> str | None:
+    return (config.get("clusters") or [{}])[0].get("cluster", {}).get("tls-server-name")
 
 
 def ca_pem(config: dict[str, Any]) -> bytes:

@@ -9,7 +9,9 @@ kubernetes client itself sends requests with) costs ~0.05 s to import and config
 what the server takes to answer.
 
 What this reads of a kubeconfig (the current context, else the first): the cluster's `server`,
-`certificate-authority-data` / `certificate-authority` and `insecure-skip-tls-verify`, and the user's client
+`certificate-authority-data` / `certificate-authority`, `insecure-skip-tls-verify` and `tls-server-name` (the name
+sent as SNI and verified in the certificate instead of the server's host: an HA cluster's host kubeconfig names
+labctl's forwarder on 127.0.0.1, labctl/apiproxy.py), and the user's client
 certificate (`client-certificate-data` + `client-key-data`, or the file forms) and/or `token` / `tokenFile`:
 what kubeadm's admin.conf (and so labctl's own kubeconfigs) and the simulated lab's hold. Exec and auth-provider
 plugins are refused with a KubeError naming the file (labctl never writes them).

@@ -20,4 +20,9 @@ def get(lab: Lab, **kwargs) -> Provider:
         from .qemu import QemuProvider
 
         return QemuProvider(lab, **kwargs)
+    if kind == "orchard":
+        from .orchard import OrchardProvider
+
+        kwargs.pop("notify", None)
+        return OrchardProvider(lab, **kwargs)
     raise ValueError(f"unknown provider {kind!r}")  # the model's Literal makes this unreachable

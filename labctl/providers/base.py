@@ -9,6 +9,9 @@ from typing import Literal, Protocol
 from ..errors import ProviderError, StepError
 
 VMState = Literal["running", "stopped", "suspended"]
+# The names of the VMs labctl keeps beside a lab (snapshot VMs `labctl-snap-<snapshot>-<node>`, golden images):
+# `delete_vm` only ever deletes such a name, and never one that is a node of the lab.
+OWN_PREFIX = "labctl-"
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,30 @@ class LabVMs:
         """How long a booting VM's sshd may take, in seconds; None: the transport's default (remote/sshwait.py)."""
         return None
 
+    # -- VMs labctl keeps beside the lab (snapshots, golden images): named with OWN_PREFIX, never lab nodes --------
+    def _copy_check(self, source: str, target: str) -> None:
+        """Refuse a copy `clone_vm` must not make: the source missing or running (a running VM's disk is not
+        consistent: tart clone has no guard, reference/tart-cli.md), the target existing (`tart clone` would
+        silently replace it) or being neither labctl's own name nor a node of this lab."""
+        if not (target.startswith(OWN_PREFIX) or target in self._names):
+            raise ProviderError(f"{target}: labctl only copies a VM to a name of its own ({OWN_PREFIX}…) or to a "
+                                "node of this lab")
+        vm = self.get(source)
+        if vm is None:
+            raise ProviderError(f"{source}: cannot copy it to {target}: the VM does not exist")
+        if vm.state != "stopped":
+            raise ProviderError(f"{source}: is {vm.state}; only a stopped VM is copied (its disk must be consistent)",
+                                hint="`labctl shutdown` stops the lab's VMs")
+        if self.get(target) is not None:
+            raise ProviderError(f"{target}: cannot copy {source} there: a VM with this name already exists",
+                                hint="delete it first (`labctl snapshot delete`, or `labctl destroy` for a node)")
+
+    def _own_vm(self, name: str) -> str:
+        """`name` if it is a VM labctl keeps beside the lab (OWN_PREFIX, not a node of it); ProviderError otherwise."""
+        if not name.startswith(OWN_PREFIX) or name in self._names:
+            raise ProviderError(f"{name}: not a VM labctl keeps beside the lab ({OWN_PREFIX}…); left untouched")
+        return name
+
     def _require(self, name: str, action: str) -> VM:
         vm = self.get(name)
         if vm is None:
@@ -96,8 +123,9 @@ class Provider(Protocol):
 
     def pull(self, image: str) -> None: ...
 
-    def create(self, node) -> bool:
-        """Clone the base image into a new VM; never replaces an existing one. True when it created one."""
+    def create(self, node, image: str | None = None) -> bool:
+        """Clone the base image (or `image`: a golden image's golden_source) into a new VM; never replaces an
+        existing one. True when it created one."""
 
     def configure(self, node) -> list[str]:
         """Set cpu/memory/disk to the model's (disk only grows); returns what changed."""
@@ -121,6 +149,37 @@ class Provider(Protocol):
 
     def own(self, name: str) -> None:
         """Allow changes to a VM that is no longer in clusters.json but was the lab's (prune)."""
+
+    def clone_vm(self, source: str, target: str) -> None:
+        """Copy the STOPPED VM `source` to the new VM `target` (a name of labctl's own, OWN_PREFIX, or a node of this
+        lab that has no VM now). Tart: `tart clone` (APFS copy-on-write, reference/tart-cli.md); QEMU: the VM's
+        folder with a copy of its qcow2 overlay (the base image stays shared). Raises ProviderError when the source
+        is missing or not stopped, or the target exists."""
+
+    def delete_vm(self, name: str) -> bool:
+        """Delete a stopped VM labctl keeps beside the lab (OWN_PREFIX; never a node of the lab: `delete` is for
+        those). True when there was one. Raises ProviderError for any other name or a running VM."""
+
+    def vm_disk_bytes(self, name: str) -> int:
+        """What the VM takes on the host's disk, in bytes (allocated, not its virtual size). Tart: `tart get`'s Size
+        (decimal GB, reference/tart-cli.md; a copy-on-write clone counts in full); QEMU: the allocated blocks of the
+        VM's files (its base image not included). Raises ProviderError when there is no such VM."""
+
+    def golden_source(self, name: str) -> str | None:
+        """The golden image `name` (labctl/golden.py) as `create(node, image=...)` takes it (tart: the local VM's
+        name; qemu: the qcow2 file's path), or None when the provider has no such image."""
+
+    def keep_golden(self, build_vm: str, name: str) -> None:
+        """Keep the STOPPED `build_vm`'s disk as the golden image `name` (tart: clone_vm; qemu: a flattened qcow2)."""
+
+    def golden_disk_bytes(self, name: str) -> int:
+        """What the golden image `name` takes on the host's disk, in bytes (allocated)."""
+
+    def push_golden(self, name: str, reference: str) -> None:
+        """Push the golden image to the OCI `reference` (tart); ProviderError where there is no such thing (qemu)."""
+
+    def delete_golden(self, name: str) -> bool:
+        """Delete the golden image `name`; True when there was one."""
 
     def ssh_address(self, node, address: str | None = None) -> tuple[str, int]:
         """Where SSH for this node answers (host, port). `address`: the node's address as ip() gave it earlier in

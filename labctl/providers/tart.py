@@ -188,11 +188,12 @@ class TartProvider(LabVMs):
         self._tart(["pull", image], timeout=None)  # tart retries network errors itself; an image can take minutes
 
     # -- changing ------------------------------------------------------------------------------------------
-    def create(self, node) -> bool:
+    def create(self, node, image: str | None = None) -> bool:
         name = self._owned(node)
         if self.get(name) is not None:
             return False  # `tart clone` would silently replace it
-        self._tart(["clone", self.lab.base_image, name], name, timeout=None)  # pulls if the image is not cached
+        # pulls an OCI image that is not cached; `image`: a golden image (a local VM, labctl/golden.py)
+        self._tart(["clone", image or self.lab.base_image, name], name, timeout=None)
         return True
 
     def configure(self, node) -> list[str]:
@@ -302,6 +303,51 @@ class TartProvider(LabVMs):
         self._tart(["delete", name], name)
         self._forget(name)
         return True
+
+    # -- VMs labctl keeps beside the lab (snapshots, golden images) ---------------------------------------
+    def clone_vm(self, source: str, target: str) -> None:
+        self._copy_check(source, target)
+        # a stopped local source: APFS copy-on-write, near instant (reference/tart-cli.md, clone)
+        self._tart(["clone", source, target], target, timeout=None)
+
+    def delete_vm(self, name: str) -> bool:
+        name = self._own_vm(name)
+        vm = self.get(name)
+        if vm is None:
+            return False
+        if vm.running:  # `tart delete` refuses it (exit 1); these VMs never run, so someone else started it
+            raise ProviderError(f"{name}: is running; stop it first (`tart stop {name}`)")
+        self._tart(["delete", name], name)
+        return True
+
+    def vm_disk_bytes(self, name: str) -> int:
+        done = self._tart(["get", name, "--format", "json"], name)
+        size = self._json(done, name).get("Size")  # a string of decimal GB, e.g. "12.345" (reference/tart-cli.md)
+        try:
+            return int(float(size) * 1000**3)
+        except (TypeError, ValueError):
+            raise ProviderError(f"{name}: `tart get` gave no size on disk (Size {size!r})") from None
+
+    # -- golden images (labctl/golden.py): local VMs named labctl-k8s-<hash> -----------------------------------
+    def golden_source(self, name: str) -> str | None:
+        """What `create` clones for the golden image `name`: that local VM's name, or None when there is none."""
+        return name if self.get(name) is not None else None
+
+    def keep_golden(self, build_vm: str, name: str) -> None:
+        """Keep the stopped `build_vm` as the golden image `name`: a clone (APFS copy-on-write, reference/tart-cli.md)."""
+        self.clone_vm(build_vm, name)
+
+    def golden_disk_bytes(self, name: str) -> int:
+        return self.vm_disk_bytes(name)
+
+    def push_golden(self, name: str, reference: str) -> None:
+        """`tart push NAME REF`: uploads the local VM to an OCI registry (may take minutes; credentials as for pull,
+        reference/tart-cli.md). Not in reference/: Tart's Sources/tart/Commands/Push.swift, `push <local-name>
+        <remote-names>...`, unconfirmed here."""
+        self._tart(["push", name, reference], name, timeout=None)
+
+    def delete_golden(self, name: str) -> bool:
+        return self.delete_vm(name)
 
     # -- the detached `tart run` processes -----------------------------------------------------------------
     def _dir(self, sub: str) -> Path:

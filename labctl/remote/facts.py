@@ -27,7 +27,8 @@ from ..errors import LabctlError
 MODULES = ("overlay", "br_netfilter")
 SYSCTLS = ("net.ipv4.ip_forward", "net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables")
 KUBE_PACKAGES = ("kubeadm", "kubelet", "kubectl")
-PACKAGES = ("containerd", "containerd.io", "runc", *KUBE_PACKAGES, "kubernetes-cni", "cri-tools")
+# haproxy: the local API balancer on the workers of an HA cluster (labctl/kube/balancer.py)
+PACKAGES = ("containerd", "containerd.io", "runc", *KUBE_PACKAGES, "kubernetes-cni", "cri-tools", "haproxy")
 TOOLS = ("apt-get", "curl", "gpg", "systemctl", "hostnamectl", "modprobe", "python3", "jq")
 
 FSTAB = "/etc/fstab"

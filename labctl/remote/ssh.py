@@ -88,10 +88,11 @@ def transport_for(ctx, node) -> SSHTransport:
         node.name,
         host,
         port,
-        user=lab.ssh_user,
+        # a static node may have its own user and first-contact key (clusters.json); VMs have the lab's
+        user=node.ssh_user or lab.ssh_user,
         state=ctx.state,
         password=lab.ssh_password.get_secret_value() if lab.ssh_password is not None else None,
-        first_key=Path(lab.ssh_key).expanduser() if lab.ssh_key else None,
+        first_key=Path(node.ssh_key or lab.ssh_key).expanduser() if (node.ssh_key or lab.ssh_key) else None,
         # shutdown only wants to know whether the guest answers now; install waits for VMs that are booting (as
         # long as the provider says such a boot takes: QEMU under TCG is several times slower than under KVM)
         connect_timeout=ctx.options.get("connect_timeout")

@@ -1,7 +1,7 @@
 """A fake `qemu-system-x86_64` and `qemu-img` for tests: stdlib Python behind two launchers on PATH, recording every
 call as JSON lines.
 
-They follow the real tools where labctl relies on them: `qemu-img info --output=json`, `create -b -F`, `resize`
+They follow the real tools where labctl relies on them: `qemu-img info --output=json`, `create -b -F`, `convert -O qcow2` (flattening), `resize`
 refusing to shrink; `qemu-system-* -daemonize` returning once the VM runs, writing -pidfile, binding the forwarded
 ports like slirp (every hostfwd, failing on a taken one), answering QMP on the socket and removing its pidfile when it
 exits; without -daemonize (the KVM probe) printing "Linux version" on the console, unless FAKE_QEMU_KVM=hang
@@ -57,6 +57,11 @@ if tool == "qemu-img":
         with open(rest[-1], "w") as f:
             json.dump({"format": "qcow2", "virtual-size": base["virtual-size"], "backing": opts["-b"],
                        "backing-format": opts["-F"]}, f)
+    elif command == "convert":  # `convert -O qcow2 SRC DST`: one standalone image, the backing chain flattened
+        assert rest[:2] == ["-O", "qcow2"], rest
+        image = read_image(rest[2])
+        with open(rest[3], "w") as f:
+            json.dump({"format": "qcow2", "virtual-size": image["virtual-size"]}, f)
     elif command == "resize":
         path, size = rest[-2], rest[-1]
         image = read_image(path)

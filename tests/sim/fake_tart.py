@@ -524,8 +524,26 @@ def cmd_run(args):
     # Every ending exits 0 (even the hard stop): only the record above tells them apart.
 
 
+def cmd_push(args):
+    """`tart push <local-name> <remote-names>...` (Tart's Sources/tart/Commands/Push.swift; not in reference/): the
+    fake's registry is fake/pushed.jsonl, one line per pushed reference."""
+    _, (name, *remotes) = parse(args, {"--insecure": None, "--concurrency": int, "--populate-cache": None}, 2,
+                                variadic=True)
+    if not (vm_dir(name) / "config.json").exists():
+        raise missing(name)
+    for remote in remotes:
+        if "/" not in remote:
+            raise Exit(64, f"Error: <remote-names> should be remote names, got {remote!r}")
+    (home() / "fake").mkdir(exist_ok=True)
+    with open(home() / "fake" / "pushed.jsonl", "a") as f:
+        for remote in remotes:
+            print(f"pushing {name} to {remote}...", flush=True)
+            f.write(json.dumps({"vm": name, "remote": remote}) + "\n")
+
+
 COMMANDS = {"list": cmd_list, "get": cmd_get, "clone": cmd_clone, "pull": cmd_pull, "set": cmd_set,
-            "delete": cmd_delete, "rename": cmd_rename, "stop": cmd_stop, "ip": cmd_ip, "run": cmd_run}
+            "delete": cmd_delete, "rename": cmd_rename, "stop": cmd_stop, "ip": cmd_ip, "run": cmd_run,
+            "push": cmd_push}
 
 
 def record(entry: dict) -> None:

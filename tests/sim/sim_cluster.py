@@ -1,11 +1,17 @@
 """One simulated cluster (`SimCluster`): its control plane as the API shows it, fed from its SimNodes.
 
-- The API server (`SimApiServer`): one FakeKube per cluster on the first control plane's (loopback) address, port
-  6443, with TLS from the cluster CA made at `kubeadm init`; the certificate names the advertise address and the
-  stable name `<cluster>-api.labctl.internal`. labctl reaches it only through the kubeconfig it writes from the
+- The API servers (`SimApiServer`): one FakeKube per control plane (the first's from `kubeadm init`, each further
+  one's from `kubeadm join --control-plane`) on its (loopback) address, port 6443, all serving the same objects
+  (one Store: etcd), with TLS from the cluster CA made at `kubeadm init`; each certificate names its advertise
+  address and the stable name `<cluster>-api.labctl.internal`. Stacked etcd (tests/sim/sim_etcd.py): an API server
+  answers only while a majority of the etcd members runs.
+  labctl reaches it only through the kubeconfig it writes from the
   admin.conf the node serves, whose client certificate (CN kubernetes-admin, O kubeadm:cluster-admins, from the same
   CA) is its user; another cluster's certificate is refused (tests/sim/fake_kube.py). A server whose control plane
   VM is off, hung, or at another address does not answer.
+- The nodes reach the API by the stable name through their /etc/hosts line (`route`): to a master's address, or to
+  127.0.0.1 — on a control plane its own API server, on a worker its local haproxy (tests/sim/sim_haproxy.py),
+  which forwards to the servers its config lists whose API server answers.
 - IP drift: after `new_ip_on_next_boot` the API server comes back on the new address with its OLD certificate (TLS
   verification fails) until `repair.control-plane` issues a new one from the init config labctl put.
 - At every request (`refresh`) Node objects, Ready conditions, Cilium's workloads and CiliumNodes are derived from
@@ -26,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
-from labctl.kube import API_PORT, endpoint_host
+from labctl.kube import API_PORT, LOCAL_API, endpoint_host
 from tests.sim.fake_kube import ApiHandler, FakeKube
 from tests.sim.fake_tart import read_json
 from tests.sim.kube_certs import CertificateAuthority, admin_client_certificate
@@ -35,6 +41,7 @@ from tests.sim.kube_resources import APPS
 from tests.sim.kube_store import Store
 from tests.sim.sim_certificates import KubeletCertificates, b64
 from tests.sim.sim_controllers import KUBE_SYSTEM, Controllers, deployment_object
+from tests.sim.sim_etcd import SimEtcd
 from tests.sim.sim_helm import SimHelm
 from tests.sim.sim_node import SimNode, containerd_version
 
@@ -60,8 +67,8 @@ class _SimHandler(ApiHandler):
 
     def _handle(self, method: str) -> None:
         cluster = self.kube.cluster
-        if cluster.master.hung.is_set():
-            cluster.master.swallow(self.connection)
+        if self.kube.node.hung.is_set():
+            self.kube.node.swallow(self.connection)
         if not cluster.answers(self.kube):
             self._read_body()
             self.close_connection = True  # no response at all: to the client this is a dead host
@@ -71,11 +78,11 @@ class _SimHandler(ApiHandler):
 
 
 class SimApiServer(FakeKube):
-    """One cluster's API server on `host`:6443 with a certificate from the cluster CA for `sans`."""
+    """The API server of control plane `node` on `host`:6443 with a certificate from the cluster CA for `sans`."""
 
-    def __init__(self, cluster: SimCluster, host: str, sans: list[str], workdir: Path):
+    def __init__(self, cluster: SimCluster, node: SimNode, host: str, sans: list[str], workdir: Path):
         super().__init__(host=host, port=API_PORT)  # plain HTTP first; the TLS below uses the cluster's own CA
-        self.cluster = cluster
+        self.cluster, self.node = cluster, node
         self.sans = list(sans)
         self.store = cluster.store  # etcd: the objects survive restarts of the API server
         self.aggregated = {("metrics.k8s.io", "v1beta1"): cluster.metrics_api}  # metrics-server, behind its APIService
@@ -84,7 +91,7 @@ class SimApiServer(FakeKube):
         self.serve_tls(workdir, "apiserver", cert, key, cluster.ca.cert_pem)
         # stop() waits for the serve loop to look at its flag: every 50 ms, not the default 500 (restarts on repair)
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05},
-                                       daemon=True, name=f"sim-api-{cluster.name}")
+                                       daemon=True, name=f"sim-api-{node.name}")
 
 
 class SimCluster(KubeletCertificates, SimHelm, Controllers):
@@ -93,17 +100,22 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
 
     def __init__(self, lab: SimLab, name: str, nodes: list[SimNode]):
         self.lab, self.name, self.nodes = lab, name, nodes
-        self.master = next(n for n in nodes if n.role == "master")
+        self.masters = [n for n in nodes if n.role == "master"]
+        self.master = self.masters[0]  # the first control plane: `kubeadm init` runs there
         self.lock = threading.RLock()
+        # seconds a test moved this cluster's clock on (what expires with time: the uploaded certificates' 2 h)
+        self.elapsed = 0.0
         self.reset()
 
     def reset(self) -> None:
         self.store = Store()
         self.ca: CertificateAuthority | None = None
         self.client_cert: tuple[bytes, bytes] | None = None
-        self.server: SimApiServer | None = None
+        self.servers: dict[str, SimApiServer] = {}  # control plane → its API server
+        self.etcd = SimEtcd()
         self.tokens: set[str] = set()
-        self.certificate_keys: set[str] = set()
+        # certificate key → when `upload-certs` stored the certificates under it (the kubeadm-certs Secret)
+        self.certificate_keys: dict[str, float] = {}
         self.cilium: dict | None = None  # the values of the deployed release
         self.helm_revisions = 0  # how often Cilium's `helm upgrade --install` really ran
         self.inits = 0  # how often `kubeadm init` really ran
@@ -117,35 +129,88 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
         self.hosts_copies: dict[tuple[str, str], tuple[int, str, str | None]] = {}
 
     # -- the control plane ---------------------------------------------------------------------------------------
-    def api_up(self) -> bool:
-        """The API server runs: its VM is up (not hung), kubeadm made a control plane there, and after a boot the
-        kubelet had `SimLab.api_start_seconds` to start the static pods."""
-        running, address, _ = self.master.vm_state()
-        if not (running and address is not None and self.master.advertised is not None):
+    @property
+    def server(self) -> SimApiServer | None:
+        """The first control plane's API server (the only one of a single-master cluster)."""
+        return self.servers.get(self.master.name)
+
+    def now(self) -> float:
+        return time.time() + self.elapsed
+
+    def certificate_key_valid(self, key: str | None) -> bool:
+        """kubeadm deletes the uploaded certificates 2 h after `upload-certs` (reference/k8s-bootstrap.md §3)."""
+        uploaded = self.certificate_keys.get(key or "")
+        return uploaded is not None and self.now() - uploaded < 2 * 3600
+
+    def _etcd_running(self) -> dict[str, str]:
+        """member name → address now, for every control plane whose etcd static pod runs."""
+        out = {}
+        for master in self.masters:
+            running, address, _ = master.vm_state()
+            if running and address and master.advertised is not None and not master.hung.is_set() \
+                    and master.static_pods_up():
+                out[master.name] = address
+        return out
+
+    def api_up_on(self, master: SimNode) -> bool:
+        """The API server of `master` runs and answers: its VM is up (not hung), kubeadm made a control plane there,
+        after a boot the kubelet had `SimLab.api_start_seconds` to start the static pods, and etcd has quorum."""
+        running, address, _ = master.vm_state()
+        if not (running and address is not None and master.advertised is not None):
             return False
         if self.lab.api_start_seconds:
-            booted = read_json(self.lab.fake.home / "fake" / self.master.name / "run.json", {}).get("boot_time", 0)
+            booted = read_json(self.lab.fake.home / "fake" / master.name / "run.json", {}).get("boot_time", 0)
             if time.time() < booted + self.lab.api_start_seconds:
                 return False
         # etcd and the API server are static pods: not while a restore has their manifests aside (sim_backup.py)
-        return not self.master.hung.is_set() and self.master.static_pods_up()
+        if master.hung.is_set() or not master.static_pods_up():
+            return False
+        return self.etcd.quorum(self._etcd_running())
+
+    def api_up(self) -> bool:
+        """The cluster's API answers on at least one control plane."""
+        return any(self.api_up_on(m) for m in self.masters)
+
+    def route(self, node: SimNode, ip: str | None) -> bool:
+        """Whether a connection from `node` to `ip`:6443 reaches an API server that answers: a master's address, or
+        127.0.0.1 — the node's own API server on a control plane, its haproxy's live servers on a worker."""
+        if ip is None:
+            return False
+        if ip == LOCAL_API:
+            if node.advertised is not None:
+                return self.api_up_on(node)
+            targets = set(node.haproxy_backends(API_PORT))
+        else:
+            targets = {ip}
+        return any(m.vm_state()[1] in targets and self.api_up_on(m) for m in self.masters)
+
+    def endpoint_ok(self, node: SimNode) -> bool:
+        """The node's hosts line gives the stable name the address labctl keeps there: 127.0.0.1 in an HA cluster,
+        the first control plane's address otherwise."""
+        present = [m for m in self.masters if self.lab.fake.exists(m.name)]  # (a test may add masters later)
+        want = LOCAL_API if len(present) > 1 else self.master.vm_state()[1]
+        return node.endpoint_ip() is not None and node.endpoint_ip() == want
 
     def answers(self, server: SimApiServer) -> bool:
-        return server is self.server and self.api_up() and self.master.vm_state()[1] == server.host
+        return (self.servers.get(server.node.name) is server and self.api_up_on(server.node)
+                and server.node.vm_state()[1] == server.host)
 
     def sync(self) -> None:
-        """Serve where the control plane is now: started on its address, moved when the address changed (keeping
+        """Serve where each control plane is now: started on its address, moved when the address changed (keeping
         the old certificate until the repair), stopped when its VM is off."""
-        running, address, _ = self.master.observe()  # before the lock: observing takes the node's own
+        observed = {m.name: m.observe() for m in self.masters}  # before the lock: observing takes the node's own
         with self.lock:
-            want = self.master.advertised is not None and running and address is not None
-            current = self.server
-            if current is not None and (not want or current.host != address or current.sans != self.master.cert_sans):
-                self.server = None
-                current.stop()
-            if want and self.server is None:
-                workdir = self.lab.workdir / f"{self.name}-api"
-                self.server = SimApiServer(self, address, self.master.cert_sans, workdir).start()
+            for master in self.masters:
+                running, address, _ = observed[master.name]
+                want = master.advertised is not None and running and address is not None
+                current = self.servers.get(master.name)
+                if current is not None and (not want or current.host != address or current.sans != master.cert_sans):
+                    del self.servers[master.name]
+                    current.stop()
+                if want and master.name not in self.servers:
+                    suffix = "" if master is self.master else f"-{master.name}"
+                    workdir = self.lab.workdir / f"{self.name}-api{suffix}"
+                    self.servers[master.name] = SimApiServer(self, master, address, master.cert_sans, workdir).start()
 
     def initialised(self, master: SimNode) -> None:
         """What `kubeadm init` leaves in the API: the system namespaces (kube-apiserver makes them at its first
@@ -170,7 +235,14 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
                                                            "spec": {"clusterIP": str(ip), "ports": ports}},
                              "kube-apiserver")
             store.put(APPS, "deployments", deployment_object("coredns", 2), KUBE_SYSTEM)
+            self.etcd.add(master.name, master.advertised)
             self.register(master)
+        self.sync()
+
+    def control_plane_joined(self, master: SimNode) -> None:
+        """What `kubeadm join --control-plane` leaves: a new etcd member, the Node, and an API server of its own."""
+        self.etcd.add(master.name, master.advertised)
+        self.register(master)
         self.sync()
 
     def admin_conf(self) -> bytes:
@@ -220,17 +292,16 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
         and the kubelets' certificate requests. Everything is looked at first, then written under the store's lock
         (never both: a node's command may be waiting for that lock while holding its own)."""
         states = {n.name: n.observe() for n in self.nodes}
-        master_address = states[self.master.name][1]
         api = self.api_up()
 
         def kubelet_up(node: SimNode) -> bool:
             # It posts status when its VM runs, it joined, its --node-ip is its address, and it reaches the API by
-            # the stable name (its /etc/hosts line points at the control plane's current address).
+            # the stable name (its /etc/hosts line leads to an API server that answers: `route`).
             # It does not run while swap is on (failSwapOn, reference/k8s-bootstrap.md §1).
             running, address, _ = states[node.name]
             return (running and api and not node.hung.is_set() and node.joined and node.node_ip == address
                     and not node.facts["swap"]["devices"]
-                    and node.endpoint_ip() == master_address)
+                    and self.route(node, node.endpoint_ip()))
 
         def reaches_api(workload: str, node: SimNode) -> bool:
             # Cilium reaches the API through k8sServiceHost: the stable name (via ITS copy of /etc/hosts) or an IP
@@ -239,7 +310,7 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
             host = self.cilium.get("k8sServiceHost", "")
             if host == endpoint_host(self.name):
                 host = self._hosts_copy(workload, node, states[node.name][2])
-            return host == master_address
+            return self.route(node, host)
 
         up = {n.name: kubelet_up(n) for n in self.nodes}
         agents = {n.name: reaches_api("cilium", n) for n in self.nodes}
@@ -331,6 +402,6 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
 
     def stop(self) -> None:
         with self.lock:
-            if self.server is not None:
-                self.server.stop()
-                self.server = None
+            servers, self.servers = list(self.servers.values()), {}
+        for server in servers:
+            server.stop()

@@ -106,7 +106,8 @@ class ClusterScripts:
     def _join_upload_certs(self, p, address):
         if not f_exists(self, F.ADMIN_CONF):
             return 1, "failed to load admin kubeconfig"
-        self.lab.clusters[self.cluster].certificate_keys.add(p["certificate_key"])
+        cluster = self.lab.clusters[self.cluster]
+        cluster.certificate_keys[p["certificate_key"]] = cluster.now()
         return 0, "[upload-certs] Using certificate key:\n" + p["certificate_key"]
 
     def _join_kubeadm(self, p, address):
@@ -122,8 +123,7 @@ class ClusterScripts:
         discovery = join["discovery"]["bootstrapToken"]
         errors = self._preflight()
         host = discovery["apiServerEndpoint"].rsplit(":", 1)[0]
-        master_ip = cluster.master.vm_state()[1]
-        if hosts_address(self.text(F.HOSTS), host) != master_ip or not cluster.api_up():
+        if not cluster.route(self, hosts_address(self.text(F.HOSTS), host)):
             errors.append(f"[ERROR]: cannot reach the API server at {discovery['apiServerEndpoint']}")
         elif discovery["token"] not in cluster.tokens:
             errors.append("[ERROR]: the bootstrap token is unknown to the cluster")
@@ -132,8 +132,9 @@ class ClusterScripts:
         node_ip = _arg(join["nodeRegistration"].get("kubeletExtraArgs"), "node-ip")
         if node_ip != address:
             errors.append(f"[ERROR]: node-ip {node_ip} is not an address of this host")
-        if "controlPlane" in join:
-            errors.append("[ERROR]: the simulated lab has one control plane per cluster")
+        control_plane = join.get("controlPlane")
+        if control_plane is not None:
+            errors += self._control_plane_join_errors(control_plane, address)
         if errors:
             return 1, "[preflight] Some fatal errors occurred:\n\t" + "\n\t".join(errors)
         self.node_ip = node_ip
@@ -142,8 +143,33 @@ class ClusterScripts:
             f["files"][path] = True
         f["kubelet"] = {**f["kubelet"], "active": "active", "started_at": self.lab.tick()}
         cluster.bootstrap_client_csr(self, discovery["token"])
+        if control_plane is not None:
+            # kubeadm downloads the certificates (kubeadm-certs), writes this node's API server/etcd certificates
+            # for its advertise address, the control-plane kubeconfigs and static pods, and adds its etcd member
+            self.advertised = control_plane["localAPIEndpoint"]["advertiseAddress"]
+            self.cert_sans = _apiserver_sans(self.name, self.advertised, cluster.cluster_config)
+            for path in (F.ADMIN_CONF, *F.MANIFESTS):
+                f["files"][path] = True
+            cluster.control_plane_joined(self)
+            return 0, "This node has joined the cluster and a new control plane instance was created"
         cluster.register(self)
         return 0, "This node has joined the cluster"
+
+    def _control_plane_join_errors(self, control_plane: dict, address: str) -> list[str]:
+        """kubeadm join --control-plane's own checks: the advertise address is this host's, the certificates
+        uploaded under the given key are still there (2 h), and no member of this name exists in etcd yet."""
+        cluster = self.lab.clusters[self.cluster]
+        errors = []
+        if self.role != "master":
+            errors.append("[ERROR]: the simulated lab joins only nodes declared as masters as control planes")
+        if control_plane.get("localAPIEndpoint", {}).get("advertiseAddress") != address:
+            errors.append("[ERROR]: localAPIEndpoint.advertiseAddress is not an address of this host")
+        if not cluster.certificate_key_valid(control_plane.get("certificateKey")):
+            errors.append('error downloading certs: error downloading the secret: secrets "kubeadm-certs" not found '
+                          "(the certificates are deleted 2 h after upload; upload them again with a new key)")
+        if self.name in cluster.etcd.names():
+            errors.append(f"[ERROR]: etcd already has a member named {self.name}")
+        return errors
 
     def _cni_helm_binary(self, p, address):
         if self.helm == p["version"]:

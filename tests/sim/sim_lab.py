@@ -47,6 +47,7 @@ Speed: an install makes a few hundred tart calls, so the fake tart is served fro
 from __future__ import annotations
 
 import base64
+import copy
 import random
 import signal
 import threading
@@ -55,21 +56,25 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from labctl import golden
 from labctl import lab as lab_module
 from labctl import model as model_module
 from labctl.context import lab_dir
 from labctl.errors import TransportError
 from labctl.kube.client import client_for
+from labctl.providers.static import route
 from labctl.remote import facts as F
 from labctl.remote.base import Script
 from labctl.state import LabState
 from tests.sim.fake_tart import FakeTart
 from tests.sim.kube_resources import APPS, CSR_PREFIX, CSRS
+from tests.sim.kube_store import Store
 from tests.sim.sim_certificates import KUBELET_SERVING
 from tests.sim.sim_cluster import SimCluster
 from tests.sim.sim_controllers import CILIUM_WORKLOADS, KUBE_SYSTEM
 from tests.sim.sim_helm import decode_release
 from tests.sim.sim_node import SimNode, containerd_runs_with, containerd_version
+from tests.sim.sim_static import SimStaticProvider, StaticSimNode
 from tests.sim.sim_tart import SimTartProvider, TartForkServer
 from tests.sim.sim_transport import BannerServer, SimKilled, SimTransport
 
@@ -98,6 +103,20 @@ class Crash:
     ran: bool  # "kill" only: whether the node still ran that command
     script: str | None = None
     seen: int = 0
+
+
+def _copied(value: Any) -> Any:
+    """A deep copy of a piece of simulated disk; a Store (etcd) without its lock, key material by reference."""
+    if isinstance(value, Store):
+        store = Store(value.service_cidr, value.node_ports)
+        with value.lock:
+            store.objects, store.version = copy.deepcopy(value.objects), value.version
+            store._storage = dict(value._storage)
+        return store
+    try:
+        return copy.deepcopy(value)
+    except TypeError:  # keys and certificates (cryptography objects): never changed in place
+        return value
 
 
 def lease_prefix(rng: random.Random | None = None) -> str:
@@ -133,12 +152,19 @@ class SimLab:
         self._lock = threading.RLock()
         self._banners: dict[tuple[str, str], BannerServer] = {}
         self.nodes: dict[str, SimNode] = {}
+        self.build_nodes: dict[str, SimNode] = {}  # golden image build VMs (vm_node)
         self.clusters: dict[str, SimCluster] = {}
         for cluster in self.model.clusters:
-            members = [SimNode(self, cluster.name, n.name, n.role) for n in cluster.nodes]
+            # a static node is an existing machine no fake tart made (sim_static.py)
+            members = [(StaticSimNode if n.static else SimNode)(self, cluster.name, n.name, n.role)
+                       for n in cluster.nodes]
             self.nodes.update({n.name: n for n in members})
             self.clusters[cluster.name] = SimCluster(self, cluster.name, members)
-        self.provider = SimTartProvider(self.model, self.state, self)
+        # the lab's provider as Context routes it: static nodes' calls to their own (labctl/providers/static.py)
+        self.provider = route(self.model, SimTartProvider(self.model, self.state, self),
+                              SimStaticProvider(self.model, self))
+        # The guest disks of VMs that are no lab node (snapshot VMs): what a copy of a node's VM carries (vm_cloned)
+        self.disks: dict[str, dict[str, Any]] = {}
         self._saved: dict[str, Any] | None = None
         self._tart_server = TartForkServer(fake)
 
@@ -157,7 +183,7 @@ class SimLab:
         lab_module.CONTEXT_OVERRIDES.update(self._saved or {})
         for cluster in self.clusters.values():
             cluster.stop()
-        for node in self.nodes.values():
+        for node in [*self.nodes.values(), *self.build_nodes.values()]:
             node.unhung.set()
         for banner in self._banners.values():
             banner.shutdown()
@@ -168,7 +194,7 @@ class SimLab:
         """Like labctl.remote.ssh.transport_for: the address comes from the provider (waiting for the lease)."""
         if self.killed:
             raise SimKilled(node.name)
-        sim = self.nodes[node.name]
+        sim = self.vm_node(node.name)
         running, _, _ = sim.observe()
         if not running:
             raise TransportError(node.name, "no route to host (the VM is not running)",
@@ -192,6 +218,25 @@ class SimLab:
         kube._call = guarded
         return kube
 
+    def vm_node(self, name: str) -> SimNode:
+        """The guest of the VM `name`: a lab node's, or the build VM's of `labctl image build` (labctl/golden.py),
+        made on first use (it belongs to no cluster, so world() and the API servers never see it)."""
+        if name in self.nodes:
+            return self.nodes[name]
+        if not name.startswith(golden.BUILD_PREFIX):
+            raise KeyError(name)
+        with self._lock:
+            if name not in self.build_nodes:
+                self.build_nodes[name] = SimNode(self, golden.BUILD_CLUSTER, name, "master")
+            return self.build_nodes[name]
+
+    def guest_disk(self, name: str) -> dict[str, Any]:
+        """The disk of a build VM's guest (vm_node), in the form `vm_cloned` copies (a node's part only: it has no
+        cluster)."""
+        node = self.build_nodes[name]
+        with node.state_lock:
+            return {"node": {k: copy.deepcopy(v) for k, v in vars(node).items() if k not in self._NOT_DISK}}
+
     def sync(self) -> None:
         for cluster in self.clusters.values():
             cluster.sync()
@@ -200,7 +245,7 @@ class SimLab:
         with self._lock:
             key = (node, address)
             if key not in self._banners:
-                self._banners[key] = BannerServer(self.nodes[node], address)
+                self._banners[key] = BannerServer(self.vm_node(node), address)
             return self._banners[key].server_address[1]
 
     def tick(self) -> int:
@@ -311,6 +356,51 @@ class SimLab:
         self.vm_deleted(node)
         self.sync()
 
+    # The attributes of a SimNode / SimCluster that are not on the guest's disk: the simulation's own plumbing and
+    # what lives only while the VM runs. Everything else of a node is its disk; a first control plane's disk also
+    # holds its cluster (etcd, the CA and kubeadm's configs, Helm's releases as Secrets).
+    _NOT_DISK = frozenset({"lab", "cluster", "name", "role", "lock", "state_lock", "hung", "unhung", "image", "apt",
+                           "unanswered", "late", "_abandoned", "seen_boot", "gone", "static_pods",
+                           "restart_countdown"})
+    _NOT_ETCD = frozenset({"lab", "name", "nodes", "master", "masters", "lock", "server", "servers", "kubelets"})
+
+    def _disk_of(self, name: str) -> dict[str, Any]:
+        """A copy of the guest disk of VM `name` (a node's, or a snapshot VM's), as a stopped VM has it."""
+        if name not in self.nodes:
+            return {part: {k: _copied(v) for k, v in values.items()} for part, values in self.disks[name].items()}
+        node = self.nodes[name]
+        self.sync()
+        with node.state_lock:
+            disk: dict[str, Any] = {"node": {k: copy.deepcopy(v) for k, v in vars(node).items()
+                                             if k not in self._NOT_DISK}}
+        cluster = self.clusters[node.cluster]
+        if cluster.master is node:
+            with cluster.lock:
+                disk["cluster"] = {k: _copied(v) for k, v in vars(cluster).items() if k not in self._NOT_ETCD}
+        return disk
+
+    def vm_cloned(self, source: str, target: str) -> None:
+        """`tart clone SOURCE TARGET` of a stopped VM copied its disk: the target's guest is the source's as it was
+        (a node's restored from a snapshot VM boots with the files, packages and, on a first control plane, the etcd
+        the node had when the snapshot was taken)."""
+        disk = self._disk_of(source)
+        if target not in self.nodes:
+            self.disks[target] = disk
+            return
+        node = self.nodes[target]
+        with node.state_lock:
+            node.fresh()
+            for key, value in disk["node"].items():
+                setattr(node, key, value)
+            node.gone = False
+            node.seen_boot = 0  # its first boot is a reboot of that disk: runtime state starts from the files
+        cluster = self.clusters[node.cluster]
+        if cluster.master is node and "cluster" in disk:
+            cluster.stop()
+            with cluster.lock:
+                for key, value in disk["cluster"].items():
+                    setattr(cluster, key, _copied(value))
+
     def unhang(self, node: str) -> None:
         self.nodes[node].hung.clear()
         self.nodes[node].unhung.set()
@@ -325,8 +415,9 @@ class SimLab:
         machine_ids = [n.facts["machine_id"] for n in self.nodes.values()]
         for name, node in self.nodes.items():
             running, address, _ = node.observe()
-            out["vms"][name] = "running" if running else ("stopped" if self.fake.exists(name) else "absent")
-            if not self.fake.exists(name):
+            exists = getattr(node, "static", False) or self.fake.exists(name)  # a static machine always is
+            out["vms"][name] = "running" if running else ("stopped" if exists else "absent")
+            if not exists:
                 continue
             f = node.facts
             ctd = f["containerd"]
@@ -350,7 +441,8 @@ class SimLab:
                 "joined": node.joined,
                 "control_plane": node.advertised is not None,
                 "node_ip_current": node.node_ip is not None and node.node_ip == address,
-                "endpoint_is_master": node.endpoint_ip() is not None and node.endpoint_ip() == master.vm_state()[1],
+                # (the name is older than HA: in an HA cluster the endpoint labctl keeps is 127.0.0.1)
+                "endpoint_is_master": self.clusters[node.cluster].endpoint_ok(node),
                 "helm": node.helm,
             }
         for name, cluster in self.clusters.items():

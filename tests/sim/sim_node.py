@@ -27,6 +27,8 @@ from tests.sim import sim_swap
 from tests.sim.sim_apt import AptWorld
 from tests.sim.fake_tart import read_json
 from tests.sim.sim_cluster_scripts import ClusterScripts, f_exists
+from tests.sim.sim_haproxy import HaproxyNode
+from tests.sim.sim_etcd_status import EtcdStatusNode
 from tests.sim.sim_registry import RegistryNode
 from tests.sim.sim_backup import BackupScripts
 from tests.sim.sim_logs import LogScripts
@@ -106,7 +108,7 @@ def _receive(conn: socket.socket) -> bytes:
         return b""
 
 
-class SimNode(ClusterScripts, RegistryNode, BackupScripts, LogScripts):
+class SimNode(ClusterScripts, RegistryNode, BackupScripts, LogScripts, HaproxyNode, EtcdStatusNode):
     """One VM's guest: the state its facts are printed from, and the node-side effect of every script."""
 
     def __init__(self, lab: SimLab, cluster: str, name: str, role: str):
@@ -143,8 +145,9 @@ class SimNode(ClusterScripts, RegistryNode, BackupScripts, LogScripts):
         """A new clone of the base image (after create, or after its VM was deleted)."""
         self.facts: dict[str, Any] = copy.deepcopy(self.image)  # hostname "ubuntu" and the image's machine-id: shared
         self.files: dict[str, bytes] = {}  # what labctl put, by path
+        self.images: list[str] = []  # pulled into containerd ahead of use (golden.bake)
         self.node_ip: str | None = None  # kubelet --node-ip (kubeadm-flags.env)
-        self.advertised: str | None = None  # kube-apiserver --advertise-address (first control plane)
+        self.advertised: str | None = None  # kube-apiserver --advertise-address (a control plane)
         self.cert_sans: list[str] = []  # the API server certificate's SANs
         self.helm: str | None = None  # the Helm version in /usr/local/bin
         # kubelet serving certificate (KubeletConfiguration serverTLSBootstrap): whether this kubelet asks for one,
@@ -154,6 +157,7 @@ class SimNode(ClusterScripts, RegistryNode, BackupScripts, LogScripts):
         self.csr_ip: str | None = None
         self.serving_cert_ip: str | None = None
         self.seen_boot: int | None = None
+        self.haproxy_fresh()  # the local API balancer (workers of an HA cluster): tests/sim/sim_haproxy.py
         self.gone = False  # its VM was seen deleted: the next one of this name is a new clone
 
     # -- the VM, as the fake tart has it ---------------------------------------------------------------------
@@ -182,6 +186,8 @@ class SimNode(ClusterScripts, RegistryNode, BackupScripts, LogScripts):
             if running and boots != self.seen_boot:
                 if self.seen_boot is not None:
                     self._rebooted()
+                if not self.facts["machine_id"]:  # emptied (golden.bake): systemd makes one at boot (machine-id(5))
+                    self.facts["machine_id"] = secrets.token_hex(16)
                 self.seen_boot = boots
                 self.facts["boot_id"] = f"{secrets.token_hex(4)}-sim-boot-{boots}"
         return running, address, boots
@@ -209,6 +215,7 @@ class SimNode(ClusterScripts, RegistryNode, BackupScripts, LogScripts):
             enabled = ctd["service"]["enabled"] == "enabled"
             ctd["service"] = {**ctd["service"], "active": "active" if enabled else "inactive",
                               "started_at": self.lab.tick() if enabled else None}
+        self.haproxy_rebooted()
         if f["kubelet"]["enabled"] == "enabled":
             # it exits at once while swap is on (failSwapOn, reference/k8s-bootstrap.md §1): systemd restarts it
             up = self.node_ip and not f["swap"]["devices"]
@@ -387,7 +394,22 @@ class SimNode(ClusterScripts, RegistryNode, BackupScripts, LogScripts):
                     f["packages"][name]["status"] = "h" + f["packages"][name]["status"][1:]
         if "enable-kubelet" in actions:
             f["kubelet"] = {**f["kubelet"], "enabled": "enabled"}
+        if "haproxy" in actions:
+            self.haproxy_package_installed()
         return 0, "kubepkgs: done: " + " ".join(actions)
+
+    def _golden_bake(self, p, address):
+        """labctl image build's last script (templates/node/golden-bake.sh.j2): pulls, the marker, identity cleared."""
+        ctd = self.facts["containerd"]
+        if p["kubeadm_images"] and not self.kube_installed:
+            return 127, "bash: line 14: kubeadm: command not found"
+        if (p["kubeadm_images"] or p["images"]) and not (ctd["installed"] and ctd["service"]["active"] == "active"):
+            return 1, "failed to connect: dial unix /run/containerd/containerd.sock: connect: no such file or directory"
+        pulled = [f"kubeadm config images v{p['kubernetes']}"] if p["kubeadm_images"] else []
+        self.images = sorted({*self.images, *pulled, *p["images"]})
+        self.files[p["marker"]] = p["marker_json"].encode() + b"\n"
+        self.facts["machine_id"] = ""
+        return 0, "golden.bake: done"
 
     def _endpoint_hosts(self, p, address):
         kept = [ln for ln in self.text(p["hosts_file"]).splitlines()

@@ -64,6 +64,32 @@ class SimTartProvider(TartProvider):
                 self.sim.vm_deleted(name)
             self.sim.sync()
 
+    def clone_vm(self, source: str, target: str) -> None:
+        super().clone_vm(source, target)
+        self.sim.vm_cloned(source, target)  # the copy carries the guest's disk: what the simulated world holds
+        self.sim.sync()
+
+    def delete_vm(self, name: str) -> bool:
+        try:
+            return super().delete_vm(name)
+        finally:
+            if not self.sim.fake.exists(name):
+                self.sim.disks.pop(name, None)
+
+    def create(self, node, image: str | None = None) -> bool:
+        created = super().create(node, image=image)
+        if created and image is not None:  # a clone of a golden image: its disk, what the build VM's guest held
+            self.sim.vm_cloned(image, node.name)
+            self.sim.sync()
+        return created
+
+    def keep_golden(self, build_vm: str, name: str) -> None:
+        self.sim.disks[build_vm] = self.sim.guest_disk(build_vm)  # the build VM is no lab node: its guest's disk
+        try:
+            super().keep_golden(build_vm, name)
+        finally:
+            self.sim.disks.pop(build_vm, None)
+
     def ssh_address(self, node, address: str | None = None) -> tuple[str, int]:
         host, _ = super().ssh_address(node, address)
         return host, self.sim.ssh_port(node.name, host)

@@ -488,11 +488,16 @@ def test_control_plane_join_uploads_certificates_once_and_joins_with_the_key(tmp
     world.runs.clear()
     for node in ("ha-m2", "ha-m3", "ha-w1"):
         join.phase.apply(ctx, Target("ha", node))
+    # HA (docs/ha.md): a joining master points the stable name at a live member, then at itself (127.0.0.1); a
+    # worker gets its local haproxy before its hosts line names 127.0.0.1
     assert [(n, i) for n, s, _ in world.runs for i in [s.id]] == [
         ("ha-m2", "endpoint.hosts"), ("ha-m1", "join.token"), ("ha-m1", "join.upload-certs"), ("ha-m2", "join.kubeadm"),
-        ("ha-m3", "endpoint.hosts"), ("ha-m3", "join.kubeadm"),
-        ("ha-w1", "endpoint.hosts"), ("ha-w1", "join.kubeadm"),
+        ("ha-m2", "endpoint.hosts"),
+        ("ha-m3", "endpoint.hosts"), ("ha-m3", "join.kubeadm"), ("ha-m3", "endpoint.hosts"),
+        ("ha-w1", "endpoint.haproxy"), ("ha-w1", "endpoint.hosts"), ("ha-w1", "join.kubeadm"),
     ]
+    hosts = [(n, s.params["address"]) for n, s, _ in world.runs if s.id == "endpoint.hosts"]
+    assert hosts[:2] == [("ha-m2", "192.168.64.10"), ("ha-m2", "127.0.0.1")] and hosts[-1] == ("ha-w1", "127.0.0.1")
     upload = next(s for _, s, _ in world.runs if s.id == "join.upload-certs")
     key = upload.params["certificate_key"]
     assert len(key) == 64 and int(key, 16) >= 0
@@ -614,7 +619,7 @@ def test_plan_repair(case):
 
 def test_plan_repair_refuses_multi_member_etcd_moves():
     probes = {"ha-m1": AddressProbe(node_ip="192.168.64.10", advertised="192.168.64.10",
-                                    cert_ips=("192.168.64.10",), endpoint_ip="192.168.64.10")}
+                                    cert_ips=("192.168.64.10",), endpoint_ip="127.0.0.1")}  # HA: itself, docs/ha.md
     assert plan_repair(HA, {"ha-m1": "192.168.64.10"}, probes) == []
     with pytest.raises(StepError, match="3 etcd members"):
         plan_repair(HA, {"ha-m1": "192.168.64.20"}, probes)
@@ -982,11 +987,14 @@ def stack_scripts() -> dict[str, str]:
 
 
 def test_every_cluster_script_passes_bash_n_and_shellcheck(tmp_path):
-    scripts = {**all_cluster_scripts(tmp_path), **stack_scripts()}
+    from labctl import etcd
+
+    scripts = {**all_cluster_scripts(tmp_path), **stack_scripts(), "etcd.status": etcd.status_script().text}
     ids = {name.split("@")[0] for name in scripts}
     templates = sorted(p.name for p in (ROOT / "templates" / "cluster").glob("*.sh.j2"))
+    balancer = {"endpoint.haproxy", "endpoint.haproxy-probe"}  # templates/node/haproxy.sh.j2 (HA workers)
     assert ids == {"endpoint.hosts", "init.kubeadm", "join.token", "join.upload-certs", "join.kubeadm",
                    "cni.helm-binary", "cni.helm-install", "repair.probe", "repair.node-ip", "repair.control-plane",
-                   "stacks.helm-install", "stacks.helm-uninstall", "helm.recover"}
-    assert len(templates) == len(ids)
+                   "stacks.helm-install", "stacks.helm-uninstall", "helm.recover", "etcd.status", *balancer}
+    assert len(templates) == len(ids - balancer)
     check_bash_scripts(scripts, tmp_path)

@@ -47,6 +47,9 @@ def phase_renders() -> dict[str, str]:
     kubepkgs = importlib.import_module("phases.kubepkgs")
     out["kubepkgs/every-action"] = script("kubepkgs.apply", "node/kubepkgs.sh.j2", **kubepkgs.params(
         "1.35.6", every("repo", "install", "hold", "enable-kubelet"))).text
+    # static machines' own (labctl/static_nodes.py)
+    out["reach/static"] = script("preflight.reach", "node/reach.sh.j2", host="192.168.1.10", port=6443, seconds=5).text
+    out["kubeadm-reset/static"] = script("destroy.kubeadm-reset", "node/kubeadm-reset.sh.j2").text
     return out
 
 

@@ -108,7 +108,7 @@ def test_the_qemu_transport_waits_as_the_provider_says_and_points_at_the_console
     provider.ssh_address = lambda node, address=None: ("127.0.0.1", 10022)
     ctx = SimpleNamespace(provider=provider, lab=lab, state=LabState(tmp_path / ".labctl"), options={},
                           address=lambda node: None)
-    t = transport_for(ctx, SimpleNamespace(name="m1"))
+    t = transport_for(ctx, SimpleNamespace(name="m1", ssh_user=None, ssh_key=None))
     assert t.connect_timeout == 1200.0
     assert t._console_log == tmp_path / ".labctl" / "logs" / "m1.console.log"
     assert t._longer == "provider.qemu.ssh_wait_seconds in clusters.json, or LABCTL_SSH_WAIT=<seconds>"

@@ -39,6 +39,7 @@ def ha_lab(tmp_path: Path) -> Path:
                 {"name": "ha-m1", "role": "master", "cpu": 2, "memory": 4096},
                 {"name": "ha-m2", "role": "master", "cpu": 2, "memory": 4096,
                  "taints": [{"key": "dedicated", "value": "cp", "effect": "NoSchedule"}]},
+                {"name": "ha-m3", "role": "master", "cpu": 2, "memory": 4096},
                 {"name": "ha-w1", "role": "worker", "cpu": 2, "memory": 4096,
                  "labels": {"node-role.kubernetes.io/worker": "", "tier": "gold"}},
             ]}, {
@@ -112,8 +113,9 @@ def test_the_graph_is_the_engines_and_each_resource_runs_its_own_slice(tmp_path)
     assert res["init_ha"].deps == {"vms_ha-m1"}  # kubeadm init waits for its own control plane only
     # control planes join one at a time, then the workers; each after its own packages and init
     assert res["join_ha-m2"].deps == {"vms_ha-m2", "init_ha"}
-    assert res["join_ha-w1"].deps == {"vms_ha-w1", "init_ha", "join_ha-m2"}
-    assert res["cni_ha"].deps == {"join_ha-m2", "join_ha-w1"}
+    assert res["join_ha-m3"].deps == {"vms_ha-m3", "init_ha", "join_ha-m2"}  # control planes one at a time
+    assert res["join_ha-w1"].deps == {"vms_ha-w1", "init_ha", "join_ha-m3"}
+    assert res["cni_ha"].deps == {"join_ha-m2", "join_ha-m3", "join_ha-w1"}
     assert res["nodeconfig_ha-w1"].deps == {"cni_ha", "join_ha-w1"}
     assert res["stack_ha_podinfo"].deps >= {"stack_ha_metrics-server"}  # `requires`
     assert {"vms_edge-m", "init_edge", "cni_edge", "nodeconfig_edge-m"} <= set(res)

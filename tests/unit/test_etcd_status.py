@@ -1,0 +1,67 @@
+"""etcd as a master's etcdctl reports it (labctl/etcd.py), and the order HA day-to-day commands take the nodes in."""
+
+from __future__ import annotations
+
+import json
+
+from labctl import etcd
+from tests.unit.test_cluster_phases import ha_lab
+
+IDS = {"m1": 10276657743932975437, "m2": 2436502932432937364, "m3": 14535195937546201042}
+URL = {"m1": "192.168.64.11", "m2": "192.168.64.12", "m3": "192.168.64.13"}
+
+
+def _member_list() -> str:
+    # etcdctl -w json prints the clientv3 response as Go's encoding/json does: IDs as numbers, `name`, `peerURLs`,
+    # `clientURLs` (etcd-io/etcd etcdserverpb.Member json tags)
+    return json.dumps({"header": {"cluster_id": 1, "member_id": IDS["m1"], "raft_term": 3}, "members": [
+        {"ID": IDS[n], "name": n, "peerURLs": [f"https://{URL[n]}:2380"], "clientURLs": [f"https://{URL[n]}:2379"]}
+        for n in ("m1", "m2", "m3")]})
+
+
+def _output(healthy: set[str], leader: str) -> str:
+    status = [{"Endpoint": f"https://{URL[n]}:2379", "Status": {"header": {"member_id": IDS[n]}, "version": "3.6.5",
+                                                               "leader": IDS[leader], "raftTerm": 3}}
+              for n in sorted(healthy)]
+    health = [{"endpoint": f"https://{URL[n]}:2379", "health": True, "took": "2.1ms"} if n in healthy else
+              {"endpoint": f"https://{URL[n]}:2379", "health": False, "took": "2s",
+               "error": "health check failed: context deadline exceeded"} for n in ("m1", "m2", "m3")]
+    return "\n".join([f"advertised={URL['m1']}", f"members={_member_list()}", f"status={json.dumps(status)}",
+                      f"health={json.dumps(health)}"])
+
+
+def test_all_members_healthy_with_their_leader():
+    view = etcd.parse("m1", _output({"m1", "m2", "m3"}, "m2"))
+    assert [(m.name, m.address, m.healthy, m.leader) for m in view.members] == [
+        ("m1", URL["m1"], True, False), ("m2", URL["m2"], True, True), ("m3", URL["m3"], True, False)]
+    assert view.quorum and view.leader == "m2" and view.advertised == URL["m1"]
+    assert view.describe() == "3/3 members healthy, leader m2"
+
+
+def test_one_member_down_keeps_quorum_and_says_which():
+    view = etcd.parse("m2", _output({"m2", "m3"}, "m3"))
+    assert view.quorum and view.leader == "m3"
+    [down] = [m for m in view.members if not m.healthy]
+    assert down.name == "m1" and "context deadline exceeded" in down.error
+    assert view.as_dict()["members"][0]["healthy"] is False
+
+
+def test_two_members_down_is_no_quorum():
+    assert not etcd.parse("m3", _output({"m3"}, "m3")).quorum
+
+
+def test_member_list_refused_without_quorum():
+    text = "\n".join(["advertised=192.168.64.13", "members_error=Error: context deadline exceeded",
+                      'health=[{"endpoint":"https://127.0.0.1:2379","health":false,"error":"deadline"}]'])
+    view = etcd.parse("m3", text)
+    assert not view.quorum and view.members == [] and view.leader is None
+    assert "no quorum" in view.describe() and "context deadline exceeded" in view.describe()
+
+
+def test_shutdown_stops_workers_then_masters_one_at_a_time_first_last():
+    from phases.shutdown import phase
+
+    lab = ha_lab()
+    waves = [[n.name for n in wave] for wave in phase.waves(lab.cluster("ha"))]
+    assert waves == [["ha-w1", "ha-w2"], ["ha-m3"], ["ha-m2"], ["ha-m1"]]
+    assert [[n.name for n in wave] for wave in phase.waves(lab.cluster("solo"))] == [[], ["solo-m"]]
