@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import shutil
@@ -192,9 +193,13 @@ def with_ha(document: dict, cluster: str = "prod", masters: int = 3) -> dict:
     return out
 
 
-def one_install(parallel: int, scale: float, document: dict) -> tuple[float, dict]:
-    """A fresh simulated world, one `labctl install` of `document`; returns (wall seconds, what happened)."""
-    work = Path(tempfile.mkdtemp(prefix="labctl-bench-"))
+@contextlib.contextmanager
+def sim_world(scale: float, document: dict, prefix: str = "labctl-bench-", env: dict[str, str] | None = None):
+    """A fresh simulated world for `document` on the scaled clock: a fake tart in a new temporary directory, the
+    environment set for it (plus `env`), clusters.json written there. Yields (work dir, FakeTart, clusters.json
+    path); on a normal exit the fake's VMs are killed; the environment is restored and the directory removed
+    either way."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     saved = dict(os.environ)
     nodes = [n for c in document["clusters"] for n in c["nodes"]]
     try:
@@ -208,11 +213,51 @@ def one_install(parallel: int, scale: float, document: dict) -> tuple[float, dic
                            "LABCTL_DEBUG_LOG": str(work / "debug.log"),
                            # the fake's safety net powers a VM off after FAKE_TART_RUN_MAX (300 s for tests); a
                            # sequential install at /10 runs longer than that
-                           "FAKE_TART_RUN_MAX": "3600"})
+                           "FAKE_TART_RUN_MAX": "3600", **(env or {})})
         config = work / "clusters.json"
         config.write_text(json.dumps(document, indent=2))
-        latency = {key: seconds / scale for key, seconds in MODEL.items() if key != "boot"}
-        with SimLab(config, fake, latency=latency) as sim:
+        yield work, fake, config
+        fake.kill_all()
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def scaled(model: dict[str, float], scale: float) -> dict[str, float]:
+    """SimLab's latency map: every modelled duration but "boot" (the fake tart's, set by sim_world) / `scale`."""
+    return {key: seconds / scale for key, seconds in model.items() if key != "boot"}
+
+
+def require_ok(summary, what: str) -> None:
+    """Stop the benchmark (SystemExit naming the failed steps) unless `summary` (an engine run) succeeded."""
+    if not summary.ok:
+        raise SystemExit(f"{what} failed: {[(r.step.id, r.detail) for r in summary.failed]}")
+
+
+def measure(count: int, one_run) -> list[dict[str, float]]:
+    """`one_run()` `count` times, printing each run's figures; returns them."""
+    runs = []
+    for i in range(count):
+        runs.append(one_run())
+        print(f"  run {i + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in runs[-1].items()))
+    return runs
+
+
+def print_summary(runs: list[dict[str, float]], scale: float, width: int, ratio: str, faster: str = "{:.2f}") -> None:
+    """min / median / max of every figure over `runs` (names padded to `width`), then the median of the figure
+    named `ratio` (a / b) and how many times faster a is than b (`faster`: its format)."""
+    print(f"\nsummary over {len(runs)} runs (min / median / max), scaled seconds (×{scale:g} for a real Mac's)")
+    for name in runs[0]:
+        print(f"  {name:<{width}} {spread([r[name] for r in runs], '{:.3f}')}")
+    median = statistics.median(r[ratio] for r in runs)
+    print(f"  median {ratio}: {median:.3f} ({faster.format(1 / median)}× faster)")
+
+
+def one_install(parallel: int, scale: float, document: dict) -> tuple[float, dict]:
+    """A fresh simulated world, one `labctl install` of `document`; returns (wall seconds, what happened)."""
+    with sim_world(scale, document) as (_, fake, config):
+        with SimLab(config, fake, latency=scaled(MODEL, scale)) as sim:
             session = flows.LabSession.open(config)
             timeline = Timeline()
             instrument(sim, timeline)
@@ -225,18 +270,12 @@ def one_install(parallel: int, scale: float, document: dict) -> tuple[float, dic
             finally:
                 Context.once = once
             wall = time.monotonic() - started
-            if not summary.ok:
-                raise SystemExit(f"the install failed: {[(r.step.id, r.detail) for r in summary.failed]}")
+            require_ok(summary, "the install")
             steps = [r.step for r in summary.results]
             info = {"steps": steps, "timeline": timeline, "t0": started, "scripts": collections.Counter(sim.script_ids()),
                     "tart": collections.Counter(a[0] for a in fake.argvs(tart_mark))}
-        fake.kill_all()
-        info["path"] = realised_path(info, scale)
-        return wall, info
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
-        shutil.rmtree(work, ignore_errors=True)
+    info["path"] = realised_path(info, scale)
+    return wall, info
 
 
 def instrument(sim: SimLab, timeline: Timeline) -> None:

@@ -4,9 +4,9 @@ Why (docs/ha.md "From the host"): a cluster with several masters has no virtual 
 drops traffic for addresses its DHCP never leased, reference/k8s-bootstrap.md §3, and the QEMU lab network reaches
 the host only through port forwards), and the host does not read the nodes' /etc/hosts. So the host's kubeconfig of
 an HA cluster names `https://127.0.0.1:<port>` with `tls-server-name: <cluster>-api.labctl.internal` (a SAN of every
-master's API certificate: it is the controlPlaneEndpoint), and this forwarder passes each TCP connection on to the
-first master that accepts one, preferring those whose API server answered its last `GET /readyz` (asked every
-CHECK_SECONDS, like the workers' HAProxy). TLS goes end to end, untouched: the forwarder sees bytes only.
+master's API certificate: it is the controlPlaneEndpoint), and the forwarder (the process: labctl/apiforwarder.py)
+passes each TCP connection on to the first master that accepts one, its API server ready first. This module is what
+install, boot, status and destroy call: the routes file, the process's start and stop, the read-only checks.
 
 Files in .labctl/ (all 0600):
 - `apiproxy.json`: {"clusters": {name: {"port": int, "backends": [{"node", "host", "port"}, ...]}}}. labctl rewrites
@@ -16,18 +16,16 @@ Files in .labctl/ (all 0600):
   tells a live forwarder from a stale pidfile (a reused pid cannot hold the lock); `apiproxy.log`: its log.
 
 One forwarder process serves every HA cluster of the lab (one listener each). It is started detached
-(`python -m labctl.apiproxy <lab dir>`) by install and boot when a cluster has several masters, and stopped by a
+(`python -m labctl.apiforwarder <lab dir>`) by install and boot when a cluster has several masters, and stopped by a
 whole-lab `shutdown` and by `destroy`. Starting it while it runs changes nothing.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import errno
 import fcntl
 import json
-import logging
 import os
 import signal
 import socket
@@ -50,19 +48,13 @@ PIDFILE = "apiproxy.pid"
 LOCKFILE = "apiproxy.lock"
 LOG = "apiproxy.log"
 HOST = "127.0.0.1"  # never another interface: the API's client certificates are not for the network to use
-CONNECT_TIMEOUT = 2.0  # seconds per backend: a master on the host's own VM network accepts in milliseconds
-RELOAD_SECONDS = 0.5  # how often the forwarder looks at apiproxy.json's mtime
-CHECK_SECONDS = 2.0  # how often each backend's /readyz is asked (haproxy's `inter` on the workers is of this order)
 START_TIMEOUT = 15.0  # seconds `start` waits for the forwarder to listen
 STOP_TIMEOUT = 10.0  # seconds `stop` waits after SIGTERM before SIGKILL
-BUFFER = 64 * 1024
 
 _routes_lock = threading.Lock()  # install's clusters run in parallel threads and share apiproxy.json
 _start_lock = threading.Lock()
 # the .labctl dirs this process started a forwarder for (the test suite stops them after each test)
 STARTED: set[Path] = set()
-
-log = logging.getLogger("labctl.apiproxy")
 
 
 # ---- the routes file ------------------------------------------------------------------------------------------
@@ -106,17 +98,20 @@ def endpoint(state: LabState, cluster: str) -> tuple[str, int] | None:
     return (HOST, entry["port"]) if entry else None
 
 
-def set_backends(state: LabState, cluster: str, backends: list[dict[str, Any]]) -> int:
+def set_backends(state: LabState, cluster: str, backends: list[dict[str, Any]],
+                 masters: set[str] | None = None) -> int:
     """Record where `cluster`'s masters answer: `backends` = [{"node", "host", "port"}] in clusters.json order. A
     master missing from the list (no address now: stopped) keeps its last known entry, so a master that comes back
-    at its old address is tried again. Chooses the cluster's port the first time and keeps it. Writes only on a
-    change (the forwarder reloads on mtime). Returns the port. Raises FileError when .labctl cannot be written."""
+    at its old address is tried again; `masters` (the names clusters.json has now, when given): entries of any other
+    node are dropped (a master being removed). Chooses the cluster's port the first time and keeps it. Writes only
+    on a change (the forwarder reloads on mtime). Returns the port. Raises FileError when .labctl cannot be written."""
     with _routes_lock:
         state.ensure()
         routes = read_routes(state.root)
         entry = routes.get(cluster)
         port = entry["port"] if entry else free_port({e["port"] for e in routes.values()})
-        known = {b.get("node"): b for b in (entry or {}).get("backends", [])}
+        known = {b.get("node"): b for b in (entry or {}).get("backends", [])
+                 if masters is None or b.get("node") in masters}
         known.update({b["node"]: dict(b) for b in backends})
         order = [b["node"] for b in backends] + [n for n in known if n not in {b["node"] for b in backends}]
         new = {"port": port, "backends": [known[n] for n in order]}
@@ -195,7 +190,7 @@ def _start(state: LabState) -> str:
         # the very labctl running now, installed or not (its package's parent first on the path)
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(
             [str(Path(__file__).resolve().parents[1]), *filter(None, [os.environ.get("PYTHONPATH")])])}
-        proc = subprocess.Popen([sys.executable, "-m", "labctl.apiproxy", str(root.parent)], cwd=str(root), env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "labctl.apiforwarder", str(root.parent)], cwd=str(root), env=env,
                                 stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
                                 close_fds=True)
     ports = [e["port"] for e in read_routes(root).values()]
@@ -301,11 +296,16 @@ def problem(ctx, cluster: Cluster) -> str | None:
     from .kube import highly_available
 
     if not highly_available(cluster):
+        if endpoint(ctx.state, cluster.name) is not None:  # shrunk to one master: the route is left over
+            return "the API forwarder still serves this cluster, which has one master now"
         return None
     entry = read_routes(ctx.state.root).get(cluster.name)
     if entry is None:
         return "no API endpoint on this machine yet (labctl's forwarder)"
     recorded = {b["node"]: (b["host"], b["port"]) for b in entry["backends"]}
+    if extra := sorted(set(recorded) - {m.name for m in cluster.masters}):
+        # a master removed from clusters.json: `install --prune` removes its member next, and its API server stops
+        return f"the API forwarder still forwards to {', '.join(extra)}, no longer a master in clusters.json"
     for b in masters_backends(ctx, cluster):
         if b["node"] not in recorded and ctx.kube(cluster).node(b["node"]) is None:
             continue  # not a member yet: its `join` adds it
@@ -332,7 +332,7 @@ def host_server(ctx, cluster: Cluster, address: str) -> tuple[str | None, str | 
 def sync(ctx, cluster: Cluster) -> tuple[int, list[str]]:
     """Record the masters' current endpoints and make sure the forwarder runs. Returns (port, what changed)."""
     before = read_routes(ctx.state.root).get(cluster.name)
-    port = set_backends(ctx.state, cluster.name, masters_backends(ctx, cluster))
+    port = set_backends(ctx.state, cluster.name, masters_backends(ctx, cluster), {m.name for m in cluster.masters})
     done = []
     if read_routes(ctx.state.root).get(cluster.name) != before:
         done.append(f"API endpoint 127.0.0.1:{port} forwards to "
@@ -342,167 +342,3 @@ def sync(ctx, cluster: Cluster) -> tuple[int, list[str]]:
     if started.startswith("started"):
         done.append(f"API forwarder {started}")
     return port, done
-
-
-# ---- the forwarder itself -------------------------------------------------------------------------------------
-
-class Forwarder:
-    """The asyncio server: one listener per cluster of apiproxy.json, reloaded when the file changes."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self.servers: dict[str, tuple[int, asyncio.AbstractServer]] = {}
-        self.last_good: dict[str, tuple[str, int]] = {}
-        self.routes: dict[str, dict[str, Any]] = {}
-        self._stamp: tuple[int, int] | None = None
-        self.stopping = asyncio.Event()
-        # (host, port) → did its API server answer GET /readyz with 200 at the last check (absent: not asked yet)
-        self.ready: dict[tuple[str, int], bool] = {}
-
-    def _changed(self) -> bool:
-        try:
-            st = routes_path(self.root).stat()
-            stamp = (st.st_mtime_ns, st.st_size)
-        except FileNotFoundError:
-            stamp = None
-        if stamp == self._stamp:
-            return False
-        self._stamp = stamp
-        return True
-
-    async def reload(self) -> None:
-        if not self._changed():
-            return
-        self.routes = read_routes(self.root)
-        for name, (port, server) in list(self.servers.items()):
-            if self.routes.get(name, {}).get("port") != port:
-                server.close()
-                del self.servers[name]
-                log.info("%s: listener on %s:%d closed", name, HOST, port)
-        for name, entry in self.routes.items():
-            if name in self.servers:
-                continue
-            try:
-                server = await asyncio.start_server(lambda r, w, n=name: self.handle(n, r, w), HOST, entry["port"])
-            except OSError as exc:
-                log.error("%s: cannot listen on %s:%d (%s)", name, HOST, entry["port"], exc.strerror or exc)
-                continue
-            self.servers[name] = (entry["port"], server)
-            log.info("%s: listening on %s:%d", name, HOST, entry["port"])
-
-    def candidates(self, cluster: str) -> list[tuple[str, int]]:
-        """The cluster's backends to try in order: those whose last health check passed (or that were not checked
-        yet) before those whose check failed, and within each the last one that accepted first. A failed check
-        only demotes: when every check fails the backends are still tried (the checks may be what is wrong)."""
-        backends = [(b["host"], b["port"]) for b in self.routes.get(cluster, {}).get("backends", [])]
-        good = self.last_good.get(cluster)
-        ordered = ([good] if good in backends else []) + [b for b in backends if b != good]
-        return [b for b in ordered if self.ready.get(b, True)] + [b for b in ordered if not self.ready.get(b, True)]
-
-    async def check_all(self) -> None:
-        targets = sorted({(b["host"], b["port"]) for e in self.routes.values() for b in e.get("backends", [])})
-        results = await asyncio.gather(*(asyncio.to_thread(readyz, *t, CONNECT_TIMEOUT) for t in targets))
-        for target, ok in zip(targets, results, strict=True):
-            if self.ready.get(target) != ok:
-                log.info("%s:%d %s", *target, "ready" if ok else "not ready (GET /readyz)")
-            self.ready[target] = ok
-
-    async def checking(self) -> None:
-        while not self.stopping.is_set():
-            await self.check_all()
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), CHECK_SECONDS)
-
-    async def handle(self, cluster: str, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        try:
-            for host, port in self.candidates(cluster):
-                try:
-                    up_r, up_w = await asyncio.wait_for(asyncio.open_connection(host, port), CONNECT_TIMEOUT)
-                except (OSError, asyncio.TimeoutError) as exc:
-                    log.warning("%s: %s:%d does not accept (%s)", cluster, host, port,
-                                getattr(exc, "strerror", None) or type(exc).__name__)
-                    continue
-                if self.last_good.get(cluster) != (host, port):
-                    log.info("%s: forwarding to %s:%d", cluster, host, port)
-                self.last_good[cluster] = (host, port)
-                await self._pipe(client_r, client_w, up_r, up_w)
-                return
-            log.error("%s: no master accepts a connection", cluster)
-        finally:
-            await _close(client_w)
-
-    @staticmethod
-    async def _pipe(client_r, client_w, up_r, up_w) -> None:
-        """Copy both ways until one side closes or fails; then close both (a master that went away mid-connection
-        costs that connection only: the client reconnects and gets the next master)."""
-        async def copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-            with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-                while data := await src.read(BUFFER):
-                    dst.write(data)
-                    await dst.drain()
-
-        tasks = [asyncio.ensure_future(copy(client_r, up_w)), asyncio.ensure_future(copy(up_r, client_w))]
-        try:
-            await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await _close(up_w)
-
-    async def run(self) -> None:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-            loop.add_signal_handler(sig, self.stopping.set)
-        await self.reload()
-        checker = asyncio.ensure_future(self.checking())
-        write_atomic(self.root / PIDFILE, f"{os.getpid()}\n", 0o600)
-        log.info("forwarder running (pid %d)", os.getpid())
-        while not self.stopping.is_set():
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), RELOAD_SECONDS)
-            if not self.root.is_dir():
-                break  # the lab was destroyed under it
-            await self.reload()
-        checker.cancel()
-        for _, server in self.servers.values():
-            server.close()
-        with contextlib.suppress(OSError):
-            if (self.root / PIDFILE).read_text().strip() == str(os.getpid()):
-                (self.root / PIDFILE).unlink()
-        log.info("forwarder stopped")
-
-
-async def _close(writer: asyncio.StreamWriter) -> None:
-    with contextlib.suppress(OSError, RuntimeError):
-        writer.close()
-        await writer.wait_closed()
-
-
-def serve(lab_dir: Path) -> int:
-    """Run the forwarder in this process until SIGTERM/SIGINT (`python -m labctl.apiproxy <lab dir>`). Exits 0 at
-    once when another forwarder already runs for this lab (it holds .labctl/apiproxy.lock)."""
-    root = Path(lab_dir).resolve() / ".labctl"
-    if not root.is_dir():
-        print(f"{root} does not exist: nothing to serve", file=sys.stderr)
-        return 2
-    fd = os.open(root / LOCKFILE, os.O_RDWR | os.O_CREAT, 0o600)
-    deadline = time.monotonic() + 2.0  # `pid()` probes the lock for an instant: retry past such a probe
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except OSError:
-            if time.monotonic() > deadline:
-                print("another API forwarder runs for this lab", file=sys.stderr)
-                return 0
-            time.sleep(0.02)
-    logging.basicConfig(level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(message)s")
-    asyncio.run(Forwarder(root).run())
-    return 0  # the lock goes with the process
-
-
-if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        print("usage: python -m labctl.apiproxy <lab dir>", file=sys.stderr)
-        sys.exit(2)
-    sys.exit(serve(Path(sys.argv[1])))

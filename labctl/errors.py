@@ -34,6 +34,10 @@ class Problem:
 
     path: str
     message: str
+    # a problem of a file clusters.json names (a user manifests folder), not of clusters.json itself: only the
+    # commands that build the lab refuse it (validate, plan, install: validation.support_problems), so a moved
+    # folder does not lock the user out of `credentials`, `status`, `shutdown` or `destroy`
+    of_file: bool = False
 
     def __str__(self) -> str:
         return f"{self.path}: {self.message}" if self.path else self.message

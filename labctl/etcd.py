@@ -24,6 +24,8 @@ ETCD_PKI = "/etc/kubernetes/pki/etcd"
 COMMAND_TIMEOUT = "2s"  # etcdctl's own bound per request: a member that does not answer costs this, once
 QUORUM_TIMEOUT = 300.0  # seconds boot waits for quorum (the control planes' static pods start after the VMs boot)
 EXIT_NO_ETCD = 3  # the script: no running etcd container on this node
+PEER_PORT = 2380  # kubeadm's etcd peer port: peer URLs are https://<advertise address>:2380
+MEMBER_TIMEOUT = "5s"  # etcdctl's bound for one membership change (a raft proposal, committed by a majority)
 
 
 @dataclass
@@ -34,6 +36,11 @@ class Member:
     healthy: bool = False
     leader: bool = False
     error: str = ""
+    id: int = 0  # etcd's member id (a uint64; etcdctl takes it in hex: `hex_id`)
+
+    @property
+    def hex_id(self) -> str:
+        return format(self.id, "x")
 
     @property
     def address(self) -> str:
@@ -105,7 +112,8 @@ def parse(asked: str, text: str) -> EtcdView:
         view.members.append(Member(
             name=m.get("name") or f"(unstarted {m.get('ID')})", peer_url=(m.get("peerURLs") or [""])[0],
             client_url=client, healthy=h.get("health") is True,
-            leader=m.get("ID") in leader_ids, error=str(h.get("error") or ("" if h else "no answer"))))
+            leader=m.get("ID") in leader_ids, error=str(h.get("error") or ("" if h else "no answer")),
+            id=int(m.get("ID") or 0)))
     return view
 
 
@@ -169,3 +177,105 @@ def wait_for_quorum(ctx, cluster: Cluster, timeout: float = QUORUM_TIMEOUT, inte
             raise StepError(f"{cluster.name}: etcd has no quorum after {timeout:.0f} s: {detail}",
                             hint="`labctl status` shows each member; a majority of the control planes must run")
         time.sleep(interval)
+
+
+# ---- membership changes (address repair, removing a master) ------------------------------------------------------
+
+def peer_url(address: str) -> str:
+    """The peer URL kubeadm gives a member: https://<advertise address>:2380."""
+    return f"https://{address}:{PEER_PORT}"
+
+
+def member_script(cluster: Cluster, action: str, member: Member, new_peer_url: str = ""):
+    """templates/cluster/etcd-member.sh.j2: `etcdctl member update|remove` of `member`, run on another member."""
+    return script(f"etcd.member-{action}", "cluster/etcd-member.sh.j2", cluster=cluster.name, action=action,
+                  member_id=member.hex_id, member=member.name, peer_url=new_peer_url, etcd_pki=ETCD_PKI,
+                  command_timeout=MEMBER_TIMEOUT)
+
+
+def with_quorum(ctx, cluster: Cluster, exclude: tuple[str, ...] = (), timeout: float = 30) -> EtcdView:
+    """The view of the first control plane (clusters.json order, those in `exclude` left out) whose etcd has quorum:
+    where a membership change can be asked. Raises StepError naming each control plane's answer when none has."""
+    reasons = []
+    for master in cluster.masters:
+        if master.name in exclude:
+            continue
+        try:
+            view = ask(ctx, cluster, timeout, masters=[master])
+        except LabctlError as exc:
+            reasons.append(exc.message.split(": ", 1)[-1])
+            continue
+        if view.quorum:
+            return view
+        reasons.append(f"{master.name}: {view.describe()}")
+    raise StepError(f"{cluster.name}: no etcd member with quorum to change the membership on "
+                    f"({'; '.join(reasons) or 'no other control plane'})",
+                    hint="a majority of the control planes must run; `labctl status` shows each member")
+
+
+def update_peer(ctx, cluster: Cluster, node: str, address: str) -> str | None:
+    """Make the other members reach control plane `node` at `address` (etcd docs, "Update advertise peer URLs":
+    `member update` first, then the member restarts with the new URL in its own files). Asked on another member with
+    quorum. Returns what changed, or None when the member's peer URL is already that one (a second run)."""
+    view = with_quorum(ctx, cluster, exclude=(node,))
+    member = next((m for m in view.members if m.name == node), None)
+    if member is None:
+        raise StepError(f"{node}: is not an etcd member of {cluster.name} (members: "
+                        f"{', '.join(m.name for m in view.members)})",
+                        hint=f"`labctl status` shows the members; a master that lost its member has to be joined "
+                        f"again (`kubectl delete node {node}`, then `labctl install`)")
+    want = peer_url(address)
+    if member.peer_url == want:
+        return None
+    ctx.transport(view.asked).run(member_script(cluster, "update", member, want), sudo=True, timeout=60)
+    return f"{node}: etcd peer URL {member.peer_url} → {want} (member update on {view.asked})"
+
+
+def wait_healthy(ctx, cluster: Cluster, node: str, timeout: float = QUORUM_TIMEOUT, interval: float = 3.0) -> str:
+    """Wait until member `node` is healthy as a member with quorum sees it (after its kubelet restarted etcd with
+    new files). Returns the view's summary; raises StepError after `timeout` seconds with the last one."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            view = with_quorum(ctx, cluster)
+            detail = view.describe()
+            if any(m.name == node and m.healthy for m in view.members):
+                return f"etcd: {detail}"
+        except StepError as exc:
+            detail = exc.message
+        if time.monotonic() >= deadline:
+            raise StepError(f"{node}: its etcd member is not healthy {timeout:.0f} s after the repair: {detail}",
+                            hint=f"look at the etcd container on {node} (`sudo crictl ps -a --name etcd`, "
+                            "`sudo crictl logs <id>`) and `journalctl -u kubelet`")
+        time.sleep(interval)
+
+
+def removal_problem(view: EtcdView, node: str) -> str | None:
+    """Why removing member `node` now would cost quorum, or None. After the removal the members left must still
+    have a majority healthy (etcd docs, "Runtime reconfiguration": changes need a majority; it is unsafe to remove
+    from a cluster that cannot spare the member)."""
+    rest = [m for m in view.members if m.name != node]
+    healthy = sum(m.healthy for m in rest)
+    if not rest:
+        return f"{node} is the only etcd member"
+    if healthy < len(rest) // 2 + 1:
+        down = ", ".join(m.name for m in rest if not m.healthy)
+        return (f"after removing {node}, {healthy} of the {len(rest)} members left would be healthy (unhealthy: "
+                f"{down}); etcd needs {len(rest) // 2 + 1}")
+    return None
+
+
+def remove_member(ctx, cluster: Cluster, node: str) -> str | None:
+    """`member remove` of control plane `node`, asked on another member with quorum, only when the members left
+    keep quorum (`removal_problem`). Returns what changed, or None when `node` is no member (any more).
+    Raises StepError saying why otherwise."""
+    view = with_quorum(ctx, cluster, exclude=(node,))
+    member = next((m for m in view.members if m.name == node), None)
+    if member is None:
+        return None
+    if problem := removal_problem(view, node):
+        raise StepError(f"{cluster.name}: not removing the etcd member of {node}: {problem}",
+                        hint="start the stopped control planes (`labctl boot`) and run `labctl install --prune` "
+                        "again")
+    ctx.transport(view.asked).run(member_script(cluster, "remove", member), sudo=True, timeout=60)
+    return f"{node}: etcd member removed (on {view.asked}; {len(view.members) - 1} left)"

@@ -74,9 +74,25 @@ def cilium_images(version: str) -> list[str]:
 
 
 def stack_images(lab) -> list[str]:
-    """The declared stacks' images, where the catalogue lists them. The descriptors name their images only in
-    prose (the `arm64` evidence), not as data, so there are none yet: their charts pull at install."""
-    return []
+    """The images of the catalogue stacks the lab declares, on every cluster (labctl/stacks.py `images`: the
+    descriptors' chart images at their pinned versions and the workloads of their manifests). A user's chart or
+    manifests are not known before install: pulled then. Sorted, without duplicates."""
+    from . import stacks as S
+
+    catalogue = S.catalogue()
+    return sorted({full_ref(image) for c in lab.clusters for name in c.stack_names if name in catalogue
+                   for image in S.images(lab, c, name)})
+
+
+def full_ref(ref: str) -> str:
+    """An image reference with its registry: 'openpolicyagent/gatekeeper:v3' → 'docker.io/openpolicyagent/...',
+    'busybox:1' → 'docker.io/library/busybox:1'. The name containerd's CRI stores (so the kubelet finds a short
+    name pulled) and the only form `ctr images pull` accepts. Source: Docker's normalization rule, a first path
+    part without '.' or ':' and not 'localhost' is not a registry (distribution/reference, ParseNormalizedNamed)."""
+    first, _, rest = ref.partition("/")
+    if not rest:
+        return f"docker.io/library/{ref}"
+    return ref if "." in first or ":" in first or first == "localhost" else f"docker.io/{ref}"
 
 
 def sandbox_image(kubernetes: str) -> str:

@@ -303,8 +303,11 @@ def _prune(ctx: Context, cluster_name: str, node_name: str) -> None:
         kube = ctx.kube(cluster)
         info = kube.node(node_name)
         if info is not None and "control-plane" in info.roles:
-            raise StepError(f"{node_name}: is a control plane of {cluster_name}; labctl prunes only workers",
-                            hint=f"put {node_name} back into clusters.json")
+            _remove_member(ctx, cluster, node_name)
+            # its API server stops with its member: the host's forwarder may still have sent this connection there
+            # until its next health check (every 2 s), so the next requests wait for the API to answer again
+            kube.wait_for("the API after the member removal", lambda: (kube.nodes() is not None, "answering"),
+                          timeout=120)
         if info is not None:
             ctx.note(f"{node_name}: draining, then deleting its Node")
             kube.drain(node_name)
@@ -317,6 +320,20 @@ def _prune(ctx: Context, cluster_name: str, node_name: str) -> None:
     ctx.state.forget([f"{cluster_name}/{node_name}"])
     ctx.state.forget_node_logs(node_name)
     ctx.note(f"{node_name}: pruned (drained, Node and VM deleted)")
+
+
+def _remove_member(ctx: Context, cluster, node_name: str) -> None:
+    """A removed master leaves etcd first (docs/ha.md, "Removing masters"): `etcdctl member remove` on a remaining
+    member with quorum, refused when the members left would not keep quorum (labctl/etcd.py remove_member). The
+    remaining masters (clusters.json's) stay: labctl never runs `kubeadm reset` on a member. Raises StepError."""
+    from . import etcd
+    from .errors import StepError
+
+    if not cluster.masters:
+        raise StepError(f"{node_name}: is a control plane of {cluster.name}, and clusters.json names no master "
+                        "that would stay", hint=f"keep at least one master of {cluster.name} in clusters.json")
+    if done := etcd.remove_member(ctx, cluster, node_name):
+        ctx.note(done)
 
 
 def _check_orchard_capacity(lab: LabSession, clusters: list[str]) -> None:

@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import (BaseModel, ConfigDict, Field, SecretStr, StrictInt, ValidationError, ValidationInfo, field_validator,
+from pydantic import (BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, StrictInt, ValidationError, ValidationInfo, field_validator,
                       model_validator)
 
 from . import catalog, config_json
@@ -387,6 +387,9 @@ class ProviderSettings(Strict):
 
 
 class Lab(Strict):
+    # problems of files clusters.json names (errors.Problem.of_file), refused by validate/plan/install only
+    _file_problems: list = PrivateAttr(default_factory=list)
+
     base_image: str = Field(
         default="ghcr.io/cirruslabs/ubuntu:latest",
         description="image every VM is cloned from; tart: an OCI image, qemu: a local qcow2 or raw disk image file "
@@ -450,9 +453,10 @@ def parse(text: str, source: str = "clusters.json", base_dir: Path | None = None
     except ValidationError as exc:
         problems += field_problems(exc)
     problems += lab_problems(raw, base_dir)
-    if problems:
+    if [p for p in problems if not p.of_file]:
         raise ConfigError(source, problems)
     assert lab is not None
+    lab._file_problems = problems
     return lab
 
 

@@ -234,7 +234,7 @@ def _manifest_problems(folder: Any, spath: str, base_dir: Path | None) -> tuple[
     try:
         objects = read_manifests(path)
     except LabctlError as exc:
-        return [Problem(f"{spath}.manifests", exc.message)], []
+        return [Problem(f"{spath}.manifests", exc.message, of_file=True)], []
     problems, ports = [], []
     for obj in objects:
         if obj.get("kind") == "Service":

@@ -23,7 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from .errors import LabctlError
 from .resources import TEMPLATES
@@ -54,6 +54,22 @@ class ProvidedCrd(_Strict):
     scope: Literal["Namespaced", "Cluster"] = "Namespaced"
 
 
+class StackImage(_Strict):
+    """A container image a stack runs, as the pod spec names it (so the kubelet finds it pulled: golden images
+    pre-pull these). Written as a plain string, or as a mapping when labctl's values decide it."""
+
+    ref: str
+    set_by: str | None = Field(default=None, description="key of labctl's values that puts this image in, where the "
+                               "chart's defaults do not (its template must name the image)")
+    tag_from: str | None = Field(default=None, description="key of labctl's values the tag follows: a user's override "
+                                 "of that key runs another tag, which is then pulled at install")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _plain(cls, data: Any) -> Any:
+        return {"ref": data} if isinstance(data, str) else data
+
+
 class Release(_Strict):
     """One Helm release of a stack."""
 
@@ -70,6 +86,9 @@ class Release(_Strict):
     ready: list[str] = Field(
         default_factory=list, description="'Kind namespace/name' of what this release creates that means ready; each "
         "must be in the chart's `helm template` output (reference/charts/<chart>/workloads.txt)")
+    images: list[StackImage] = Field(
+        default_factory=list, description="the images the pinned chart version runs with labctl's values (from "
+        "reference/charts/<chart>/chart.txt for exactly that version; tests/unit/test_stack_images.py checks them)")
 
 
 class Credential(_Strict):
@@ -100,6 +119,9 @@ class Descriptor(_Strict):
         "(ordering only, not a requirement): e.g. the demo apps after istio, so their pods start with a sidecar")
     releases: list[Release] = Field(default_factory=list)
     manifests: list[str] = Field(default_factory=list, description="manifest templates, applied in this order")
+    images: list[StackImage] = Field(
+        default_factory=list, description="images the manifests run that are not a container of a workload they "
+        "render (e.g. a helper pod's template kept in a ConfigMap); the workloads' own come from the manifests")
     ready: list[str] = Field(
         default_factory=list, description="more 'Kind namespace/name' objects that mean ready, beyond the releases' "
         "own and the workloads in the manifests (e.g. what an operator creates)")
@@ -392,6 +414,34 @@ def resolve(lab: Lab, cluster: Cluster, name: str, lab_dir: Path) -> StackDef:
                         objects=objects, ready=_workload_ready(objects, namespace), node_ports=ports,
                         urls={k: f"http://{{address}}:{p}/" for k, p in ports.items()}, credentials=[], hooks=[])
     raise LabctlError(f"{cluster.name}: stack {name!r} is not installable by this labctl version")
+
+
+def _pod_spec(obj: dict) -> dict:
+    """The pod template's spec of a workload object (Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, Job,
+    CronJob), {} for any other kind."""
+    spec = obj.get("spec") or {}
+    if obj.get("kind") == "Pod":
+        return spec
+    if obj.get("kind") == "CronJob":
+        spec = (spec.get("jobTemplate") or {}).get("spec") or {}
+    return ((spec.get("template") or {}).get("spec")) or {}
+
+
+def images(lab: Lab, cluster: Cluster, name: str) -> list[str]:
+    """The images catalogue stack `name` runs on `cluster`, in order, without duplicates: its releases' (the
+    descriptor's `images`, from reference/charts/<chart>/chart.txt at the pinned versions), the containers and init
+    containers of the workloads its manifests render for this cluster, and the descriptor's own `images`. [] for a
+    stack not in the catalogue (a user's chart or manifests: not known before install). Raises what `resolve`
+    raises."""
+    descriptor = catalogue().get(name)
+    if descriptor is None:
+        return []
+    found = [i.ref for r in descriptor.releases for i in r.images]
+    for obj in resolve(lab, cluster, name, Path()).objects:
+        spec = _pod_spec(obj)
+        found += [c["image"] for key in ("initContainers", "containers") for c in spec.get(key) or [] if c.get("image")]
+    found += [i.ref for i in descriptor.images]
+    return list(dict.fromkeys(found))
 
 
 def installable(cluster: Cluster) -> list[str]:

@@ -310,17 +310,17 @@ def _overlap_problems(networks: list[tuple[str, str, ipaddress.IPv4Network]]) ->
 def support_problems(lab: Lab, today: date | None = None) -> list[Problem]:
     """Why labctl refuses to build this lab today (validate, plan and install ask; status, boot, shutdown and
     destroy do not, so a lab whose Kubernetes went end of life can still be run and torn down): a Kubernetes minor
-    past its end of life (catalog.KUBERNETES_MINORS, from https://kubernetes.io/releases/). Returns [] or problems
-    for ConfigError."""
+    past its end of life (catalog.KUBERNETES_MINORS, from https://kubernetes.io/releases/), and the problems of files
+    clusters.json names (a user manifests folder moved or broken). Returns [] or problems for ConfigError."""
     day = today or date.today()
     minor = int(lab.versions.kubernetes.split(".")[1])
     eol = catalog.KUBERNETES_MINORS.get(minor)
     if eol is None or day <= date.fromisoformat(eol):
-        return []
+        return list(lab._file_problems)
     alive = [m for m, end in catalog.KUBERNETES_MINORS.items() if date.fromisoformat(end) >= day]
     tip = f"e.g. 1.{max(alive)}" if alive else f"newer than 1.{max(catalog.KUBERNETES_MINORS)}"
     return [Problem("versions.kubernetes", f"Kubernetes 1.{minor} reached end of life on {eol} (no more security "
-                    f"fixes; https://kubernetes.io/releases/): set a supported minor ({tip})")]
+                    f"fixes; https://kubernetes.io/releases/): set a supported minor ({tip})"), *lab._file_problems]
 
 
 def check_supported(lab: Lab, source: str, today: date | None = None) -> None:

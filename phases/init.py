@@ -12,7 +12,7 @@ apply: a node without a control plane gets the hosts line, the rendered config a
 
 from __future__ import annotations
 
-from labctl import apiproxy
+from labctl import apiproxy, etcd
 from labctl.engine import Check, Phase, Target
 from labctl.errors import LabctlError, StepError
 from labctl.kube import (
@@ -43,11 +43,12 @@ INIT_TIMEOUT = 1200  # image pulls on a first boot plus kubeadm's own waits for 
 API_WAIT = 300
 
 
-def init_params(lab, cluster, address: str) -> dict:
-    master = cluster.masters[0]
+def init_params(lab, cluster, address: str, node: str | None = None) -> dict:
+    """`node`: the control plane the config is for (the first one, where `kubeadm init` runs, by default; another
+    master when its address repair re-issues its certificates from it)."""
     return {
         "cluster": cluster.name,
-        "node": master.name,
+        "node": node or cluster.masters[0].name,
         "address": address,
         "port": API_PORT,
         "endpoint_host": endpoint_host(cluster.name),
@@ -58,11 +59,12 @@ def init_params(lab, cluster, address: str) -> dict:
     }
 
 
-def init_config(lab, cluster, address: str, host_sans: tuple[str, ...] = ()) -> str:
+def init_config(lab, cluster, address: str, host_sans: tuple[str, ...] = (), node: str | None = None) -> str:
     """kubeadm's init configuration. `host_sans`: more IP SANs of the API server certificate, for where this machine
-    reaches the API when that is not `address` (QEMU network lab: 127.0.0.1, see host_sans())."""
+    reaches the API when that is not `address` (QEMU network lab: 127.0.0.1, see host_sans()). `node`: see
+    init_params."""
     sans = [san for san in dict.fromkeys(host_sans) if san != address]
-    return render("kubeadm/init.yaml.j2", **init_params(lab, cluster, address), host_sans=sans)
+    return render("kubeadm/init.yaml.j2", **init_params(lab, cluster, address, node), host_sans=sans)
 
 
 def host_sans(ctx, cluster, address: str) -> tuple[str, ...]:
@@ -146,7 +148,21 @@ def pending_repairs(ctx, cluster, only: list[str] | None = None) -> list[Repair]
             if node.name == first.name:
                 raise
             ctx.note(f"{node.name}: address check skipped ({exc}); its join step repairs it later")
-    return plan_repair(cluster, addresses, probes)
+    return plan_repair(cluster, addresses, probes, _peers(ctx, cluster, probes))
+
+
+def _peers(ctx, cluster, probes: dict[str, AddressProbe]) -> dict[str, str] | None:
+    """HA clusters: member name → the address of its etcd peer URL, from a member with quorum (None without one).
+    Read whenever a control plane was probed: a member whose files were repaired but whose peer URL was not (an
+    interrupted repair) shows only here."""
+    if not highly_available(cluster) or not any(p.advertised for p in probes.values()):
+        return None
+    try:
+        view = etcd.with_quorum(ctx, cluster)
+    except LabctlError as exc:
+        ctx.note(f"{cluster.name}: {exc.message.splitlines()[0]}")
+        return None
+    return {m.name: m.address for m in view.members}
 
 
 def repair_addresses(ctx, cluster, only: list[str] | None = None) -> list[str]:
@@ -175,13 +191,23 @@ def repair_addresses(ctx, cluster, only: list[str] | None = None) -> list[str]:
             run = script("repair.node-ip", "cluster/repair-node-ip.sh.j2", node=repair.node, old=repair.old,
                          new=repair.new)
             transport.run(run, sudo=True, timeout=120)
+        elif repair.kind == "etcd-peer":
+            # on another member with quorum, before this member restarts with the new address (etcd docs, "Update
+            # advertise peer URLs"): afterwards the others reach it there
+            etcd.update_peer(ctx, cluster, repair.node, repair.new)
         else:
-            transport.put(INIT_CONFIG, init_config(ctx.lab, cluster, repair.new, host_sans(ctx, cluster, repair.new))
-                          .encode(), 0o600, sudo=True)
+            first = repair.node == cluster.masters[0].name
+            config = init_config(ctx.lab, cluster, repair.new, host_sans(ctx, cluster, repair.new), node=repair.node)
+            transport.put(INIT_CONFIG, config.encode(), 0o600, sudo=True)
             run = script("repair.control-plane", "cluster/repair-control-plane.sh.j2", cluster=cluster.name,
                          node=repair.node, old=repair.old, new=repair.new, regenerate_certs=repair.regenerate_certs,
-                         config_path=INIT_CONFIG)
+                         config_path=INIT_CONFIG, all_kubeconfigs=first)
             transport.run(run, sudo=True, timeout=300)
+            if highly_available(cluster):
+                # one member at a time: the next one's files change only once this one is back, so the members that
+                # run keep quorum throughout
+                ctx.invalidate(repair.node)
+                ctx.note(f"{repair.node}: {etcd.wait_healthy(ctx, cluster, repair.node)}")
         ctx.invalidate(repair.node)
     return [str(r) for r in repairs]
 
@@ -194,6 +220,13 @@ def reconcile_addresses(ctx, cluster, repair: bool = True) -> list[str]:
     done = repair_addresses(ctx, cluster) if repair else []
     if highly_available(cluster):  # the host's endpoint: labctl's forwarder, told the masters' addresses, running
         done += apiproxy.sync(ctx, cluster)[1]
+        done += _balancers(ctx, cluster) if repair else []
+    elif apiproxy.endpoint(ctx.state, cluster.name) is not None:
+        # shrunk to one master (docs/ha.md, "Shrinking"): the host reaches it directly again
+        apiproxy.forget(ctx.state, cluster.name)
+        if not apiproxy.read_routes(ctx.state.root):
+            apiproxy.stop(ctx.state)
+        done.append(f"{cluster.name}: one master now: the host's kubeconfig names it, no API forwarder")
     problem = kubeconfig_problem(ctx, cluster, address)
     if problem:
         done.append(f"kubeconfig {fetch_kubeconfig(ctx, cluster, address)} ({problem})")
@@ -204,6 +237,26 @@ def reconcile_addresses(ctx, cluster, repair: bool = True) -> list[str]:
     kube.wait_for("the API server answers", lambda: (kube.nodes() is not None, "answering"), timeout=API_WAIT)
     if restarted := cni.restart_if_pending(ctx, cluster):
         done.append(restarted)
+    return done
+
+
+def _balancers(ctx, cluster) -> list[str]:
+    """The local API balancer of every joined worker of an HA cluster lists the masters' current addresses (after a
+    master moved): a reload where the config changed. Skipped, and said so, while a master has no address."""
+    try:
+        balancer.master_addresses(ctx, cluster)
+    except LabctlError as exc:
+        ctx.note(f"{cluster.name}: workers' haproxy not checked ({exc.message.splitlines()[0]})")
+        return []
+    done = []
+    for worker in cluster.workers:
+        try:
+            if hosts_address(ctx.facts(worker.name).text(HOSTS), endpoint_host(cluster.name)) != LOCAL_API:
+                continue  # not joined through its balancer yet: its join step installs it
+            if balancer.problem(ctx, cluster, worker) and (changed := balancer.ensure(ctx, cluster, worker)):
+                done.append(changed)
+        except LabctlError as exc:  # a worker that is off: its join (install) or the next boot catches up
+            ctx.note(f"{worker.name}: haproxy not checked ({exc.message.splitlines()[0]})")
     return done
 
 

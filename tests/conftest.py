@@ -76,6 +76,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> CliResult:
     return CliResult(code, out.getvalue(), err.getvalue())
 
 
+def assert_golden(folder: Path, name: str, text: str) -> None:
+    """`text` equals the golden file `folder`/`name`. With UPDATE_GOLDEN=1 in the environment the file is
+    (re)written from `text` first (review the diff)."""
+    path = folder / name
+    if os.environ.get("UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"no golden file {path}: run with UPDATE_GOLDEN=1 and review it"
+    assert text == path.read_text(), f"{name} differs from its golden file (UPDATE_GOLDEN=1 if intended)"
+
+
 @pytest.fixture
 def fake_tart(tmp_path, monkeypatch):
     """The fake tart (tests/sim/fake_tart.py) on PATH with its own TART_HOME; killed and forgotten afterwards.
@@ -160,3 +171,16 @@ def pytest_terminal_summary(terminalreporter):
         for name, seconds in rows:
             terminalreporter.write_line(f"{seconds:7.1f} s  {name}")
         terminalreporter.write_line(f"{sum(s for _, s in rows):7.1f} s  total")
+
+
+def build_problems(load) -> list:
+    """What `validate`, `plan` and `install` refuse for the lab `load()` returns: clusters.json's own problems
+    (ConfigError), else those of the files it names and of support (validation.support_problems)."""
+    from labctl import validation
+    from labctl.errors import ConfigError
+
+    try:
+        lab = load()
+    except ConfigError as exc:
+        return list(exc.problems)
+    return validation.support_problems(lab)

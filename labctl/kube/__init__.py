@@ -128,7 +128,7 @@ class AddressProbe:
 class Repair:
     """One repair action on one node. `old` is None when there is nothing to rewrite (e.g. a missing hosts line)."""
 
-    kind: Literal["hosts", "node-ip", "control-plane"]
+    kind: Literal["hosts", "node-ip", "etcd-peer", "control-plane"]
     node: str
     new: str
     old: str | None = None
@@ -136,7 +136,7 @@ class Repair:
 
     def __str__(self) -> str:
         what = {"hosts": "API endpoint in /etc/hosts", "node-ip": "kubelet --node-ip",
-                "control-plane": "control plane address"}[self.kind]
+                "etcd-peer": "etcd member peer address", "control-plane": "control plane address"}[self.kind]
         change = f"{self.old} → {self.new}" if self.old else f"→ {self.new}"
         certs = ", new API server/etcd certificates" if self.regenerate_certs else ""
         return f"{self.node}: {what} {change}{certs}"
@@ -149,15 +149,21 @@ def _ip(value: str, what: str) -> str:
         raise StepError(f"{what}: {value!r} is not an IPv4 address") from None
 
 
-def plan_repair(cluster: Cluster, addresses: dict[str, str], probes: dict[str, AddressProbe]) -> list[Repair]:
+def plan_repair(cluster: Cluster, addresses: dict[str, str], probes: dict[str, AddressProbe],
+                peers: dict[str, str] | None = None) -> list[Repair]:
     """What to change so every kubeadm file of `cluster` matches its nodes' current addresses.
 
     `addresses`: node → its address now; `probes`: node → what its files say (nodes that could not be probed are
-    simply absent). Returns [] when nothing moved. Order: hosts lines first (every kubelet resolves the API by
-    name), then kubelets' --node-ip, then the control plane (its script restarts the kubelet last).
+    simply absent); `peers` (HA clusters): member name → the address of its etcd peer URL, as a member with quorum
+    lists them, or None when no member has quorum. Returns [] when nothing moved. Order: hosts lines first (every
+    kubelet resolves the API by name), then kubelets' --node-ip, then the control planes, one after the other: in an
+    HA cluster each moved master's etcd member is updated (`etcd-peer`, on a member with quorum) right before its own
+    files (`control-plane`, which restarts its kubelet), so the others keep quorum throughout. Raises StepError when
+    masters of an HA cluster moved and no member has quorum (a majority moved at once: docs/ha.md).
     """
     first = cluster.masters[0].name
     api_ip = endpoint_address(cluster, _ip(addresses[first], first))
+    ha = len(cluster.masters) > 1
     hosts: list[Repair] = []
     node_ips: list[Repair] = []
     control: list[Repair] = []
@@ -175,17 +181,20 @@ def plan_repair(cluster: Cluster, addresses: dict[str, str], probes: dict[str, A
             continue  # not a control plane (yet)
         moved = probe.advertised != new
         regenerate = moved or new not in probe.cert_ips
-        if not regenerate:
-            continue
-        if len(cluster.masters) > 1:
-            # Several etcd members also need `etcdctl member update` of the peer URLs (reference §4); rewriting
-            # one member's files alone would leave it unable to rejoin the others.
-            raise StepError(
-                f"{node.name}: the control plane moved from {probe.advertised} to {new}, and {cluster.name} has "
-                f"{len(cluster.masters)} etcd members; labctl repairs address changes of a single control plane only",
-                hint="give the VMs stable addresses (a longer DHCP lease or a reservation for their MACs), or update "
-                "the etcd members by hand (`etcdctl member update`) and rerun `labctl install`",
-            )
-        control.append(Repair("control-plane", node.name, new, _ip(probe.advertised, node.name) if moved else None,
-                              regenerate_certs=True))
+        if ha:
+            if peers is None:
+                if regenerate:
+                    # Several etcd members and none with quorum: `member update` is a raft proposal and needs a
+                    # majority (reference §4, etcd "Runtime reconfiguration"); see docs/ha.md for the way out.
+                    raise StepError(
+                        f"{node.name}: the control plane moved from {probe.advertised} to {new}, and no etcd member "
+                        f"of {cluster.name} has quorum to update its peer URL (a majority of the masters moved, or "
+                        "is not running)",
+                        hint="start every master (`labctl boot`); when a majority came back at new addresses, follow "
+                        "\"A majority of the masters moved\" in docs/ha.md")
+            elif node.name in peers and peers[node.name] != new:
+                control.append(Repair("etcd-peer", node.name, new, peers[node.name]))
+        if regenerate:
+            control.append(Repair("control-plane", node.name, new,
+                                  _ip(probe.advertised, node.name) if moved else None, regenerate_certs=True))
     return hosts + node_ips + control

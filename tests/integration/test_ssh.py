@@ -129,7 +129,7 @@ def test_transport_for_builds_from_the_lab_model(sshd, user, lab_state):
         address=lambda node: None,
         options={"connect_timeout": 7},
     )
-    t = transport_for(ctx, SimpleNamespace(name="node-9"))
+    t = transport_for(ctx, SimpleNamespace(name="node-9", ssh_user=None, ssh_key=None))
     assert t.connect_timeout == 7  # shutdown asks for a short one: it only wants to know if the guest answers now
     try:
         assert t.run(WHOAMI).stdout == f"{user.name}\n"

@@ -139,7 +139,7 @@ def test_the_install_wait_for_sshd_is_long_and_overridable(lab_state, monkeypatc
     provider = SimpleNamespace(ssh_address=lambda node, address=None: ("127.0.0.1", 22), list=lambda: {},
                                ssh_wait_seconds=lambda node: waits.get(node.name),
                                log_path=lambda node: lab_state.root / "logs" / f"{node.name}.console.log")
-    node = SimpleNamespace(name=NODE)
+    node = SimpleNamespace(name=NODE, ssh_user=None, ssh_key=None)  # a VM: the lab's user and key
 
     def made(**options):
         return transport_for(SimpleNamespace(provider=provider, lab=lab, state=lab_state, options=options,

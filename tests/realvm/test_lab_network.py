@@ -119,9 +119,11 @@ def test_vms_on_the_rootless_lab_network_reach_each_other_at_the_addresses_labct
                 default = guest.sh("ip -4 route show default", sudo=False)
                 assert default and f"dev {nic.name} " not in f"{default} ", (node, default)  # stays on the user NIC
                 for other, address in assigned.items():
-                    if other != node:  # the other VM's sshd, across the segment
-                        banner = guest.sh(f"timeout 20 bash -c 'exec 3<>/dev/tcp/{address}/22; head -c 4 <&3'",
-                                          sudo=False)
+                    if other != node:  # the other VM's sshd, across the segment (awaited: cloud-init's first
+                        # boot may still restart it for a moment, which refuses a connection)
+                        banner = guest.sh(
+                            f"timeout 60 bash -c 'until exec 3<>/dev/tcp/{address}/22; do sleep 1; done; "
+                            "head -c 4 <&3' 2>/dev/null", sudo=False)
                         assert banner == "SSH-", (node, other, banner)
     finally:
         served_at.close()

@@ -113,6 +113,7 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
         self.client_cert: tuple[bytes, bytes] | None = None
         self.servers: dict[str, SimApiServer] = {}  # control plane → its API server
         self.etcd = SimEtcd()
+        self.etcd_log: list[tuple[str, int, int]] = []  # (event, members, members alive): `etcd_event`
         self.tokens: set[str] = set()
         # certificate key → when `upload-certs` stored the certificates under it (the kubeadm-certs Secret)
         self.certificate_keys: dict[str, float] = {}
@@ -148,9 +149,17 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
         for master in self.masters:
             running, address, _ = master.vm_state()
             if running and address and master.advertised is not None and not master.hung.is_set() \
-                    and master.static_pods_up():
+                    and master.static_pods_up() and (len(self.etcd.members) < 2 or master.advertised == address):
+                # (with peers, a member whose etcd.yaml still names its old address cannot bind its listeners
+                # there: it crash-loops until its files are repaired)
                 out[master.name] = address
         return out
+
+    def etcd_event(self, what: str) -> None:
+        """Record the membership and how many members are alive right now (tests assert quorum at every step)."""
+        running = self._etcd_running()
+        self.etcd_log.append((what, len(self.etcd.members), sum(self.etcd.alive(m.name, running)
+                                                                for m in self.etcd.members)))
 
     def api_up_on(self, master: SimNode) -> bool:
         """The API server of `master` runs and answers: its VM is up (not hung), kubeadm made a control plane there,
@@ -165,7 +174,8 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
         # etcd and the API server are static pods: not while a restore has their manifests aside (sim_backup.py)
         if master.hung.is_set() or not master.static_pods_up():
             return False
-        return self.etcd.quorum(self._etcd_running())
+        running = self._etcd_running()  # it reads and writes through its own member (stacked etcd)
+        return self.etcd.quorum(running) and self.etcd.alive(master.name, running)
 
     def api_up(self) -> bool:
         """The cluster's API answers on at least one control plane."""
@@ -187,8 +197,9 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
     def endpoint_ok(self, node: SimNode) -> bool:
         """The node's hosts line gives the stable name the address labctl keeps there: 127.0.0.1 in an HA cluster,
         the first control plane's address otherwise."""
-        present = [m for m in self.masters if self.lab.fake.exists(m.name)]  # (a test may add masters later)
-        want = LOCAL_API if len(present) > 1 else self.master.vm_state()[1]
+        # (a test may add masters later, or remove some, the first one too)
+        present = [m for m in self.masters if self.lab.fake.exists(m.name)]
+        want = LOCAL_API if len(present) > 1 else (present or [self.master])[0].vm_state()[1]
         return node.endpoint_ip() is not None and node.endpoint_ip() == want
 
     def answers(self, server: SimApiServer) -> bool:

@@ -9,7 +9,9 @@ Quorum (etcd docs, FAQ "What is failure tolerance?"): the cluster commits, and s
 answer, only while a majority of the members, floor(n/2)+1, runs and reaches the others. A member whose node came
 back at another address is not reached at its peer URL by the others (the URL is fixed at `member add`) until its
 URL is updated (`etcdctl member update`); alone, a single member needs no peers (a one-member cluster's own
-address repair, tests/sim/sim_cluster_scripts.py, keeps working).
+address repair, tests/sim/sim_cluster_scripts.py, keeps working). Membership changes (`member update`, `member
+remove`) are raft proposals: they need quorum (etcd docs, "Runtime reconfiguration"); a removed member's etcd
+stops, and with it the API server beside it (kube-apiserver talks to its local member only).
 """
 
 from __future__ import annotations
@@ -47,6 +49,20 @@ class SimEtcd:
     def names(self) -> list[str]:
         return [m.name for m in self.members]
 
+    def update(self, name: str, address: str) -> None:
+        """`member update <id> --peer-urls=https://<address>:2380`."""
+        self.members = [Member(m.name, f"https://{address}:{PEER_PORT}", f"https://{address}:{CLIENT_PORT}")
+                        if m.name == name else m for m in self.members]
+
+    def remove(self, name: str) -> None:
+        """`member remove <id>`."""
+        self.members = [m for m in self.members if m.name != name]
+
+    def alive(self, name: str, running: dict[str, str]) -> bool:
+        """Member `name` runs and reaches the others (see `quorum`)."""
+        member = next((m for m in self.members if m.name == name), None)
+        return member is not None and name in running and (len(self.members) == 1 or running[name] == member.address)
+
     def quorum(self, running: dict[str, str]) -> bool:
         """Whether a majority of members runs: `running` is member name → the address its node is at now (only the
         members whose etcd static pod runs). With several members, one whose address is not its peer URL's is cut
@@ -54,5 +70,4 @@ class SimEtcd:
         members = self.members
         if not members:
             return False
-        alive = sum(1 for m in members if m.name in running and (len(members) == 1 or running[m.name] == m.address))
-        return alive >= len(members) // 2 + 1
+        return sum(self.alive(m.name, running) for m in members) >= len(members) // 2 + 1

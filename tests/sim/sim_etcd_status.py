@@ -56,3 +56,38 @@ class EtcdStatusNode:
                   for m in members]
         lines += [f"members={json.dumps(listed)}", f"status={json.dumps(status)}", f"health={json.dumps(health)}"]
         return 0, "\n".join(lines)
+
+    def _etcd_member_change(self: SimNode, p) -> tuple[int, str, object] | tuple[int, str, None]:
+        """What `etcdctl member update|remove` checks before it changes anything: this node's etcd runs, the member
+        id is known, and the cluster has quorum (a membership change is a raft proposal)."""
+        cluster = self.lab.clusters[self.cluster]
+        running = cluster._etcd_running()
+        if self.name not in running:
+            return 3, "no running etcd container on this node", None
+        member = next((m for m in cluster.etcd.members if format(member_id(m.name), "x") == p["member_id"]), None)
+        if not cluster.etcd.quorum(running):
+            return 1, f"Error: {DEADLINE}", None
+        if member is None:
+            return 1, f"Error: etcdserver: member not found (id {p['member_id']})", None
+        return 0, "", member
+
+    def _etcd_member_update(self: SimNode, p, address):
+        rc, out, member = self._etcd_member_change(p)
+        if member is None:
+            return rc, out
+        cluster = self.lab.clusters[self.cluster]
+        if any(m.peer_url == p["peer_url"] for m in cluster.etcd.members if m is not member):
+            return 1, "Error: etcdserver: Peer URLs already exists"
+        new = p["peer_url"].split("//", 1)[1].rsplit(":", 1)[0]
+        cluster.etcd.update(member.name, new)
+        cluster.etcd_event(f"member update {member.name}")
+        return 0, f"Member {p['member_id']} updated in cluster {member_id(cluster.name):x}"
+
+    def _etcd_member_remove(self: SimNode, p, address):
+        rc, out, member = self._etcd_member_change(p)
+        if member is None:
+            return rc, out
+        cluster = self.lab.clusters[self.cluster]
+        cluster.etcd.remove(member.name)
+        cluster.etcd_event(f"member remove {member.name}")
+        return 0, f"Member {p['member_id']} removed from cluster {member_id(cluster.name):x}"

@@ -342,10 +342,17 @@ class SimLab:
         sim.hung.set()
 
     def vm_deleted(self, node: str) -> None:
-        """A node's VM is gone with its disk: a first control plane takes its cluster's CA and etcd with it."""
-        self.nodes[node].forget_vm()
-        cluster = self.clusters[self.nodes[node].cluster]
-        if cluster.master.name == node:
+        """A node's VM is gone with its disk. The cluster (its CA and etcd) goes with the last control plane's: in
+        an HA cluster each master holds a copy (its etcd member, the CA files kubeadm copied there), so deleting one
+        costs that member only (and its API server)."""
+        sim = self.nodes[node]
+        cluster = self.clusters[sim.cluster]
+        others = [m for m in cluster.masters if m is not sim and m.advertised is not None and not m.gone
+                  and self.fake.exists(m.name)]
+        sim.forget_vm()
+        if sim.role == "master" and sim.advertised is not None:
+            cluster.etcd_event(f"{node} VM deleted")
+        if cluster.master.name == node and not others:
             cluster.stop()
             cluster.reset()
 

@@ -11,29 +11,13 @@ from labctl.providers.orchard import OrchardProvider
 from tests.sim.fake_orchard import FakeOrchard
 from tests.sim.fake_tart import FakeTart
 from tests.sim.sim_lab import SimLab
+from tests.sim.sim_tart import WorldSync
 
 
-class SimOrchardProvider(OrchardProvider):
-    """The real OrchardProvider with the simulated world kept in step (as SimTartProvider does for tart): after a
-    call that can start or delete a VM the API servers follow, and `ssh_address` names the port of the node's
-    simulated SSH server."""
+class SimOrchardProvider(WorldSync, OrchardProvider):
+    """The real OrchardProvider with the simulated world kept in step (WorldSync, as for tart)."""
 
     POLL = 0.02  # the fake worker is quick; the real default looks once a second
-
-    def __init__(self, lab, state, sim: SimOrchardLab):
-        super().__init__(lab, state=state)
-        self.sim = sim
-
-    def ip(self, node, wait: int = 0, *, running: bool = False):
-        address = super().ip(node, wait, running=running)
-        self.sim.sync()  # the host learns an address only after the simulated world has it
-        return address
-
-    def start(self, node) -> bool:
-        try:
-            return super().start(node)
-        finally:
-            self.sim.sync()
 
     def delete(self, node) -> bool:
         name = node if isinstance(node, str) else node.name
@@ -42,13 +26,7 @@ class SimOrchardProvider(OrchardProvider):
         finally:
             # the controller forgets the VM at once; its worker removes the Tart VM a moment later
             self.sim.orchard.wait_deleted(name)
-            if name in self.sim.nodes and not self.sim.fake.exists(name):
-                self.sim.vm_deleted(name)
-            self.sim.sync()
-
-    def ssh_address(self, node, address: str | None = None) -> tuple[str, int]:
-        host, _ = super().ssh_address(node, address)
-        return host, self.sim.ssh_port(node.name, host)
+            self.vm_gone(name)
 
 
 class SimOrchardLab(SimLab):

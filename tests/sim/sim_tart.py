@@ -2,7 +2,8 @@
 
 - `SimTartProvider` only adds observation hooks (after a call that can start, stop, move or delete a VM the
   simulated world catches up, e.g. an API server moves to a VM's new address), the latency model, and the port of
-  the node's simulated SSH server for `status`.
+  the node's simulated SSH server for `status`. `WorldSync`: the part of those hooks the Orchard provider's
+  (tests/sim/sim_orchard.py) shares.
 - `TartForkServer`: an install makes a few hundred tart calls, so the fake tart is served from a preloaded fork
   server (same code, same behaviour).
 """
@@ -23,20 +24,15 @@ if TYPE_CHECKING:
     from tests.sim.sim_lab import SimLab
 
 
-class SimTartProvider(TartProvider):
-    """The real TartProvider (the fake tart on PATH does the work) with the simulated world kept in step: after a
-    call that can start, stop, move or delete a VM the API servers follow, and `ssh_address` names the port of the
-    node's simulated SSH server (the real one says 22, which only root could bind here)."""
-
-    POLL = 0.02  # the fake `run` takes tart's lock as soon as it starts; the real default waits 100 ms per look
+class WorldSync:
+    """What a simulated VM provider adds to the real one (mixed in before it, e.g. `class P(WorldSync,
+    TartProvider)`) to keep the simulated world in step: after a call that can start a VM or learn its address
+    the API servers follow, a deleted lab VM leaves the world (`vm_gone`), and `ssh_address` names the port of
+    the node's simulated SSH server (the real one says 22, which only root could bind here)."""
 
     def __init__(self, lab, state, sim: SimLab):
         super().__init__(lab, state=state)
         self.sim = sim
-
-    def _tart(self, args, vm=None, **kwargs):
-        self.sim.before_tart(args)
-        return super()._tart(args, vm, **kwargs)
 
     def ip(self, node, wait: int = 0, *, running: bool = False):
         address = super().ip(node, wait, running=running)
@@ -49,6 +45,27 @@ class SimTartProvider(TartProvider):
         finally:
             self.sim.sync()
 
+    def vm_gone(self, name: str) -> None:
+        """After a delete (successful or not): a lab node whose VM the fake tart no longer has leaves the world."""
+        if name in self.sim.nodes and not self.sim.fake.exists(name):
+            self.sim.vm_deleted(name)
+        self.sim.sync()
+
+    def ssh_address(self, node, address: str | None = None) -> tuple[str, int]:
+        host, _ = super().ssh_address(node, address)
+        return host, self.sim.ssh_port(node.name, host)
+
+
+class SimTartProvider(WorldSync, TartProvider):
+    """The real TartProvider (the fake tart on PATH does the work) with the simulated world kept in step
+    (WorldSync; also after a stop, a clone or a golden image's VMs) and the latency model (`before_tart`)."""
+
+    POLL = 0.02  # the fake `run` takes tart's lock as soon as it starts; the real default waits 100 ms per look
+
+    def _tart(self, args, vm=None, **kwargs):
+        self.sim.before_tart(args)
+        return super()._tart(args, vm, **kwargs)
+
     def stop(self, node, timeout: float = 60, *, guest_poweroff: bool = False) -> str:
         try:
             return super().stop(node, timeout, guest_poweroff=guest_poweroff)
@@ -59,10 +76,7 @@ class SimTartProvider(TartProvider):
         try:
             return super().delete(node)
         finally:
-            name = node if isinstance(node, str) else node.name
-            if name in self.sim.nodes and self.sim.fake.exists(name) is False:
-                self.sim.vm_deleted(name)
-            self.sim.sync()
+            self.vm_gone(node if isinstance(node, str) else node.name)
 
     def clone_vm(self, source: str, target: str) -> None:
         super().clone_vm(source, target)
@@ -89,10 +103,6 @@ class SimTartProvider(TartProvider):
             super().keep_golden(build_vm, name)
         finally:
             self.sim.disks.pop(build_vm, None)
-
-    def ssh_address(self, node, address: str | None = None) -> tuple[str, int]:
-        host, _ = super().ssh_address(node, address)
-        return host, self.sim.ssh_port(node.name, host)
 
 
 class TartForkServer:

@@ -20,7 +20,7 @@ from tests.conftest import run_cli
 from tests.sim.fake_tart import wait_for
 from tests.sim.kube_resources import CSR_PREFIX, CSRS
 from tests.sim.sim_certificates import KUBELET_CLIENT, KUBELET_SERVING
-from tests.sim.sim_lab import SimLab, lease_prefix
+from tests.sim.test_sim_stacks import open_sim
 
 pytestmark = pytest.mark.sim
 
@@ -34,18 +34,13 @@ VALUES = "/etc/labctl/stacks/test/values.yaml"
 
 
 @pytest.fixture
-def sim(fake_tart, tmp_path, monkeypatch):
+def sim(fake_tart, lab_dir):
     """dev installed up to (not including) its stacks: kubeadm with serverTLSBootstrap, Cilium, node config."""
-    config = tmp_path / "clusters.json"
-    config.write_text(json.dumps(LAB))
-    monkeypatch.setenv("FAKE_TART_LEASE_PREFIX", lease_prefix())
-    monkeypatch.setenv("FAKE_TART_IP_DELAY", "0")
-    monkeypatch.chdir(tmp_path)
-    with SimLab(config, fake_tart) as lab:
+    with open_sim(lab_dir, fake_tart, LAB) as lab:
         result = run_cli("--json", "install", "--skip", "stacks", env=ENV)
         assert result.code == 0, result.out
-        lab.ctx = Context(lab.model, LabState(tmp_path / ".labctl"), **lab.overrides())
-        lab.kubeconfig = tmp_path / ".labctl" / "kubeconfig" / "dev.yaml"
+        lab.ctx = Context(lab.model, LabState(lab_dir / ".labctl"), **lab.overrides())
+        lab.kubeconfig = lab_dir / ".labctl" / "kubeconfig" / "dev.yaml"
         yield lab
         lab.ctx.close()
 

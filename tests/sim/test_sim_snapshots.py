@@ -12,8 +12,9 @@ import json
 
 import pytest
 
-from tests.sim.sim_lab import SimLab, lease_prefix
+from tests.sim.sim_lab import SimLab
 from tests.sim.test_sim_e2e import labctl
+from tests.sim.test_sim_stacks import open_sim
 
 pytestmark = pytest.mark.sim
 
@@ -27,13 +28,8 @@ VOLATILE = {"events", "leases", "certificatesigningrequests", "endpointslices", 
 
 
 @pytest.fixture
-def sim(fake_tart, tmp_path, monkeypatch):
-    config = tmp_path / "clusters.json"
-    config.write_text(json.dumps(LAB))
-    monkeypatch.setenv("FAKE_TART_LEASE_PREFIX", lease_prefix())
-    monkeypatch.setenv("FAKE_TART_IP_DELAY", "0")
-    monkeypatch.chdir(tmp_path)
-    with SimLab(config, fake_tart) as lab:
+def sim(fake_tart, lab_dir):
+    with open_sim(lab_dir, fake_tart, LAB) as lab:
         yield lab
 
 

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import run_cli
 from tests.sim.sim_lab import SimLab, lease_prefix
+from tests.sim.test_sim_e2e import events, summary_of
 
 pytestmark = pytest.mark.sim
 
@@ -59,14 +60,6 @@ def sim(fake_tart, tmp_path, monkeypatch, prefix):
 
 def labctl(*args: str):
     return run_cli(*args, env=ENV)
-
-
-def events(out: str) -> list[dict]:
-    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
-
-
-def summary_of(out: str) -> dict:
-    return next(e for e in reversed(events(out)) if e.get("event") == "summary")
 
 
 def results(out: str) -> dict[str, dict]:

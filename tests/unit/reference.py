@@ -47,6 +47,14 @@ def charts() -> dict[str, ChartFacts]:
     return out
 
 
+@lru_cache(maxsize=None)
+def default_images(folder: str) -> tuple[str, ...]:
+    """The images under `default images` in a chart folder's chart.txt (one `  - <ref>` line each)."""
+    text = (CHARTS / folder / "chart.txt").read_text()
+    section = text.split("default images", 1)[1].split("\nnotes:", 1)[0]
+    return tuple(re.findall(r"^  - (\S+)$", section, re.M))
+
+
 def chart_folder(chart: str) -> ChartFacts | None:
     """The folder whose chart.txt `chart:` line is `chart` (istio's `base` is in istio-base, `gateway` in
     istio-gateway, ...)."""

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from labctl import apiproxy
+from labctl import apiforwarder, apiproxy
 from labctl.state import LabState
 
 
@@ -188,7 +188,7 @@ def test_a_second_forwarder_exits_and_leaves_the_first(state, tmp_path):
         apiproxy.set_backends(state, "prod", [backend.entry()])
         apiproxy.start(state)
         pid = apiproxy.pid(state.root)
-        assert apiproxy.serve(tmp_path) == 0  # returns at once: the lock is held
+        assert apiforwarder.serve(tmp_path) == 0  # returns at once: the lock is held
         assert apiproxy.pid(state.root) == pid
         assert json.loads((state.root / apiproxy.ROUTES).read_text())["clusters"]["prod"]
     finally:

@@ -617,12 +617,22 @@ def test_plan_repair(case):
     assert plan_repair(cluster, addresses, probes) == expected
 
 
-def test_plan_repair_refuses_multi_member_etcd_moves():
+def test_plan_repair_of_an_ha_master_updates_its_etcd_member_first_and_refuses_without_quorum():
     probes = {"ha-m1": AddressProbe(node_ip="192.168.64.10", advertised="192.168.64.10",
                                     cert_ips=("192.168.64.10",), endpoint_ip="127.0.0.1")}  # HA: itself, docs/ha.md
-    assert plan_repair(HA, {"ha-m1": "192.168.64.10"}, probes) == []
-    with pytest.raises(StepError, match="3 etcd members"):
-        plan_repair(HA, {"ha-m1": "192.168.64.20"}, probes)
+    peers = {"ha-m1": "192.168.64.10", "ha-m2": "192.168.64.11"}
+    assert plan_repair(HA, {"ha-m1": "192.168.64.10"}, probes, peers) == []
+    assert plan_repair(HA, {"ha-m1": "192.168.64.20"}, probes, peers) == [
+        Repair("node-ip", "ha-m1", "192.168.64.20", "192.168.64.10"),
+        Repair("etcd-peer", "ha-m1", "192.168.64.20", "192.168.64.10"),
+        Repair("control-plane", "ha-m1", "192.168.64.20", "192.168.64.10", regenerate_certs=True)]
+    # an interrupted repair: the files moved, the member's peer URL did not
+    moved = {"ha-m1": AddressProbe(node_ip="192.168.64.20", advertised="192.168.64.20",
+                                   cert_ips=("192.168.64.20",), endpoint_ip="127.0.0.1")}
+    assert plan_repair(HA, {"ha-m1": "192.168.64.20"}, moved, peers) == [
+        Repair("etcd-peer", "ha-m1", "192.168.64.20", "192.168.64.10")]
+    with pytest.raises(StepError, match="no etcd member of ha has quorum"):
+        plan_repair(HA, {"ha-m1": "192.168.64.20"}, probes, None)
 
 
 def test_address_probe_parses_the_probe_output():
@@ -989,12 +999,19 @@ def stack_scripts() -> dict[str, str]:
 def test_every_cluster_script_passes_bash_n_and_shellcheck(tmp_path):
     from labctl import etcd
 
-    scripts = {**all_cluster_scripts(tmp_path), **stack_scripts(), "etcd.status": etcd.status_script().text}
+    ha = ha_lab().clusters[0]
+    member = etcd.Member("ha-m1", "https://192.168.64.10:2380", "https://192.168.64.10:2379", id=0x8e9e05c52164694d)
+    membership = {f"etcd.member-{action}": etcd.member_script(ha, action, member, etcd.peer_url("192.168.64.20")).text
+                  for action in ("update", "remove")}
+    scripts = {**all_cluster_scripts(tmp_path), **stack_scripts(), "etcd.status": etcd.status_script().text,
+               **membership}
     ids = {name.split("@")[0] for name in scripts}
     templates = sorted(p.name for p in (ROOT / "templates" / "cluster").glob("*.sh.j2"))
     balancer = {"endpoint.haproxy", "endpoint.haproxy-probe"}  # templates/node/haproxy.sh.j2 (HA workers)
     assert ids == {"endpoint.hosts", "init.kubeadm", "join.token", "join.upload-certs", "join.kubeadm",
                    "cni.helm-binary", "cni.helm-install", "repair.probe", "repair.node-ip", "repair.control-plane",
-                   "stacks.helm-install", "stacks.helm-uninstall", "helm.recover", "etcd.status", *balancer}
-    assert len(templates) == len(ids - balancer)
+                   "stacks.helm-install", "stacks.helm-uninstall", "helm.recover", "etcd.status", *balancer,
+                   *membership}
+    # one template per script, but etcd.member-update/-remove share templates/cluster/etcd-member.sh.j2
+    assert len(templates) == len(ids - balancer) - 1
     check_bash_scripts(scripts, tmp_path)

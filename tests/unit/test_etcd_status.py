@@ -65,3 +65,20 @@ def test_shutdown_stops_workers_then_masters_one_at_a_time_first_last():
     waves = [[n.name for n in wave] for wave in phase.waves(lab.cluster("ha"))]
     assert waves == [["ha-w1", "ha-w2"], ["ha-m3"], ["ha-m2"], ["ha-m1"]]
     assert [[n.name for n in wave] for wave in phase.waves(lab.cluster("solo"))] == [[], ["solo-m"]]
+
+
+def test_removal_problem_refuses_a_removal_that_would_lose_quorum():
+    from labctl.etcd import EtcdView, Member, removal_problem
+
+    def view(*health: bool) -> EtcdView:
+        return EtcdView("m1", members=[Member(f"m{i + 1}", f"https://10.0.0.{i + 1}:2380", "", healthy=h)
+                                       for i, h in enumerate(health)])
+
+    assert removal_problem(view(True, True, True), "m3") is None  # 3 → 2, both left healthy
+    assert removal_problem(view(True, True, True, True, True), "m1") is None
+    # 5 members, two down: removing a healthy one leaves 2 healthy of 4, etcd needs 3
+    problem = removal_problem(view(True, True, True, False, False), "m3")
+    assert problem and "2 of the 4 members left would be healthy" in problem and "etcd needs 3" in problem
+    # removing one of the down members keeps quorum: 3 healthy of 4
+    assert removal_problem(view(True, True, True, False, False), "m5") is None
+    assert "only etcd member" in removal_problem(view(True), "m1")

@@ -7,7 +7,6 @@ Regenerate the goldens after an intended change with `UPDATE_GOLDEN=1 python -m 
 from __future__ import annotations
 
 import ipaddress
-import os
 
 import pytest
 import yaml
@@ -16,14 +15,11 @@ from labctl import model
 from labctl.kube import balancer, highly_available
 from labctl.render import script
 from phases import join
-from tests.conftest import ROOT, check_bash_scripts, run_cli
+from tests.conftest import ROOT, assert_golden, check_bash_scripts, run_cli
+from tests.unit.test_kubeadm_render import CA_HASH, CERT_KEY, TOKEN
 
 EXAMPLE = ROOT / "examples" / "ha-lab.json"
 GOLDEN = ROOT / "tests" / "golden" / "ha"
-UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
-TOKEN = "abcdef.0123456789abcdef"
-CA_HASH = "sha256:" + "0123456789abcdef" * 4
-CERT_KEY = "f" * 64
 
 LAB = model.load(EXAMPLE)
 CLUSTER = LAB.clusters[0]
@@ -52,12 +48,7 @@ def test_the_example_lab_validates_and_is_highly_available():
 
 @pytest.mark.parametrize("name", sorted(RENDERS))
 def test_golden(name):
-    path = GOLDEN / name
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(RENDERS[name])
-    assert path.exists(), f"no golden file {path}: run with UPDATE_GOLDEN=1 and review it"
-    assert RENDERS[name] == path.read_text(), f"{name} differs from its golden file (UPDATE_GOLDEN=1 if intended)"
+    assert_golden(GOLDEN, name, RENDERS[name])
 
 
 def test_no_stale_golden_files():

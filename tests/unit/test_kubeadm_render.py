@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -18,10 +17,9 @@ import yaml
 
 from labctl import model
 from phases import cni, init, join, nodeconfig
-from tests.conftest import PREDECESSOR, ROOT
+from tests.conftest import PREDECESSOR, ROOT, assert_golden
 
 GOLDEN = ROOT / "tests" / "golden"
-UPDATE = os.environ.get("UPDATE_GOLDEN") == "1"
 TOKEN = "abcdef.0123456789abcdef"
 CA_HASH = "sha256:" + "0123456789abcdef" * 4
 CERT_KEY = "f" * 64
@@ -64,12 +62,7 @@ def test_the_lab_is_the_shipped_one():
 
 @pytest.mark.parametrize("name", sorted(RENDERS))
 def test_golden(name):
-    path = GOLDEN / name
-    if UPDATE:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(RENDERS[name])
-    assert path.exists(), f"no golden file {path}: run with UPDATE_GOLDEN=1 and review it"
-    assert RENDERS[name] == path.read_text(), f"{name} differs from its golden file (UPDATE_GOLDEN=1 if intended)"
+    assert_golden(GOLDEN, name, RENDERS[name])
 
 
 def test_no_stale_golden_files():

@@ -14,8 +14,7 @@ import sys
 import pytest
 
 from labctl import docgen, model, stack_validation, stacks
-from labctl.errors import ConfigError
-from tests.conftest import FIXTURES, ROOT, run_cli
+from tests.conftest import FIXTURES, ROOT, build_problems, run_cli
 
 VALID = FIXTURES / "stacks" / "clusters.json"
 
@@ -35,9 +34,9 @@ def _lab(stacks_: list, nodes: list[dict] | None = None, cilium: dict | None = N
 
 
 def _problems(text: str, base_dir=None) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        model.parse(text, base_dir=base_dir)
-    return [str(p) for p in info.value.problems]
+    problems = build_problems(lambda: model.parse(text, base_dir=base_dir))
+    assert problems, "no problem found"
+    return [str(p) for p in problems]
 
 
 # ---- valid declarations -------------------------------------------------------------------------------------------
