@@ -26,6 +26,8 @@ QUORUM_TIMEOUT = 300.0  # seconds boot waits for quorum (the control planes' sta
 EXIT_NO_ETCD = 3  # the script: no running etcd container on this node
 PEER_PORT = 2380  # kubeadm's etcd peer port: peer URLs are https://<advertise address>:2380
 MEMBER_TIMEOUT = "5s"  # etcdctl's bound for one membership change (a raft proposal, committed by a majority)
+ETCD_DATA = "/var/lib/etcd"  # kubeadm's etcd data dir (ClusterConfiguration etcd.local.dataDir default)
+FORCE_WAIT = 240  # seconds the recovery script waits for the kubelet to restart etcd with --force-new-cluster
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Member:
     leader: bool = False
     error: str = ""
     id: int = 0  # etcd's member id (a uint64; etcdctl takes it in hex: `hex_id`)
+    started: bool = True  # False between `member add` and the member's first start (etcd lists it without a name)
 
     @property
     def hex_id(self) -> str:
@@ -113,7 +116,7 @@ def parse(asked: str, text: str) -> EtcdView:
             name=m.get("name") or f"(unstarted {m.get('ID')})", peer_url=(m.get("peerURLs") or [""])[0],
             client_url=client, healthy=h.get("health") is True,
             leader=m.get("ID") in leader_ids, error=str(h.get("error") or ("" if h else "no answer")),
-            id=int(m.get("ID") or 0)))
+            id=int(m.get("ID") or 0), started=bool(m.get("name"))))
     return view
 
 
@@ -187,7 +190,8 @@ def peer_url(address: str) -> str:
 
 
 def member_script(cluster: Cluster, action: str, member: Member, new_peer_url: str = ""):
-    """templates/cluster/etcd-member.sh.j2: `etcdctl member update|remove` of `member`, run on another member."""
+    """templates/cluster/etcd-member.sh.j2: `etcdctl member update|remove|add` of `member` (add: its name and
+    `new_peer_url`), run on another member."""
     return script(f"etcd.member-{action}", "cluster/etcd-member.sh.j2", cluster=cluster.name, action=action,
                   member_id=member.hex_id, member=member.name, peer_url=new_peer_url, etcd_pki=ETCD_PKI,
                   command_timeout=MEMBER_TIMEOUT)
@@ -279,3 +283,56 @@ def remove_member(ctx, cluster: Cluster, node: str) -> str | None:
                         "again")
     ctx.transport(view.asked).run(member_script(cluster, "remove", member), sudo=True, timeout=60)
     return f"{node}: etcd member removed (on {view.asked}; {len(view.members) - 1} left)"
+
+
+# ---- recovery when a majority of the members moved at once (docs/ha.md) ------------------------------------------
+
+def force_script(cluster: Cluster, node: str):
+    return script("etcd.force-new-cluster", "cluster/etcd-force-new-cluster.sh.j2", cluster=cluster.name, node=node,
+                  etcd_manifest=ETCD_MANIFEST, etcd_pki=ETCD_PKI, command_timeout=COMMAND_TIMEOUT,
+                  wait_seconds=FORCE_WAIT)
+
+
+def force_new_cluster(ctx, cluster: Cluster, node: str, address: str) -> list[str]:
+    """Make control plane `node` (the first master, its files already repaired for `address`) a one-member etcd
+    cluster from its own data (etcd docs, "Disaster recovery", `--force-new-cluster`: the data and the member stay,
+    every other member is dropped), then give its member the peer URL https://<address>:2380 when the forced member
+    kept the old one (it keeps what its data records). Asks etcd first: raises StepError, forcing nothing, when any
+    member has quorum by now (then the ordinary one-member-at-a-time repair applies: run again). Returns what
+    changed, one line per action."""
+    try:
+        view = with_quorum(ctx, cluster)
+    except StepError:
+        view = None
+    if view is not None:
+        raise StepError(f"{cluster.name}: etcd has quorum again ({view.describe()}): not forcing a new cluster",
+                        hint="run the same command again: the members are then repaired one at a time")
+    master = next(m for m in cluster.masters if m.name == node)
+    out = ctx.transport(node).run(force_script(cluster, node), sudo=True, timeout=FORCE_WAIT + 60).stdout.strip()
+    done = [f"{node}: {out.splitlines()[-1] if out else 'etcd forced to a one-member cluster'}"]
+    view = ask(ctx, cluster, masters=[master])
+    member = next((m for m in view.members if m.name == node), None)
+    if member is None or not view.quorum:
+        raise StepError(f"{node}: etcd after --force-new-cluster: {view.describe()}",
+                        hint=f"look at the etcd container on {node} (`sudo crictl ps -a --name etcd`)")
+    want = peer_url(address)
+    if member.peer_url != want:  # a one-member cluster has quorum on its own: the update is asked on the member
+        ctx.transport(node).run(member_script(cluster, "update", member, want), sudo=True, timeout=60)
+        done.append(f"{node}: etcd peer URL {member.peer_url} → {want} (member update on {node})")
+    return done
+
+
+def add_member(ctx, cluster: Cluster, node: str, address: str) -> tuple[str | None, str]:
+    """`member add <node> --peer-urls=https://<address>:2380` on another member with quorum, unless a member with
+    that peer URL is listed already (a run stopped after the add). Returns (what changed or None, the
+    --initial-cluster the new member starts with: every member now, itself included; etcd docs, "Runtime
+    reconfiguration", "Add a new member"). Raises StepError when no member has quorum."""
+    view = with_quorum(ctx, cluster, exclude=(node,))
+    want = peer_url(address)
+    done = None
+    if not any(m.peer_url == want for m in view.members):
+        ctx.transport(view.asked).run(member_script(cluster, "add", Member(node, want, ""), want), sudo=True,
+                                      timeout=60)
+        done = f"{node}: etcd member added at {want} (member add on {view.asked})"
+    others = [f"{m.name}={m.peer_url}" for m in view.members if m.peer_url != want and m.started]
+    return done, ",".join([*others, f"{node}={want}"])

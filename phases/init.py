@@ -177,6 +177,8 @@ def repair_addresses(ctx, cluster, only: list[str] | None = None) -> list[str]:
             ctx.note(f"{repair.node}: the API endpoint moves to its local haproxy in its join step")
             continue
         repairs.append(repair)
+    done: list[str] = []  # what the repairs did beyond their own line (etcd recovery)
+    forcing = {r.node for r in repairs if r.kind == "etcd-force"}
     if any(r.kind == "hosts" for r in repairs):
         cni.mark_restart(ctx, cluster, True)  # before the change: a run stopped after it still restarts Cilium
     for repair in repairs:
@@ -195,21 +197,37 @@ def repair_addresses(ctx, cluster, only: list[str] | None = None) -> list[str]:
             # on another member with quorum, before this member restarts with the new address (etcd docs, "Update
             # advertise peer URLs"): afterwards the others reach it there
             etcd.update_peer(ctx, cluster, repair.node, repair.new)
+        elif repair.kind == "etcd-force":
+            # a majority moved at once (plan_repair): the first master's etcd alone, from its data (docs/ha.md)
+            for line in etcd.force_new_cluster(ctx, cluster, repair.node, repair.new):
+                ctx.note(line)
+                done.append(line)
+            ctx.invalidate(repair.node)
+            ctx.note(f"{repair.node}: {etcd.wait_healthy(ctx, cluster, repair.node)}")
         else:
             first = repair.node == cluster.masters[0].name
+            initial_cluster = ""
+            if repair.rejoin:
+                # its old member is gone: added anew on a member with quorum before its etcd restarts, so that it
+                # starts as that member (etcd docs, "Runtime reconfiguration", "Add a new member")
+                added, initial_cluster = etcd.add_member(ctx, cluster, repair.node, repair.new)
+                if added:
+                    ctx.note(added)
+                    done.append(added)
             config = init_config(ctx.lab, cluster, repair.new, host_sans(ctx, cluster, repair.new), node=repair.node)
             transport.put(INIT_CONFIG, config.encode(), 0o600, sudo=True)
             run = script("repair.control-plane", "cluster/repair-control-plane.sh.j2", cluster=cluster.name,
                          node=repair.node, old=repair.old, new=repair.new, regenerate_certs=repair.regenerate_certs,
-                         config_path=INIT_CONFIG, all_kubeconfigs=first)
+                         config_path=INIT_CONFIG, all_kubeconfigs=first, rejoin=repair.rejoin,
+                         initial_cluster=initial_cluster, etcd_data=etcd.ETCD_DATA, etcd_manifest=etcd.ETCD_MANIFEST)
             transport.run(run, sudo=True, timeout=300)
-            if highly_available(cluster):
+            if highly_available(cluster) and repair.node not in forcing:
                 # one member at a time: the next one's files change only once this one is back, so the members that
-                # run keep quorum throughout
+                # run keep quorum throughout (a member about to be forced has no quorum to come back to yet)
                 ctx.invalidate(repair.node)
                 ctx.note(f"{repair.node}: {etcd.wait_healthy(ctx, cluster, repair.node)}")
         ctx.invalidate(repair.node)
-    return [str(r) for r in repairs]
+    return [str(r) for r in repairs] + done
 
 
 def reconcile_addresses(ctx, cluster, repair: bool = True) -> list[str]:

@@ -128,18 +128,21 @@ class AddressProbe:
 class Repair:
     """One repair action on one node. `old` is None when there is nothing to rewrite (e.g. a missing hosts line)."""
 
-    kind: Literal["hosts", "node-ip", "etcd-peer", "control-plane"]
+    kind: Literal["hosts", "node-ip", "etcd-peer", "control-plane", "etcd-force"]
     node: str
     new: str
     old: str | None = None
     regenerate_certs: bool = False
+    rejoin: bool = False  # control-plane: its etcd member is gone; it is added anew and starts from an empty data dir
 
     def __str__(self) -> str:
         what = {"hosts": "API endpoint in /etc/hosts", "node-ip": "kubelet --node-ip",
-                "etcd-peer": "etcd member peer address", "control-plane": "control plane address"}[self.kind]
+                "etcd-peer": "etcd member peer address", "control-plane": "control plane address",
+                "etcd-force": "etcd --force-new-cluster (no quorum: a majority of the masters moved), at"}[self.kind]
         change = f"{self.old} → {self.new}" if self.old else f"→ {self.new}"
         certs = ", new API server/etcd certificates" if self.regenerate_certs else ""
-        return f"{self.node}: {what} {change}{certs}"
+        rejoin = ", etcd member added anew (old data moved aside)" if self.rejoin else ""
+        return f"{self.node}: {what} {change}{certs}{rejoin}"
 
 
 def _ip(value: str, what: str) -> str:
@@ -158,8 +161,14 @@ def plan_repair(cluster: Cluster, addresses: dict[str, str], probes: dict[str, A
     lists them, or None when no member has quorum. Returns [] when nothing moved. Order: hosts lines first (every
     kubelet resolves the API by name), then kubelets' --node-ip, then the control planes, one after the other: in an
     HA cluster each moved master's etcd member is updated (`etcd-peer`, on a member with quorum) right before its own
-    files (`control-plane`, which restarts its kubelet), so the others keep quorum throughout. Raises StepError when
-    masters of an HA cluster moved and no member has quorum (a majority moved at once: docs/ha.md).
+    files (`control-plane`, which restarts its kubelet), so the others keep quorum throughout; a control plane with
+    no member (any more) is added anew (`control-plane` with `rejoin`).
+
+    Without quorum (`peers` None) and with too few masters whose files match their address to ever form one (a
+    majority moved at once, `_recovery`), etcd's disaster recovery (docs/ha.md): the first master's files, then
+    `etcd-force` there (--force-new-cluster: its data, itself alone), then every other master rejoins, one at a time.
+    Raises StepError when masters moved, no member has quorum, and labctl cannot tell that none could (a master not
+    probed, or a majority at its address: they may still be starting).
     """
     first = cluster.masters[0].name
     api_ip = endpoint_address(cluster, _ip(addresses[first], first))
@@ -167,6 +176,7 @@ def plan_repair(cluster: Cluster, addresses: dict[str, str], probes: dict[str, A
     hosts: list[Repair] = []
     node_ips: list[Repair] = []
     control: list[Repair] = []
+    recover = ha and peers is None and _recovery(cluster, addresses, probes)
     for node in cluster.nodes:
         probe = probes.get(node.name)
         if probe is None or node.name not in addresses:
@@ -181,20 +191,47 @@ def plan_repair(cluster: Cluster, addresses: dict[str, str], probes: dict[str, A
             continue  # not a control plane (yet)
         moved = probe.advertised != new
         regenerate = moved or new not in probe.cert_ips
+        old = _ip(probe.advertised, node.name) if moved else None
+        if recover:
+            # the first master keeps the data (a labctl `shutdown` stops it last): its files first (its etcd must
+            # start at its address now), then --force-new-cluster there; every other master's member was dropped
+            # with it, so each one is added anew, whether it moved or not
+            if node.name == first:
+                if regenerate:
+                    control.append(Repair("control-plane", node.name, new, old, regenerate_certs=True))
+                control.append(Repair("etcd-force", node.name, new))
+            else:
+                control.append(Repair("control-plane", node.name, new, old, regenerate_certs=regenerate, rejoin=True))
+            continue
         if ha:
             if peers is None:
                 if regenerate:
-                    # Several etcd members and none with quorum: `member update` is a raft proposal and needs a
-                    # majority (reference §4, etcd "Runtime reconfiguration"); see docs/ha.md for the way out.
+                    # Several etcd members, none with quorum, and a majority of masters at their addresses (or not
+                    # all probed): `member update` is a raft proposal and needs a majority (reference §4, etcd
+                    # "Runtime reconfiguration"); forcing a new cluster now could drop members that are starting
                     raise StepError(
                         f"{node.name}: the control plane moved from {probe.advertised} to {new}, and no etcd member "
-                        f"of {cluster.name} has quorum to update its peer URL (a majority of the masters moved, or "
-                        "is not running)",
-                        hint="start every master (`labctl boot`); when a majority came back at new addresses, follow "
-                        "\"A majority of the masters moved\" in docs/ha.md")
-            elif node.name in peers and peers[node.name] != new:
+                        f"of {cluster.name} has quorum to update its peer URL (masters not running or still "
+                        "starting)",
+                        hint="start every master (`labctl boot`) and run the command again: when a majority moved, "
+                        "labctl recovers etcd from the first master (docs/ha.md)")
+            elif node.name not in peers:
+                control.append(Repair("control-plane", node.name, new, old, regenerate_certs=regenerate, rejoin=True))
+                continue
+            elif peers[node.name] != new:
                 control.append(Repair("etcd-peer", node.name, new, peers[node.name]))
         if regenerate:
-            control.append(Repair("control-plane", node.name, new,
-                                  _ip(probe.advertised, node.name) if moved else None, regenerate_certs=True))
+            control.append(Repair("control-plane", node.name, new, old, regenerate_certs=True))
     return hosts + node_ips + control
+
+
+def _recovery(cluster: Cluster, addresses: dict[str, str], probes: dict[str, AddressProbe]) -> bool:
+    """Whether the masters' etcd members cannot form quorum as they are, so that only etcd's disaster recovery
+    helps: every master was probed and is a control plane, and fewer than a majority, floor(n/2)+1, have files that
+    name their address now (the others' etcd cannot even bind its listeners; etcd FAQ, "failure tolerance"). Called
+    only when no member answers with quorum."""
+    masters = cluster.masters
+    if any(m.name not in probes or m.name not in addresses or probes[m.name].advertised is None for m in masters):
+        return False
+    in_place = sum(probes[m.name].advertised == addresses[m.name] for m in masters)
+    return in_place < len(masters) // 2 + 1

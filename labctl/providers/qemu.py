@@ -60,21 +60,20 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
 
 from .. import images
 from ..errors import ProviderError
 from ..state import private_opener, write_atomic
 from .base import VM, LabVMs, shrink_error
-from .qemu_accel import PROBE_MARK, PROBE_SECONDS, Accel, _opt, kvm_problem, probe_kvm  # noqa: F401 (re-exported)
+from .qemu_accel import ENV_ACCEL, PROBE_MARK, PROBE_SECONDS, Accel, Accelerator, _opt, kvm_problem, probe_kvm  # noqa: F401 (re-exported)
 from .qemu_seed import fat_image, seed_files, write_seed  # noqa: F401 (re-exported)
 from . import qemu_net
+from .qemu_copies import Copies
 from .qemu_net import LOOPBACK, Networking, lease_address, new_mac  # noqa: F401 (re-exported)
 
 log = logging.getLogger("labctl")
 
 GIB = 1024**3
-ENV_ACCEL = "LABCTL_QEMU_ACCEL"
 INSTALL_HINT = ("install QEMU: `sudo apt-get install qemu-system-x86 qemu-utils` (Debian/Ubuntu; qemu-system-arm on "
                 "arm64); validate/plan/schema work without it")
 DEFAULT_APPEND = "root=/dev/vda rw console=ttyS0 net.ifnames=0"
@@ -141,7 +140,7 @@ def qmp(path: str, command: str, timeout: float = 5.0) -> dict:
 
 # ---- the provider -----------------------------------------------------------------------------------------------
 
-class QemuProvider(Networking, LabVMs):
+class QemuProvider(Accelerator, Copies, Networking, LabVMs):
     name = "qemu"
     hard_stops = frozenset({"quit", "kill"})  # how `stop` says it had to pull the plug
     POLL = 0.2
@@ -312,70 +311,6 @@ class QemuProvider(Networking, LabVMs):
         if accel not in SSH_WAIT:  # auto, not started by labctl yet: the probe's verdict if there is one
             accel = self._accel.name if self._accel is not None else "tcg"
         return SSH_WAIT[accel]
-
-    # -- the accelerator ---------------------------------------------------------------------------------------------
-    def accelerator(self) -> Accel:
-        """KVM or TCG, decided once per provider (and cached per host boot): see the module docstring."""
-        with self._lock:
-            if self._accel is None:
-                self._accel = self._choose_accel()
-            return self._accel
-
-    def _choose_accel(self) -> Accel:
-        forced = os.environ.get(ENV_ACCEL, "").strip().lower()
-        if forced:
-            if forced not in ("kvm", "tcg"):
-                raise ProviderError(f"{ENV_ACCEL}={forced!r}: use kvm or tcg (or unset it to let labctl probe)")
-            return Accel(forced, f"{ENV_ACCEL}={forced}")  # type: ignore[arg-type]
-        if self.settings.accel != "auto":
-            return Accel(self.settings.accel, f"provider.qemu.accel is {self.settings.accel}")
-        problem = kvm_problem()
-        if problem is None:
-            boot, mode = self._probe_boot()
-            if boot is None:  # only doctor gets here: create and start need the image
-                return Accel("kvm", "/dev/kvm opens, but there is no image yet to probe a guest boot with",
-                             probed=False)
-            problem = self._cached_probe(boot, mode)
-            if problem is None:
-                return Accel("kvm", "/dev/kvm works and a probe boot under KVM printed on the console")
-        return Accel("tcg", problem, f"using TCG (software emulation, several times slower than KVM): {problem}; "
-                                     f"set {ENV_ACCEL}=kvm to force KVM")
-
-    def _probe_boot(self) -> tuple[list[str] | None, Literal["kernel", "disk"]]:
-        s = self.settings
-        if s.kernel:
-            kernel = self.local_path(s.kernel)
-            if not kernel.is_file():
-                return None, "kernel"
-            initrd = ["-initrd", str(self.local_path(s.initrd))] if s.initrd else []
-            return ["-kernel", str(kernel), *initrd, "-append", "console=ttyS0 panic=-1"], "kernel"
-        base = self.image_path(self.lab.base_image)
-        if not base.is_file():
-            return None, "disk"
-        fmt = self.image_info(base, None).get("format", "raw")
-        return ["-drive", f"if=virtio,file={_opt(base)},format={fmt},snapshot=on"], "disk"
-
-    def _cached_probe(self, boot: list[str], mode: Literal["kernel", "disk"]) -> str | None:
-        """The probe's verdict, remembered per QEMU binary, boot arguments and host boot (a fixed host reboots)."""
-        binary = shutil.which(self.qemu) or self.qemu
-        try:
-            boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-        except OSError:
-            boot_id = ""
-        with contextlib.suppress(OSError):
-            binary += f"@{os.stat(binary).st_mtime_ns}"
-        key = hashlib.sha256(json.dumps([binary, boot, platform.release(), boot_id]).encode()).hexdigest()[:16]
-        cache = self.vm_home() / "accel.json"
-        try:
-            known = json.loads(cache.read_text())
-            if known.get("key") == key:
-                return known.get("problem")
-        except (OSError, ValueError):
-            pass
-        problem = probe_kvm(self.qemu, boot, mode)
-        write_atomic(cache, json.dumps({"key": key, "problem": problem}) + "\n", 0o600)
-        return problem
-
 
     # -- changing ------------------------------------------------------------------------------------------------
     def create(self, node, image: str | None = None) -> bool:
@@ -589,89 +524,6 @@ class QemuProvider(Networking, LabVMs):
         qmp_path = self._qmp_path(name)
         shutil.rmtree(self._dir(name))
         Path(qmp_path).unlink(missing_ok=True)
-        return True
-
-    # -- VMs labctl keeps beside the lab (snapshots, golden images) ---------------------------------------------
-    RUNTIME_FILES = frozenset({"qemu.pid", "run.json", "qmp.sock"})  # a running QEMU's, never part of a copy
-
-    def clone_vm(self, source: str, target: str) -> None:
-        self._copy_check(source, target)
-        src, dst = self._dir(source), self._dir(target)
-        shutil.rmtree(dst, ignore_errors=True)  # an unfinished copy (vm.json is written last)
-        dst.mkdir(parents=True, mode=0o700)
-        try:
-            # disk.qcow2 is an overlay whose backing file is the read-only base image: a copy of the overlay is a
-            # full copy of the VM's disk. vm.json keeps its MACs, port and instance-id: the copy is the same machine.
-            for f in sorted(p for p in src.iterdir() if p.is_file() and p.name not in self.RUNTIME_FILES | {"vm.json"}):
-                shutil.copyfile(f, dst / f.name)
-                (dst / f.name).chmod(0o600)
-            shutil.copyfile(src / "vm.json", dst / "vm.json")
-            (dst / "vm.json").chmod(0o600)
-        except BaseException:
-            shutil.rmtree(dst, ignore_errors=True)
-            raise
-
-    def delete_vm(self, name: str) -> bool:
-        name = self._own_vm(name)
-        directory = self._dir(name)
-        if not directory.exists():
-            return False
-        if self._pid(name) is not None:
-            raise ProviderError(f"{name}: QEMU is running it; stop it first")
-        shutil.rmtree(directory)
-        return True
-
-    def vm_disk_bytes(self, name: str) -> int:
-        if self._meta(name) is None:
-            raise ProviderError(f"{name}: no such VM (no {self._dir(name) / 'vm.json'})")
-        return sum(f.stat().st_blocks * 512 for f in self._dir(name).iterdir() if f.is_file())
-
-    # -- golden images (labctl/golden.py): flattened qcow2 files in the image cache ---------------------------
-    def golden_path(self, name: str) -> Path:
-        """Where the golden image `name` lives: `<cache>/labctl-k8s-<hash>.qcow2` (labctl/images.py cache_dir())."""
-        return images.cache_dir() / f"{name}.qcow2"
-
-    def golden_source(self, name: str) -> str | None:
-        """What `create` uses as the backing file for the golden image `name`, or None when there is none."""
-        path = self.golden_path(name)
-        return str(path) if path.is_file() else None
-
-    def keep_golden(self, build_vm: str, name: str) -> None:
-        """Keep the stopped `build_vm`'s disk as the golden image `name`: `qemu-img convert` flattens the overlay
-        and its base into one standalone qcow2 (the base image may be replaced or deleted later), written beside
-        and renamed into place, so a half-written image is never found."""
-        if self._pid(build_vm) is not None:
-            raise ProviderError(f"{build_vm}: is running; only a stopped VM's disk is consistent")
-        target = self.golden_path(name)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.with_name(target.name + ".part")
-        part.unlink(missing_ok=True)
-        try:
-            self._run([self.qemu_img, "convert", "-O", "qcow2", str(self._dir(build_vm) / "disk.qcow2"), str(part)],
-                      build_vm, timeout=None)
-            part.rename(target)
-        finally:
-            part.unlink(missing_ok=True)
-
-    def golden_disk_bytes(self, name: str) -> int:
-        path = self.golden_path(name)
-        return path.stat().st_blocks * 512 if path.is_file() else 0
-
-    def push_golden(self, name: str, reference: str) -> None:
-        raise ProviderError("the qemu provider keeps golden images as local qcow2 files and has no registry to push "
-                            "to", hint=f"copy {self.golden_path(name)} instead")
-
-    def delete_golden(self, name: str) -> bool:
-        """Delete the image file, unless a VM of this lab still has it as its disk's backing file (it would lose
-        its disk: every VM cloned from it is an overlay on it). True when there was one."""
-        path = self.golden_path(name)
-        if not path.is_file():
-            return False
-        users = [d.name for d in self._vm_dirs() if (self._meta(d.name) or {}).get("base") == str(path.resolve())]
-        if users:
-            raise ProviderError(f"{name}: the disks of {', '.join(users)} are overlays on {path}; not deleted",
-                                hint="`labctl destroy` those VMs first")
-        path.unlink()
         return True
 
     # -- the QEMU processes ----------------------------------------------------------------------------------

@@ -5,7 +5,11 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import hashlib
+import json
 import os
+import platform
+import shutil
 import signal
 import subprocess
 import tempfile
@@ -13,6 +17,11 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
+
+from ..errors import ProviderError
+from ..state import write_atomic
+
+ENV_ACCEL = "LABCTL_QEMU_ACCEL"
 
 KVM_GET_API_VERSION = 0xAE00  # _IO(KVMIO, 0x00); the stable KVM API has answered 12 since Linux 2.6.22
 KVM_API_VERSION = 12
@@ -93,3 +102,71 @@ def probe_kvm(qemu: str, boot: list[str], mode: Literal["kernel", "disk"],
             proc.wait()
             if proc.stderr:
                 proc.stderr.close()
+
+
+class Accelerator:
+    """The QemuProvider's choice of accelerator, once per provider (a mixin: uses its `settings`, `_lock`, `_accel`,
+    `qemu`, `lab`, `local_path`, `image_path`, `image_info` and `vm_home`)."""
+
+    # -- the accelerator ---------------------------------------------------------------------------------------------
+    def accelerator(self) -> Accel:
+        """KVM or TCG, decided once per provider (and cached per host boot): see the module docstring."""
+        with self._lock:
+            if self._accel is None:
+                self._accel = self._choose_accel()
+            return self._accel
+
+    def _choose_accel(self) -> Accel:
+        forced = os.environ.get(ENV_ACCEL, "").strip().lower()
+        if forced:
+            if forced not in ("kvm", "tcg"):
+                raise ProviderError(f"{ENV_ACCEL}={forced!r}: use kvm or tcg (or unset it to let labctl probe)")
+            return Accel(forced, f"{ENV_ACCEL}={forced}")  # type: ignore[arg-type]
+        if self.settings.accel != "auto":
+            return Accel(self.settings.accel, f"provider.qemu.accel is {self.settings.accel}")
+        problem = kvm_problem()
+        if problem is None:
+            boot, mode = self._probe_boot()
+            if boot is None:  # only doctor gets here: create and start need the image
+                return Accel("kvm", "/dev/kvm opens, but there is no image yet to probe a guest boot with",
+                             probed=False)
+            problem = self._cached_probe(boot, mode)
+            if problem is None:
+                return Accel("kvm", "/dev/kvm works and a probe boot under KVM printed on the console")
+        return Accel("tcg", problem, f"using TCG (software emulation, several times slower than KVM): {problem}; "
+                                     f"set {ENV_ACCEL}=kvm to force KVM")
+
+    def _probe_boot(self) -> tuple[list[str] | None, Literal["kernel", "disk"]]:
+        s = self.settings
+        if s.kernel:
+            kernel = self.local_path(s.kernel)
+            if not kernel.is_file():
+                return None, "kernel"
+            initrd = ["-initrd", str(self.local_path(s.initrd))] if s.initrd else []
+            return ["-kernel", str(kernel), *initrd, "-append", "console=ttyS0 panic=-1"], "kernel"
+        base = self.image_path(self.lab.base_image)
+        if not base.is_file():
+            return None, "disk"
+        fmt = self.image_info(base, None).get("format", "raw")
+        return ["-drive", f"if=virtio,file={_opt(base)},format={fmt},snapshot=on"], "disk"
+
+    def _cached_probe(self, boot: list[str], mode: Literal["kernel", "disk"]) -> str | None:
+        """The probe's verdict, remembered per QEMU binary, boot arguments and host boot (a fixed host reboots)."""
+        binary = shutil.which(self.qemu) or self.qemu
+        try:
+            boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except OSError:
+            boot_id = ""
+        with contextlib.suppress(OSError):
+            binary += f"@{os.stat(binary).st_mtime_ns}"
+        key = hashlib.sha256(json.dumps([binary, boot, platform.release(), boot_id]).encode()).hexdigest()[:16]
+        cache = self.vm_home() / "accel.json"
+        try:
+            known = json.loads(cache.read_text())
+            if known.get("key") == key:
+                return known.get("problem")
+        except (OSError, ValueError):
+            pass
+        problem = probe_kvm(self.qemu, boot, mode)
+        write_atomic(cache, json.dumps({"key": key, "problem": problem}) + "\n", 0o600)
+        return problem

@@ -149,11 +149,39 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
         for master in self.masters:
             running, address, _ = master.vm_state()
             if running and address and master.advertised is not None and not master.hung.is_set() \
-                    and master.static_pods_up() and (len(self.etcd.members) < 2 or master.advertised == address):
+                    and master.static_pods_up() and (len(self.etcd.members) < 2 or master.advertised == address) \
+                    and self._etcd_data_starts(master, address):
                 # (with peers, a member whose etcd.yaml still names its old address cannot bind its listeners
                 # there: it crash-loops until its files are repaired)
                 out[master.name] = address
         return out
+
+    def _etcd_running_alone(self, master: SimNode) -> bool:
+        """Whether `master`'s etcd starts when it needs no peers (--force-new-cluster): its files name its address
+        now and its data dir holds a current member's data."""
+        running, address, _ = master.vm_state()
+        return bool(running and address and master.advertised == address and not master.hung.is_set()
+                    and master.static_pods_up() and master.etcd_data is not None
+                    and any(m.id == master.etcd_data for m in self.etcd.members))
+
+    def _etcd_data_starts(self, master: SimNode, address: str) -> bool:
+        """Whether etcd starts on `master`'s data dir (tests/sim/sim_etcd.py): the data of a current member does;
+        that of a removed member does not ("the member has been permanently removed from the cluster"); an empty
+        one joins as the added, unstarted member at its peer URL when etcd.yaml says
+        --initial-cluster-state=existing with an --initial-cluster naming every member (else etcd exits: "member
+        count is unequal" / no such member), which starts it (the kubelet keeps restarting etcd until it does)."""
+        with self.lock:
+            if master.etcd_data is not None:
+                return any(m.id == master.etcd_data for m in self.etcd.members)
+            peer = f"https://{address}:2380"
+            added = next((m for m in self.etcd.members if not m.started and m.peer_url == peer), None)
+            named = dict(item.split("=", 1) for item in (master.etcd_join or "").split(",") if "=" in item)
+            want = {m.name: m.peer_url for m in self.etcd.members if m.started}
+            if added is None or named.get(master.name) != peer or any(named.get(n) != u for n, u in want.items()):
+                return False
+            self.etcd.start(added.id)
+            master.etcd_data, master.etcd_join = added.id, None
+            return True
 
     def etcd_event(self, what: str) -> None:
         """Record the membership and how many members are alive right now (tests assert quorum at every step)."""
@@ -246,13 +274,13 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
                                                            "spec": {"clusterIP": str(ip), "ports": ports}},
                              "kube-apiserver")
             store.put(APPS, "deployments", deployment_object("coredns", 2), KUBE_SYSTEM)
-            self.etcd.add(master.name, master.advertised)
+            master.etcd_data = self.etcd.add(master.name, master.advertised).id
             self.register(master)
         self.sync()
 
     def control_plane_joined(self, master: SimNode) -> None:
         """What `kubeadm join --control-plane` leaves: a new etcd member, the Node, and an API server of its own."""
-        self.etcd.add(master.name, master.advertised)
+        master.etcd_data = self.etcd.add(master.name, master.advertised).id
         self.register(master)
         self.sync()
 

@@ -265,6 +265,12 @@ class ClusterScripts:
             init = docs["InitConfiguration"]
             self.cert_sans = _apiserver_sans(self.name, init["localAPIEndpoint"]["advertiseAddress"],
                                              docs["ClusterConfiguration"])
+        if p.get("rejoin"):
+            # the old member's data moved aside (kept: `etcd_aside`), etcd.yaml set to join the members there are
+            if self.etcd_data is not None:
+                self.etcd_aside.append(self.etcd_data)
+                self.etcd_data = None
+            self.etcd_join = p["initial_cluster"]
         self.facts["kubelet"] = {**self.facts["kubelet"], "started_at": self.lab.tick()}
         self.lab.clusters[self.cluster].sync()  # the kubelet restarts the API server with the new certificate
         return 0, "[certs] Generating \"apiserver\" certificate and key"

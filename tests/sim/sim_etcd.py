@@ -12,11 +12,21 @@ URL is updated (`etcdctl member update`); alone, a single member needs no peers 
 address repair, tests/sim/sim_cluster_scripts.py, keeps working). Membership changes (`member update`, `member
 remove`) are raft proposals: they need quorum (etcd docs, "Runtime reconfiguration"); a removed member's etcd
 stops, and with it the API server beside it (kube-apiserver talks to its local member only).
+
+Disaster recovery (etcd docs, "Disaster recovery" / "--force-new-cluster"; the v2 admin guide's "Restoring a
+cluster"): a member started once with `--force-new-cluster` keeps its data, its member id and the peer URL its data
+records, and commits a membership of itself alone: every other member is removed. A node's /var/lib/etcd holds one
+member's data (`SimNode.etcd_data`: that member's id, None when empty or moved aside). etcd refuses to start on the
+data of a removed member ("the member has been permanently removed from the cluster"); a new member is added
+(`member add`: listed unstarted, without a name, and counted for quorum at once) and starts with an empty data dir,
+`--initial-cluster` naming every member and `--initial-cluster-state=existing` (etcd docs, "Runtime
+reconfiguration", "Add a new member"); with data of its own that flag is ignored.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import itertools
+from dataclasses import dataclass, replace
 
 PEER_PORT = 2380
 CLIENT_PORT = 2379
@@ -27,6 +37,8 @@ class Member:
     name: str
     peer_url: str
     client_url: str
+    id: int = 0  # etcd's member id: new at every `member add` (a re-added member is another member)
+    started: bool = True  # False between `member add` and the new member's first start (listed without a name)
 
     @property
     def address(self) -> str:
@@ -36,32 +48,49 @@ class Member:
 class SimEtcd:
     """One cluster's etcd membership (survives API server restarts; lost with the cluster, SimCluster.reset)."""
 
+    _ids = itertools.count(0x1000)
+
     def __init__(self) -> None:
         # replaced whole, never changed in place (so readers need no lock, and a snapshot of the disk can copy it)
         self.members: list[Member] = []
+        self.removed: frozenset[int] = frozenset()  # ids of members removed: their data cannot start again
 
-    def add(self, name: str, address: str) -> Member:
-        """`member add` for the control plane `name` at `address` (init's first member, or a control-plane join)."""
-        member = Member(name, f"https://{address}:{PEER_PORT}", f"https://{address}:{CLIENT_PORT}")
+    def add(self, name: str, address: str, started: bool = True) -> Member:
+        """`member add` for the control plane `name` at `address` (init's first member, or a control-plane join;
+        `started=False`: `etcdctl member add`, the member starts later)."""
+        member = Member(name, f"https://{address}:{PEER_PORT}", f"https://{address}:{CLIENT_PORT}",
+                        next(self._ids), started)
         self.members = [m for m in self.members if m.name != name] + [member]
         return member
+
+    def start(self, member_id: int) -> None:
+        """An added member's first start: it is listed with its name from now on."""
+        self.members = [replace(m, started=True) if m.id == member_id else m for m in self.members]
+
+    def force_new_cluster(self, member_id: int) -> None:
+        """`--force-new-cluster` on the member `member_id`: itself alone, its peer URL as its data records it."""
+        self.removed |= {m.id for m in self.members if m.id != member_id}
+        self.members = [m for m in self.members if m.id == member_id]
 
     def names(self) -> list[str]:
         return [m.name for m in self.members]
 
     def update(self, name: str, address: str) -> None:
         """`member update <id> --peer-urls=https://<address>:2380`."""
-        self.members = [Member(m.name, f"https://{address}:{PEER_PORT}", f"https://{address}:{CLIENT_PORT}")
+        self.members = [replace(m, peer_url=f"https://{address}:{PEER_PORT}",
+                                client_url=f"https://{address}:{CLIENT_PORT}")
                         if m.name == name else m for m in self.members]
 
     def remove(self, name: str) -> None:
         """`member remove <id>`."""
+        self.removed |= {m.id for m in self.members if m.name == name}
         self.members = [m for m in self.members if m.name != name]
 
     def alive(self, name: str, running: dict[str, str]) -> bool:
         """Member `name` runs and reaches the others (see `quorum`)."""
         member = next((m for m in self.members if m.name == name), None)
-        return member is not None and name in running and (len(self.members) == 1 or running[name] == member.address)
+        return (member is not None and member.started and name in running
+                and (len(self.members) == 1 or running[name] == member.address))
 
     def quorum(self, running: dict[str, str]) -> bool:
         """Whether a majority of members runs: `running` is member name → the address its node is at now (only the

@@ -5,7 +5,8 @@ Modelled on etcd's behaviour: `member list` is a linearizable request and fails 
 exceeded"); `endpoint health --cluster` dials every member at its recorded client URL, so a member whose node moved
 (or is off) is unhealthy; `endpoint status` answers for each member reached, carrying the leader's id. The leader is
 the first healthy member in join order (a real election may pick another; labctl only reads which one it is).
-Member ids are stable per name (etcd derives them from the peer URLs and cluster token: any stable id will do).
+Member ids are SimEtcd's (a new one at every `member add`); a member added but not started yet is listed without a
+name. The disaster recovery (`etcd.force-new-cluster`, `member add`) is modelled in tests/sim/sim_etcd.py.
 """
 
 from __future__ import annotations
@@ -42,14 +43,14 @@ class EtcdStatusNode:
             return 0, "\n".join(lines)
 
         def healthy(m) -> bool:
-            return m.name in running and (len(members) == 1 or running[m.name] == m.address)
+            return cluster.etcd.alive(m.name, running)
 
         leader = next((m for m in members if healthy(m)), None)
-        listed = {"header": {"member_id": member_id(self.name)},
-                  "members": [{"ID": member_id(m.name), "name": m.name, "peerURLs": [m.peer_url],
-                               "clientURLs": [m.client_url]} for m in members]}
-        status = [{"Endpoint": m.client_url, "Status": {"header": {"member_id": member_id(m.name)},
-                                                       "leader": member_id(leader.name) if leader else 0}}
+        listed = {"header": {"member_id": self.etcd_data or 0},
+                  "members": [{"ID": m.id, "name": m.name if m.started else "", "peerURLs": [m.peer_url],
+                               "clientURLs": [m.client_url] if m.started else []} for m in members]}
+        status = [{"Endpoint": m.client_url, "Status": {"header": {"member_id": m.id},
+                                                       "leader": leader.id if leader else 0}}
                   for m in members if healthy(m)]
         health = [{"endpoint": m.client_url, "health": True, "took": "1.1ms"} if healthy(m) else
                   {"endpoint": m.client_url, "health": False, "error": f"health check failed: {DEADLINE}"}
@@ -64,10 +65,10 @@ class EtcdStatusNode:
         running = cluster._etcd_running()
         if self.name not in running:
             return 3, "no running etcd container on this node", None
-        member = next((m for m in cluster.etcd.members if format(member_id(m.name), "x") == p["member_id"]), None)
+        member = next((m for m in cluster.etcd.members if format(m.id, "x") == p.get("member_id")), None)
         if not cluster.etcd.quorum(running):
             return 1, f"Error: {DEADLINE}", None
-        if member is None:
+        if member is None and p["action"] != "add":
             return 1, f"Error: etcdserver: member not found (id {p['member_id']})", None
         return 0, "", member
 
@@ -91,3 +92,35 @@ class EtcdStatusNode:
         cluster.etcd.remove(member.name)
         cluster.etcd_event(f"member remove {member.name}")
         return 0, f"Member {p['member_id']} removed from cluster {member_id(cluster.name):x}"
+
+    def _etcd_member_add(self: SimNode, p, address):
+        """`etcdctl member add <name> --peer-urls=<url>`: a raft proposal (quorum), refused for a peer URL in use;
+        the new member counts for quorum at once and is listed unstarted until its etcd starts (sim_cluster.py)."""
+        rc, out, _ = self._etcd_member_change(p)
+        if rc:
+            return rc, out
+        cluster = self.lab.clusters[self.cluster]
+        if any(m.peer_url == p["peer_url"] for m in cluster.etcd.members):
+            return 1, "Error: etcdserver: Peer URLs already exists"
+        member = cluster.etcd.add(p["member"], p["peer_url"].split("//", 1)[1].rsplit(":", 1)[0], started=False)
+        cluster.etcd_event(f"member add {p['member']}")
+        return 0, f"Member {member.id:x} added to cluster {member_id(cluster.name):x}"
+
+    def _etcd_force_new_cluster(self: SimNode, p, address):
+        """templates/cluster/etcd-force-new-cluster.sh.j2: nothing when this member has quorum; otherwise its etcd
+        restarts with --force-new-cluster (it must start: files at its address, data of a member) and the cluster
+        is this member alone, its peer URL as its data has it (SimEtcd.force_new_cluster)."""
+        cluster = self.lab.clusters[self.cluster]
+        if self.advertised is None:
+            return 3, f"{p['etcd_manifest']} is missing: no etcd static pod on this node"
+        running = cluster._etcd_running()
+        if self.name in running and cluster.etcd.quorum(running):
+            return 0, "etcd on this node has quorum: nothing forced"
+        alone = cluster._etcd_running_alone(self)
+        if not alone:
+            return 1, (f"etcd did not come up as a one-member cluster within {p['wait_seconds']} s; look at "
+                       "`crictl ps -a --name etcd`")
+        cluster.etcd.force_new_cluster(self.etcd_data)
+        cluster.etcd_event(f"force-new-cluster {self.name}")
+        cluster.sync()
+        return 0, "etcd runs as a one-member cluster from its own data; restarting it without --force-new-cluster"

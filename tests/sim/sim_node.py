@@ -148,6 +148,11 @@ class SimNode(ClusterScripts, RegistryNode, BackupScripts, LogScripts, HaproxyNo
         self.images: list[str] = []  # pulled into containerd ahead of use (golden.bake)
         self.node_ip: str | None = None  # kubelet --node-ip (kubeadm-flags.env)
         self.advertised: str | None = None  # kube-apiserver --advertise-address (a control plane)
+        # /var/lib/etcd: the id of the etcd member whose data it holds (None: empty, or moved aside), and what etcd.yaml
+        # says for a first start: its --initial-cluster when --initial-cluster-state=existing (tests/sim/sim_etcd.py)
+        self.etcd_data: int | None = None
+        self.etcd_join: str | None = None
+        self.etcd_aside: list[int] = []  # data dirs moved aside (/var/lib/etcd.removed-*): their members' ids
         self.cert_sans: list[str] = []  # the API server certificate's SANs
         self.helm: str | None = None  # the Helm version in /usr/local/bin
         # kubelet serving certificate (KubeletConfiguration serverTLSBootstrap): whether this kubelet asks for one,

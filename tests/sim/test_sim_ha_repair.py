@@ -20,7 +20,7 @@ from labctl.kube import LOCAL_API, endpoint_host, hosts_address
 from labctl.remote.facts import HOSTS
 from labctl.state import LabState
 from tests.sim.sim_lab import SimLab, lease_prefix
-from tests.sim.test_sim_e2e import labctl, summary_of
+from tests.sim.test_sim_e2e import events, labctl, summary_of
 
 pytestmark = pytest.mark.sim
 
@@ -170,3 +170,96 @@ def test_deleting_the_first_masters_vm_costs_that_member_only(env):
         assert cluster.inits == 1 and cluster.ca is not None and cluster.etcd.names() == masters
         assert cluster.api_up()  # two of three members: quorum, and their API servers answer
         assert hosts_address(sim.nodes["ha-m2"].text(HOSTS), endpoint_host("ha")) == LOCAL_API
+
+
+def recovered(sim: SimLab, masters: list[str], mark: int) -> list[tuple[str, str, dict]]:
+    """The recovery's etcd steps since `mark`, as (node, script, params), after asserting the end state every
+    recovery must reach: every member at its node's address now, healthy, the data of the first master kept."""
+    cluster = sim.clusters["ha"]
+    assert peers(sim) == {m: sim.address(m) for m in masters}
+    assert all(m.started for m in cluster.etcd.members)
+    seen = status()
+    assert seen["healthy"] and seen["etcd"]["quorum"], seen
+    assert {m["name"]: m["peer_url"] for m in seen["etcd"]["members"]} == {
+        m: f"https://{sim.address(m)}:2380" for m in masters}
+    # the data is the one the cluster had: the same CA, no second `kubeadm init`, the objects still there
+    assert cluster.inits == 1
+    assert cluster.store.get("api/v1", "configmaps", "kept", "default")["data"] == {"written": "before"}
+    return [(c.node, c.script, c.params) for c in sim.calls[mark:]
+            if c.script in ("etcd.force-new-cluster", "etcd.member-add", "etcd.member-update",
+                            "repair.control-plane")]
+
+
+def test_boot_after_all_masters_moved_recovers_etcd_from_the_first_master_then_changes_nothing(env):
+    config, fake, state = env
+    masters = ["ha-m1", "ha-m2", "ha-m3"]
+    with installed(config, fake, masters) as sim:
+        cluster = sim.clusters["ha"]
+        cluster.store.put("api/v1", "configmaps", {"metadata": {"name": "kept"}, "data": {"written": "before"}},
+                          "default")
+        first_data = sim.nodes["ha-m1"].etcd_data
+        before = {m: sim.address(m) for m in masters}
+        ok("shutdown")
+        for master in masters:
+            fake.new_ip_on_next_boot(master)
+        mark = sim.mark()
+        booted = labctl("--json", "boot")
+        assert booted.code == 0 and summary_of(booted.out)["ok"], summary_of(booted.out)["failed"]
+        assert all(sim.address(m) != before[m] for m in masters)
+        ran = recovered(sim, masters, mark)
+        # the first master: its files, then --force-new-cluster there (it keeps its data and member), then its own
+        # peer URL; then each other master, one at a time: added on a member with quorum, then its files with the
+        # old data moved aside and the join flags
+        assert [(node, script) for node, script, _ in ran] == [
+            ("ha-m1", "repair.control-plane"), ("ha-m1", "etcd.force-new-cluster"), ("ha-m1", "etcd.member-update"),
+            ("ha-m1", "etcd.member-add"), ("ha-m2", "repair.control-plane"),
+            ("ha-m1", "etcd.member-add"), ("ha-m3", "repair.control-plane")]
+        assert not ran[0][2]["rejoin"] and ran[4][2]["rejoin"] and ran[6][2]["rejoin"]
+        assert ran[6][2]["initial_cluster"] == ",".join(f"{m}=https://{sim.address(m)}:2380" for m in masters)
+        assert sim.nodes["ha-m1"].etcd_data == first_data
+        for other in masters[1:]:  # the old data is kept aside, never deleted
+            assert len(sim.nodes[other].etcd_aside) == 1 and sim.nodes[other].etcd_data is not None
+        # quorum grew 1 → 2 → 3 (each add counts the new member at once: 2 of 2 only once it runs)
+        events_ = [(what, members) for what, members, _ in cluster.etcd_log if not what.endswith("VM deleted")]
+        assert events_[-4:] == [("force-new-cluster ha-m1", 1), ("member update ha-m1", 1),
+                                ("member add ha-m2", 2), ("member add ha-m3", 3)]
+        # the step's result says what was done
+        result = next(e for e in events(booted.out) if e.get("event") == "result" and "addresses" in e.get("step", ""))
+        assert "etcd --force-new-cluster" in result["detail"] and "ha-m2: etcd member added" in result["detail"]
+        assert now_in_balancers(sim, state, masters)
+
+        mark = sim.mark()
+        again = ok("boot")
+        assert again["counts"]["changed"] == 0, again
+        assert not {"etcd.force-new-cluster", "etcd.member-add", "etcd.member-update", "repair.control-plane"} \
+            & set(sim.script_ids(mark))
+
+
+def test_boot_after_two_of_three_masters_moved_rejoins_the_one_that_stayed_too(env):
+    config, fake, state = env
+    masters = ["ha-m1", "ha-m2", "ha-m3"]
+    with installed(config, fake, masters) as sim:
+        sim.clusters["ha"].store.put("api/v1", "configmaps", {"metadata": {"name": "kept"},
+                                                             "data": {"written": "before"}}, "default")
+        stayed = sim.address("ha-m3")
+        ok("shutdown")
+        fake.new_ip_on_next_boot("ha-m1")
+        fake.new_ip_on_next_boot("ha-m2")
+        mark = sim.mark()
+        ok("boot")
+        assert sim.address("ha-m3") == stayed
+        ran = recovered(sim, masters, mark)
+        # ha-m3 did not move, but its member went with --force-new-cluster: added anew, files as they were
+        assert [(node, script) for node, script, _ in ran][-2:] == [("ha-m1", "etcd.member-add"),
+                                                                     ("ha-m3", "repair.control-plane")]
+        assert ran[-1][2]["rejoin"] and not ran[-1][2]["regenerate_certs"] and ran[-1][2]["old"] is None
+        assert now_in_balancers(sim, state, masters)
+        again = ok("boot")
+        assert again["counts"]["changed"] == 0, again
+
+
+def now_in_balancers(sim: SimLab, state: LabState, masters: list[str]) -> bool:
+    """The worker's haproxy and the host's forwarder know every master's address now."""
+    routes = {b["node"]: b["host"] for b in apiproxy.read_routes(state.root)["ha"]["backends"]}
+    return all(sim.address(m) in sim.nodes[WORKER].haproxy_backends(6443) and routes[m] == sim.address(m)
+               for m in masters)

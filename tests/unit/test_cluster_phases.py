@@ -635,6 +635,34 @@ def test_plan_repair_of_an_ha_master_updates_its_etcd_member_first_and_refuses_w
         plan_repair(HA, {"ha-m1": "192.168.64.20"}, probes, None)
 
 
+def test_plan_repair_recovers_etcd_only_when_the_masters_cannot_form_quorum_as_they_are():
+    def master(address: str) -> AddressProbe:
+        return AddressProbe(node_ip=address, advertised=address, cert_ips=(address,), endpoint_ip="127.0.0.1")
+
+    was = {"ha-m1": "192.168.64.10", "ha-m2": "192.168.64.11", "ha-m3": "192.168.64.12"}
+    probes = {name: master(address) for name, address in was.items()}
+    now = {"ha-m1": "192.168.64.20", "ha-m2": "192.168.64.21", "ha-m3": "192.168.64.12"}  # 2 of 3 moved
+    plan = [r for r in plan_repair(HA, now, probes, None) if r.kind != "node-ip"]
+    assert plan == [
+        Repair("control-plane", "ha-m1", "192.168.64.20", "192.168.64.10", regenerate_certs=True),
+        Repair("etcd-force", "ha-m1", "192.168.64.20"),
+        Repair("control-plane", "ha-m2", "192.168.64.21", "192.168.64.11", regenerate_certs=True, rejoin=True),
+        # it did not move, but its member went with --force-new-cluster: only its etcd joins again
+        Repair("control-plane", "ha-m3", "192.168.64.12", None, regenerate_certs=False, rejoin=True)]
+    # one moved and no quorum: the two at their addresses may be starting: never forced
+    with pytest.raises(StepError, match="no etcd member of ha has quorum"):
+        plan_repair(HA, {**was, "ha-m1": "192.168.64.20"}, probes, None)
+    # a master not probed (off): labctl cannot tell, nothing forced
+    with pytest.raises(StepError, match="no etcd member of ha has quorum"):
+        plan_repair(HA, {"ha-m1": "192.168.64.20", "ha-m2": "192.168.64.21"},
+                    {n: probes[n] for n in ("ha-m1", "ha-m2")}, None)
+    # after the forced member: the others, not members any more, join anew (an interrupted recovery goes on)
+    forced = {**probes, "ha-m1": master("192.168.64.20")}
+    assert [r for r in plan_repair(HA, now, forced, {"ha-m1": "192.168.64.20"}) if r.kind != "node-ip"] == [
+        Repair("control-plane", "ha-m2", "192.168.64.21", "192.168.64.11", regenerate_certs=True, rejoin=True),
+        Repair("control-plane", "ha-m3", "192.168.64.12", None, regenerate_certs=False, rejoin=True)]
+
+
 def test_address_probe_parses_the_probe_output():
     text = ("node_ip=192.168.64.10\nadvertised=192.168.64.10\ncert_ip=10.96.0.1\ncert_ip=192.168.64.10\n"
             "endpoint_ip=192.168.64.10\nnoise without equals\n")
@@ -998,20 +1026,27 @@ def stack_scripts() -> dict[str, str]:
 
 def test_every_cluster_script_passes_bash_n_and_shellcheck(tmp_path):
     from labctl import etcd
+    from labctl.render import script
 
     ha = ha_lab().clusters[0]
     member = etcd.Member("ha-m1", "https://192.168.64.10:2380", "https://192.168.64.10:2379", id=0x8e9e05c52164694d)
     membership = {f"etcd.member-{action}": etcd.member_script(ha, action, member, etcd.peer_url("192.168.64.20")).text
-                  for action in ("update", "remove")}
+                  for action in ("update", "remove", "add")}
+    # the recovery when a majority of the masters moved (docs/ha.md): the forced member, and a master joining anew
+    rejoin = script("repair.control-plane", "cluster/repair-control-plane.sh.j2", cluster="ha", node="ha-m2",
+                    old="192.168.64.11", new="192.168.64.21", regenerate_certs=True, config_path="/etc/labctl/x.yaml",
+                    all_kubeconfigs=False, rejoin=True, etcd_data=etcd.ETCD_DATA, etcd_manifest=etcd.ETCD_MANIFEST,
+                    initial_cluster="ha-m1=https://192.168.64.20:2380,ha-m2=https://192.168.64.21:2380").text
     scripts = {**all_cluster_scripts(tmp_path), **stack_scripts(), "etcd.status": etcd.status_script().text,
-               **membership}
+               **membership, "etcd.force-new-cluster": etcd.force_script(ha, "ha-m1").text,
+               "repair.control-plane@rejoin": rejoin}
     ids = {name.split("@")[0] for name in scripts}
     templates = sorted(p.name for p in (ROOT / "templates" / "cluster").glob("*.sh.j2"))
     balancer = {"endpoint.haproxy", "endpoint.haproxy-probe"}  # templates/node/haproxy.sh.j2 (HA workers)
     assert ids == {"endpoint.hosts", "init.kubeadm", "join.token", "join.upload-certs", "join.kubeadm",
                    "cni.helm-binary", "cni.helm-install", "repair.probe", "repair.node-ip", "repair.control-plane",
                    "stacks.helm-install", "stacks.helm-uninstall", "helm.recover", "etcd.status", *balancer,
-                   *membership}
-    # one template per script, but etcd.member-update/-remove share templates/cluster/etcd-member.sh.j2
-    assert len(templates) == len(ids - balancer) - 1
+                   *membership, "etcd.force-new-cluster"}
+    # one template per script, but etcd.member-update/-remove/-add share templates/cluster/etcd-member.sh.j2
+    assert len(templates) == len(ids - balancer) - 2
     check_bash_scripts(scripts, tmp_path)

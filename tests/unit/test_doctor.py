@@ -181,7 +181,7 @@ def test_without_a_clusters_json_the_shipped_lab_is_judged(tmp_path, mac, fake_t
 def qemu_lab(tmp_path, linux, fake_qemu, monkeypatch):
     """A qemu lab (direct kernel boot of a 3 GiB raw image) on a Linux host whose /dev/kvm opens, with the fake
     QEMU; the KVM probe gives up after 1.5 s instead of 15."""
-    from labctl.providers import qemu
+    from labctl.providers import qemu, qemu_accel
 
     images = tmp_path / "images"
     images.mkdir()
@@ -197,7 +197,7 @@ def qemu_lab(tmp_path, linux, fake_qemu, monkeypatch):
             {"name": "q-m1", "role": "master", "cpu": 2, "memory": 2048, "disk": 20},
             {"name": "q-w1", "role": "worker", "cpu": 2, "memory": 2048, "disk": 20}]}],
     }))
-    monkeypatch.setattr(qemu, "kvm_problem", lambda: None)
+    monkeypatch.setattr(qemu_accel, "kvm_problem", lambda: None)
     monkeypatch.setitem(qemu.PROBE_SECONDS, "kernel", 1.5)
     return path
 
@@ -250,9 +250,9 @@ def test_a_working_kvm_is_ok(qemu_lab, fake_qemu):
     ({}, None),
 ])
 def test_without_dev_kvm_tcg_is_a_warning_unless_chosen(qemu_lab, fake_qemu, monkeypatch, env, want):
-    from labctl.providers import qemu
+    from labctl.providers import qemu_accel
 
-    monkeypatch.setattr(qemu, "kvm_problem", lambda: "no /dev/kvm (this host offers no hardware virtualization)")
+    monkeypatch.setattr(qemu_accel, "kvm_problem", lambda: "no /dev/kvm (this host offers no hardware virtualization)")
     _, _, checks = doctor(qemu_lab, {**ROOMY, **env})
     if want:
         assert checks["accelerator"] == {"name": "accelerator", "status": "ok", "detail": want, "fix": ""}

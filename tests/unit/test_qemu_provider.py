@@ -22,6 +22,7 @@ import pytest
 from labctl.errors import ProviderError, StepError
 from labctl.model import parse
 from labctl.providers import qemu as qemu_mod
+from labctl.providers import qemu_accel
 from labctl.providers.qemu import (
     DEFAULT_APPEND,
     QemuError,
@@ -461,7 +462,7 @@ def test_a_long_lab_path_puts_qmp_in_a_private_short_directory(tmp_path, fake, m
 @pytest.fixture
 def auto(tmp_path, fake, monkeypatch):
     """A provider left to choose its accelerator, on a host whose /dev/kvm opens fine."""
-    monkeypatch.setattr(qemu_mod, "kvm_problem", lambda: None)
+    monkeypatch.setattr(qemu_accel, "kvm_problem", lambda: None)
     monkeypatch.setitem(qemu_mod.PROBE_SECONDS, "kernel", 1.5)
     spec, settings = make_lab(tmp_path)
     notes: list[str] = []
@@ -526,7 +527,7 @@ def test_the_probe_verdict_is_cached_per_host_boot(auto, fake, tmp_path, monkeyp
 
 
 def test_without_an_image_kvm_is_not_vouched_for(tmp_path, fake, monkeypatch):
-    monkeypatch.setattr(qemu_mod, "kvm_problem", lambda: None)
+    monkeypatch.setattr(qemu_accel, "kvm_problem", lambda: None)
     spec, settings = make_lab(tmp_path, qemu={})
     (tmp_path / "images" / "rootfs.img").unlink()
     accel = make_provider(tmp_path, settings, spec).accelerator()
@@ -535,7 +536,7 @@ def test_without_an_image_kvm_is_not_vouched_for(tmp_path, fake, monkeypatch):
 
 
 def test_a_disk_image_is_probed_read_only(tmp_path, fake, monkeypatch):
-    monkeypatch.setattr(qemu_mod, "kvm_problem", lambda: None)
+    monkeypatch.setattr(qemu_accel, "kvm_problem", lambda: None)
     spec, settings = make_lab(tmp_path, qemu={})
     p = make_provider(tmp_path, settings, spec)
     assert p.accelerator().name == "kvm"
@@ -552,7 +553,7 @@ def test_a_disk_image_is_probed_read_only(tmp_path, fake, monkeypatch):
 def test_overrides_skip_the_probe(env, settings, want, tmp_path, fake, monkeypatch):
     if env:
         monkeypatch.setenv(qemu_mod.ENV_ACCEL, env)
-    monkeypatch.setattr(qemu_mod, "kvm_problem", lambda: pytest.fail("probed despite an override"))
+    monkeypatch.setattr(qemu_accel, "kvm_problem", lambda: pytest.fail("probed despite an override"))
     spec, s = make_lab(tmp_path, qemu=settings)
     accel = make_provider(tmp_path, s, spec).accelerator()
     assert (accel.name, accel.reason, accel.warning) == (*want, None)
@@ -567,7 +568,7 @@ def test_a_bad_override_is_refused(tmp_path, fake, monkeypatch):
 
 
 def test_no_usable_dev_kvm_means_tcg_without_a_probe(tmp_path, fake, monkeypatch):
-    monkeypatch.setattr(qemu_mod, "kvm_problem", lambda: "no /dev/kvm (this host offers no hardware virtualization)")
+    monkeypatch.setattr(qemu_accel, "kvm_problem", lambda: "no /dev/kvm (this host offers no hardware virtualization)")
     spec, s = make_lab(tmp_path)
     accel = make_provider(tmp_path, s, spec).accelerator()
     assert accel.name == "tcg" and accel.reason.startswith("no /dev/kvm") and "TCG" in accel.warning
