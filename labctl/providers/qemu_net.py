@@ -84,15 +84,18 @@ def in_subnet(address: str, subnet: str) -> bool:
 
 
 def forwarded_guest_ports(lab, node: str) -> list[int]:
-    """The guest TCP ports the host reaches through `node`: the API and the cluster's NodePorts when it is the
-    first control plane of its cluster, else none. NodePorts: Hubble UI's (when enabled) and those the cluster's
-    catalogue stacks declare (a user stack's Services are not known before they are installed)."""
+    """The guest TCP ports the host reaches through `node`: the API on every control plane (an HA cluster's host
+    endpoint, labctl/apiproxy.py, forwards to whichever answers), and the cluster's NodePorts on its first control
+    plane; none on a worker. NodePorts: Hubble UI's (when enabled) and those the cluster's catalogue stacks declare
+    (a user stack's Services are not known before they are installed)."""
     from ..kube import API_PORT
     from ..stacks import catalogue
 
     cluster = next((c for c, n in lab.nodes if n.name == node), None)
-    if cluster is None or cluster.masters[0].name != node:
+    if cluster is None or node not in {m.name for m in cluster.masters}:
         return []
+    if cluster.masters[0].name != node:
+        return [API_PORT]
     ports = {API_PORT}
     if cluster.cilium.hubble:
         ports.add(cluster.cilium.hubble_ui_node_port)
@@ -219,8 +222,9 @@ class Networking:
                 "bridge")
 
     def host_endpoint(self, node, guest_port: int, address: str | None = None) -> tuple[str, int]:
-        """Where the host reaches TCP `guest_port` of `node`: network lab: ("127.0.0.1", the port forwarded to it on
-        the first control plane of the node's cluster; NodePorts answer on every node, see qemu_net); otherwise the
+        """Where the host reaches TCP `guest_port` of `node`: network lab: ("127.0.0.1", the port forwarded to it:
+        the node's own forward (each control plane's API), else the first control plane's (NodePorts answer on every
+        node, see forwarded_guest_ports)); otherwise the
         node's address and the port itself. Raises ProviderError when the VM does not run or the port is not
         forwarded (a stack declared after the VM started: its ports are forwarded at the next start)."""
         name = node if isinstance(node, str) else node.name

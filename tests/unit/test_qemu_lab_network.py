@@ -158,12 +158,16 @@ def test_catalogue_stacks_nodeports_are_forwarded_too():
                              "clusters": [{"name": "ops", "pod_cidr": "10.10.0.0/16", "service_cidr": "10.96.0.0/16",
                                            "stacks": ["argocd"], "cilium": {"hubble": False}, "nodes": [
                                                {"name": "o1", "role": "master", "cpu": 2, "memory": 2048},
-                                               {"name": "o2", "role": "worker", "cpu": 2, "memory": 2048}]}]}))
+                                               {"name": "o2", "role": "worker", "cpu": 2, "memory": 2048},
+                                               {"name": "o3", "role": "master", "cpu": 2, "memory": 2048},
+                                               {"name": "o4", "role": "master", "cpu": 2, "memory": 2048}]}]}))
     from labctl.stacks import catalogue
 
     assert qemu_net.forwarded_guest_ports(spec, "o1") == sorted({6443, *catalogue()["argocd"].node_ports.values()})
     assert 30800 in qemu_net.forwarded_guest_ports(spec, "o1")  # argocd's URL port (templates/stacks/argocd)
     assert qemu_net.forwarded_guest_ports(spec, "o2") == []
+    # every other control plane forwards its API: the host's forwarder reaches the cluster while o1 is off
+    assert qemu_net.forwarded_guest_ports(spec, "o3") == qemu_net.forwarded_guest_ports(spec, "o4") == [6443]
 
 
 def test_forwarded_ports_are_the_same_after_a_restart_and_move_only_when_taken(lab_net, fake, tmp_path):
