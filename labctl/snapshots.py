@@ -405,8 +405,18 @@ def listing(lab) -> list[dict[str, Any]]:
 
 
 def delete(lab, name: str, notify=lambda _text: None) -> list[str]:
-    """Delete snapshot `name`: its VMs, then its folder. Returns the VMs deleted."""
-    manifest = read(lab.state, name)
+    """Delete snapshot `name`: its VMs, then its folder. Returns the VMs deleted.
+
+    A damaged manifest (the error of `read` says to delete it) cannot list the VMs: then the VMs this lab's nodes
+    would have in it (`vm_name`) are deleted, less any another snapshot lists."""
+    try:
+        manifest = read(lab.state, name)
+    except UsageError:
+        raise
+    except LabctlError:
+        others = owned_vms(lab.state)
+        manifest = {"nodes": {n.name: vm_name(name, n.name) for _, n in lab.model.nodes
+                              if vm_name(name, n.name) not in others}}
     deleted = []
     with lab.state.locked("snapshot"):
         ctx = lab.context(notify=notify)

@@ -17,12 +17,6 @@ app.add_typer(snapshot_app, name="snapshot")
 NAME_HELP = "The snapshot's name: a DNS label (lowercase letters, digits, '-')."
 
 
-def _json_option():
-    """`--json` after the command as well as before it (`labctl --json snapshot list`)."""
-    return typer.Option(False, "--json", callback=lambda value: setattr(G, "json", G.json or value),
-                        help="Machine-readable output (the same as `labctl --json snapshot …`).")
-
-
 def _confirm(yes: bool, what: str) -> None:
     from ..errors import UsageError
 
@@ -63,7 +57,6 @@ def save_cmd(
                                       help="Only these clusters (repeatable or comma-separated); default: all."),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask; required when not on a terminal."),
     output: str = output_option(),
-    json_output: bool = _json_option(),
 ) -> None:
     """Stop the lab's VMs cleanly (control planes last), copy each one, record the lab beside the copies, and start
     the lab again."""
@@ -82,7 +75,7 @@ def save_cmd(
 
 
 @snapshot_app.command("list")
-def list_cmd(output: str = output_option(), json_output: bool = _json_option()) -> None:
+def list_cmd(output: str = output_option()) -> None:
     """The snapshots: name, time, clusters, size on disk."""
     from ..snapshots import listing
 
@@ -104,7 +97,6 @@ def restore_cmd(
     name: str = typer.Argument(..., help=NAME_HELP),
     yes: bool = typer.Option(False, "--yes", "-y", help="Do not ask; required when not on a terminal."),
     output: str = output_option(),
-    json_output: bool = _json_option(),
 ) -> None:
     """Replace the snapshot's clusters' VMs by copies of the snapshot's (it stays reusable), restore labctl's
     records, boot (address repair included) and wait until every node is Ready."""
@@ -125,8 +117,7 @@ def restore_cmd(
 
 
 @snapshot_app.command("delete")
-def delete_cmd(name: str = typer.Argument(..., help=NAME_HELP), output: str = output_option(),
-               json_output: bool = _json_option()) -> None:
+def delete_cmd(name: str = typer.Argument(..., help=NAME_HELP), output: str = output_option()) -> None:
     """Delete a snapshot: its VMs and its records."""
     from ..snapshots import check_name, delete
 
