@@ -205,14 +205,19 @@ def build_lab(lab, r: Recipe):
     """The lab of one build VM: the lab's settings and versions, one cluster of one node named r.build_vm, sized
     like the lab's first control plane with the smallest disk of the lab (disks only grow: a clone of a bigger
     disk would be refused by every smaller node). A registry stack is kept so that runtime configures containerd's
-    registry hosts as it will on the lab's nodes."""
+    registry hosts as it will on the lab's nodes. Static machines are never cloned, so they neither size it nor
+    count for the disk: the first VM control plane sizes it (else the first VM). UsageError: the lab has no VM."""
     from . import stacks as S
     from .model import Cluster, Node
     from .registry_hosts import HOOK
 
     first = lab.clusters[0]
-    master = first.masters[0] if first.masters else first.nodes[0]
-    disk = min(node.disk for _, node in lab.nodes)
+    vms = [node for _, node in lab.nodes if not node.static]
+    if not vms:
+        raise UsageError("every node of this lab is a static machine: no VM would be cloned from a golden image",
+                         hint="golden images are for the lab's VMs (docs/golden-images-and-snapshots.md)")
+    master = next((node for node in vms if node.role == "master"), vms[0])
+    disk = min(node.disk for node in vms)
     catalogue = S.catalogue()
     registry = [n for c in lab.clusters for n in c.stack_names if n in catalogue and HOOK in catalogue[n].hooks][:1]
     cluster = Cluster.model_construct(

@@ -349,6 +349,19 @@ class OrchardSettings(Strict):
     service_account: str | None = Field(
         default=None, pattern=r"^[A-Za-z0-9:._-]{1,253}$", description="the service account labctl signs in as "
         "(needs the roles compute:read and compute:write)")
+    @field_validator("controller_url")
+    @classmethod
+    def _tls(cls, url: str | None) -> str | None:
+        """Plain http only to this machine: elsewhere the service account's token would cross the network in clear
+        (HTTP Basic)."""
+        if url and url.startswith("http://"):
+            host = url[len("http://"):].split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                raise ValueError(f"{show(url)} is plain http: the service account's token would cross the network "
+                                 "in clear; use the controller's https:// URL (with ca_cert for its self-signed "
+                                 "certificate)")
+        return url
+
     token_env: str = Field(
         default="ORCHARD_SERVICE_ACCOUNT_TOKEN", pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$",
         description="the environment variable that holds the service account's token (Orchard's own name by default)")

@@ -1,7 +1,7 @@
 """Whole-lab snapshots: `labctl snapshot save/list/restore/delete` (issue 19; docs/golden-images-and-snapshots.md).
 
 A snapshot is, per node of the chosen clusters, a copy of its STOPPED VM (`clone_vm`: Tart's `tart clone`, an APFS
-copy-on-write clone; QEMU: a copy of the VM's qcow2 overlay) named `labctl-snap-<snapshot>-<node>`, and beside them
+copy-on-write clone; QEMU: a copy of the VM's qcow2 overlay) named `labctl-snap-<snapshot>--<node>`, and beside them
 in .labctl/snapshots/<snapshot>/ what labctl needs to come back to exactly that lab:
 
     snapshot.json   name, creation time, clusters, provider, nodes → snapshot VMs, versions, the spec hashes of the
@@ -45,15 +45,17 @@ MANIFEST = "snapshot.json"
 
 
 def vm_name(snapshot: str, node: str) -> str:
-    """The snapshot VM of `node`: never a lab node's name (nodes cannot start with `labctl-snap-`, see save)."""
-    return f"{PREFIX}{snapshot}-{node}"
+    """The snapshot VM of `node`: never a lab node's name (nodes cannot start with `labctl-snap-`, see save).
+    A snapshot name has no `--` (check_name), so the first `--` separates it from the node's: snapshot `a` of node
+    `b-x` and snapshot `a-b` of node `x` get two names."""
+    return f"{PREFIX}{snapshot}--{node}"
 
 
 def check_name(name: str) -> str:
     """`name` if it is a valid snapshot name (a DNS label of at most NAME_MAX characters); UsageError otherwise."""
-    if len(name) > NAME_MAX or not NAME.match(name):
+    if len(name) > NAME_MAX or not NAME.match(name) or "--" in name:
         raise UsageError(f"snapshot name {name!r} is not valid: use lowercase letters, digits and '-', starting and "
-                         f"ending with a letter or digit, at most {NAME_MAX} characters (a DNS label)",
+                         f"ending with a letter or digit, no '--', at most {NAME_MAX} characters",
                          hint="e.g. `labctl snapshot save before-upgrade`")
     return name
 
@@ -237,6 +239,11 @@ def save(lab, name: str, clusters: list[str] = (), notify=lambda _text: None, em
     if clash := [n for n in names if n.startswith(PREFIX)]:
         raise UsageError(f"node {clash[0]}: its name starts with {PREFIX!r}, which labctl keeps for snapshot VMs",
                          hint="rename the node in clusters.json")
+    if static := [(c, n.name) for c, n in nodes if n.static]:
+        # an existing machine has no VM to copy (docs/byo-nodes.md): refused before the shutdown stops anything
+        raise UsageError(f"node {static[0][1]}: a static machine (\"provider\": \"static\"), which labctl cannot "
+                         f"copy, so cluster {static[0][0]} cannot be in a snapshot",
+                         hint="snapshot the clusters made only of VMs: `--cluster NAME`")
     require_provider(lab)
     ctx = lab.context(notify=notify)
     try:

@@ -9,6 +9,7 @@ deleting a VM (shutdown_static, destroy_static). Their provider is labctl/provid
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,9 +59,13 @@ def static_problems(clusters: list, provider_type: str, provider: dict) -> list[
                 continue
             address = node.get("address")
             if not isinstance(address, str) or not address.strip():
-                if address is None:
+                if address is None or isinstance(address, str):  # another type: the model's own error names it
                     problems.append(Problem(f"{npath}.address", 'a node with "provider": "static" needs `address`: '
                                             "the machine's IPv4 address or DNS name, where labctl reaches it over SSH"))
+                continue
+            if not _address_ok(address):
+                problems.append(Problem(f"{npath}.address", f"{address[:60]!r} is not an IP address or DNS name "
+                                        "(no scheme, port or path: a port goes in `ssh_port`)"))
                 continue
             key = _address_key(address)
             if key in addresses:
@@ -74,6 +79,21 @@ def static_problems(clusters: list, provider_type: str, provider: dict) -> list[
                                         f"machines outside this host cannot reach; set {want[1]} to {want[2]} so "
                                         "the VMs and the machine share a LAN (docs/byo-nodes.md)"))
     return problems
+
+
+# A host name as RFC 1123 §2.1 allows it: dot-separated labels of letters, digits and '-', 1-63 characters each, not
+# starting or ending with '-'; at most 253 characters (RFC 1035 §2.3.4), a trailing dot allowed.
+_HOST_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_HOSTNAME = re.compile(rf"^{_HOST_LABEL}(?:\.{_HOST_LABEL})*\.?$")
+
+
+def _address_ok(address: str) -> bool:
+    """`address` is an IP address or a DNS host name (what SSH connects to); False for `host:port`, URLs, spaces."""
+    try:
+        ipaddress.ip_address(address)
+        return True
+    except ValueError:
+        return len(address) <= 253 and bool(_HOSTNAME.match(address))
 
 
 def _address_key(address: str) -> str:

@@ -23,7 +23,7 @@ LAB = {"clusters": [{"name": "dev", "pod_cidr": "10.20.0.0/16", "service_cidr": 
                      "nodes": [{"name": "dev-master", "role": "master", "cpu": 2, "memory": 4096},
                                {"name": "dev-worker1", "role": "worker", "cpu": 2, "memory": 4096}]}]}
 NODES = ["dev-master", "dev-worker1"]
-SNAP_VMS = ["labctl-snap-base-dev-master", "labctl-snap-base-dev-worker1"]
+SNAP_VMS = ["labctl-snap-base--dev-master", "labctl-snap-base--dev-worker1"]
 VOLATILE = {"events", "leases", "certificatesigningrequests", "endpointslices", "endpoints"}  # kubelets' churn
 
 
@@ -95,16 +95,16 @@ def test_list_delete_and_destroy_keeps_snapshots_unless_asked(sim, fake_tart, tm
     assert [r["name"] for r in rows] == ["one", "two"]
     assert all(r["clusters"] == ["dev"] and r["complete"] and r["size_bytes"] > 0 for r in rows)
 
-    assert json.loads(ok("--json", "snapshot", "delete", "one"))["vms"] == [f"labctl-snap-one-{n}" for n in NODES]
-    assert not any(vm.startswith("labctl-snap-one-") for vm in fake_tart.vms())
+    assert json.loads(ok("--json", "snapshot", "delete", "one"))["vms"] == [f"labctl-snap-one--{n}" for n in NODES]
+    assert not any(vm.startswith("labctl-snap-one--") for vm in fake_tart.vms())
 
     ok("destroy", "--yes")
-    assert fake_tart.vms() == [f"labctl-snap-two-{n}" for n in NODES]  # the lab's VMs gone, the snapshot's kept
+    assert fake_tart.vms() == [f"labctl-snap-two--{n}" for n in NODES]  # the lab's VMs gone, the snapshot's kept
     assert [r["name"] for r in json.loads(ok("snapshot", "list", "--json"))["snapshots"]] == ["two"]
 
     # the snapshot brings the destroyed lab back (its records, key and kubeconfigs were kept with it)
     ok("snapshot", "restore", "two", "--yes")
-    assert set(fake_tart.vms()) == set(NODES) | {f"labctl-snap-two-{n}" for n in NODES}
+    assert set(fake_tart.vms()) == set(NODES) | {f"labctl-snap-two--{n}" for n in NODES}
     assert all(fake_tart.running_pid(n) for n in NODES)
 
     ok("destroy", "--yes", "--snapshots")

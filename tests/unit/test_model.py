@@ -266,3 +266,15 @@ def test_init_writes_a_starter_file_and_refuses_to_overwrite(tmp_path, monkeypat
     assert model.load(Path("clusters.json")).clusters
     again = run_cli("init")
     assert again.code == 2 and "already exists" in again.err
+
+
+@pytest.mark.parametrize("url, refused", [("http://orchard.example.com:6120", True), ("http://10.0.0.5", True),
+                                          ("https://orchard.example.com:6120", False),
+                                          ("http://127.0.0.1:6120", False), ("http://localhost:6120", False)])
+def test_an_orchard_controller_is_reached_over_https_unless_it_is_this_machine(url, refused):
+    raw = {"provider": {"type": "orchard", "orchard": {"controller_url": url, "service_account": "labctl"}},
+           "clusters": [{"name": "c", "pod_cidr": "10.10.0.0/16", "service_cidr": "10.96.0.0/16",
+                         "nodes": [{"name": "m", "role": "master", "cpu": 2, "memory": 2048}]}]}
+    problems = build_problems(lambda: model.parse(json.dumps(raw)))
+    assert bool([p for p in problems if p.path == "provider.orchard.controller_url" and "in clear" in p.message]) \
+        == refused, problems

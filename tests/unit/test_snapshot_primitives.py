@@ -63,3 +63,13 @@ def test_tart_clones_with_tart_clone_and_refuses_what_tart_would_not_guard(fake_
         tart.delete_vm("m1")
     assert tart.delete_vm(SNAP) is True and not fake_tart.exists(SNAP)
     assert tart.delete_vm(SNAP) is False
+
+
+def test_snapshot_vm_names_never_collide_and_names_with_a_double_dash_are_refused():
+    from labctl import snapshots
+    from labctl.errors import UsageError
+
+    # snapshot `a` of node `b-x` and snapshot `a-b` of node `x` once shared one VM name
+    assert snapshots.vm_name("a", "b-x") != snapshots.vm_name("a-b", "x")
+    with pytest.raises(UsageError, match="no '--'"):
+        snapshots.check_name("a--b")
