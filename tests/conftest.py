@@ -125,6 +125,13 @@ def lab_dir(tmp_path, monkeypatch, fake_tart):
     return tmp_path
 
 
+def ha_cluster(name: str, masters: list[str], workers: list[str], memory: int = 2048) -> dict:
+    """A clusters.json of one cluster `name` with these masters and workers (2 vCPUs and `memory` MiB each)."""
+    nodes = [{"name": n, "role": role, "cpu": 2, "memory": memory}
+             for role, names in (("master", masters), ("worker", workers)) for n in names]
+    return {"clusters": [{"name": name, "pod_cidr": "10.20.0.0/16", "service_cidr": "10.97.0.0/16", "nodes": nodes}]}
+
+
 @pytest.fixture
 def fake_qemu(tmp_path, monkeypatch):
     """The fake qemu-system-x86_64 and qemu-img (tests/sim/fake_qemu.py) on PATH, with the accelerator left to

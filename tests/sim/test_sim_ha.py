@@ -17,7 +17,8 @@ from labctl.context import Context
 from labctl.kube import LOCAL_API, endpoint_host, hosts_address
 from labctl.remote.facts import HOSTS
 from labctl.state import LabState
-from tests.sim.sim_lab import SimLab, lease_prefix
+from tests.conftest import ha_cluster
+from tests.sim.sim_lab import SimLab
 from tests.sim.test_sim_e2e import events, labctl
 
 pytestmark = pytest.mark.sim
@@ -27,17 +28,12 @@ WORKERS = ["ha-worker1", "ha-worker2"]
 
 
 def lab(masters: int) -> dict:
-    nodes = [{"name": name, "role": "master", "cpu": 2, "memory": 4096} for name in MASTERS[:masters]]
-    nodes += [{"name": name, "role": "worker", "cpu": 2, "memory": 4096} for name in WORKERS]
-    return {"clusters": [{"name": "ha", "pod_cidr": "10.20.0.0/16", "service_cidr": "10.97.0.0/16", "nodes": nodes}]}
+    return ha_cluster("ha", MASTERS[:masters], WORKERS, memory=4096)
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch, fake_tart):
-    monkeypatch.setenv("FAKE_TART_LEASE_PREFIX", lease_prefix())
-    monkeypatch.setenv("FAKE_TART_IP_DELAY", "0")
-    monkeypatch.chdir(tmp_path)
-    return tmp_path, fake_tart
+def env(lab_dir, fake_tart):
+    return lab_dir, fake_tart
 
 
 def ready_nodes(sim: SimLab) -> dict[str, str | None]:

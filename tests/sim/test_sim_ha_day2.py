@@ -15,36 +15,25 @@ from labctl.kube import endpoint_host
 from labctl.kube.client import Kube, KubeError
 from labctl.state import LabState
 from tests.sim.fake_tart import wait_for
-from tests.sim.sim_lab import SimLab, lease_prefix
+from tests.conftest import ha_cluster
+from tests.sim.sim_lab import SimLab
 from tests.sim.test_sim_e2e import events, labctl, summary_of
 
 pytestmark = pytest.mark.sim
 
 
-def _node(name: str, role: str) -> dict:
-    return {"name": name, "role": role, "cpu": 2, "memory": 2048}
-
-
 MASTERS = ["prod-m1", "prod-m2", "prod-m3"]
-LAB = {"clusters": [{"name": "prod", "pod_cidr": "10.20.0.0/16", "service_cidr": "10.97.0.0/16",
-                     "nodes": [*(_node(m, "master") for m in MASTERS), _node("prod-w1", "worker")]}]}
+LAB = ha_cluster("prod", MASTERS, ["prod-w1"])
 
 
 @pytest.fixture
-def ha_lab(tmp_path, monkeypatch, fake_tart):
-    monkeypatch.setenv("FAKE_TART_LEASE_PREFIX", lease_prefix())
-    monkeypatch.setenv("FAKE_TART_IP_DELAY", "0")
-    monkeypatch.chdir(tmp_path)
-    config = tmp_path / "clusters.json"
+def ha_lab(lab_dir, fake_tart):
+    config = lab_dir / "clusters.json"
     config.write_text(json.dumps(LAB))
-    state = LabState(tmp_path / ".labctl")
-    try:
-        with SimLab(config, fake_tart) as sim:
-            result = labctl("--json", "install")
-            assert result.code == 0, summary_of(result.out)["failed"]
-            yield sim, state, fake_tart
-    finally:
-        apiproxy.stop(state)
+    with SimLab(config, fake_tart) as sim:
+        result = labctl("--json", "install")
+        assert result.code == 0, summary_of(result.out)["failed"]
+        yield sim, LabState(lab_dir / ".labctl"), fake_tart  # the forwarder: stopped by conftest
 
 
 def _status() -> dict:

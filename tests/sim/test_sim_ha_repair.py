@@ -19,7 +19,8 @@ from labctl import apiproxy
 from labctl.kube import LOCAL_API, endpoint_host, hosts_address
 from labctl.remote.facts import HOSTS
 from labctl.state import LabState
-from tests.sim.sim_lab import SimLab, lease_prefix
+from tests.conftest import ha_cluster
+from tests.sim.sim_lab import SimLab
 from tests.sim.test_sim_e2e import events, labctl, summary_of
 
 pytestmark = pytest.mark.sim
@@ -28,21 +29,12 @@ WORKER = "ha-w1"
 
 
 def lab(masters: list[str]) -> dict:
-    nodes = [{"name": name, "role": "master", "cpu": 2, "memory": 2048} for name in masters]
-    nodes.append({"name": WORKER, "role": "worker", "cpu": 2, "memory": 2048})
-    return {"clusters": [{"name": "ha", "pod_cidr": "10.20.0.0/16", "service_cidr": "10.97.0.0/16", "nodes": nodes}]}
+    return ha_cluster("ha", masters, [WORKER])
 
 
 @pytest.fixture
-def env(tmp_path, monkeypatch, fake_tart):
-    monkeypatch.setenv("FAKE_TART_LEASE_PREFIX", lease_prefix())
-    monkeypatch.setenv("FAKE_TART_IP_DELAY", "0")
-    monkeypatch.chdir(tmp_path)
-    state = LabState(tmp_path / ".labctl")
-    try:
-        yield tmp_path / "clusters.json", fake_tart, state
-    finally:
-        apiproxy.stop(state)
+def env(lab_dir, fake_tart):
+    return lab_dir / "clusters.json", fake_tart, LabState(lab_dir / ".labctl")  # the forwarder: stopped by conftest
 
 
 def installed(config, fake, masters: list[str]) -> SimLab:
