@@ -11,12 +11,13 @@ import json
 
 import pytest
 
+from labctl import snapshots
 from tests.realvm.test_node_phases import Guest, labctl, lab_config
 
 pytestmark = pytest.mark.realvm
 
 NODE = "rv-m1"
-SNAP_VM = f"labctl-snap-s1-{NODE}"
+SNAP_VM = snapshots.vm_name("s1", NODE)
 
 
 def test_snapshot_round_trips_the_guest_disk(realvm_image, tmp_path, stage):
