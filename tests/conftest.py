@@ -167,6 +167,18 @@ def _isolated_debug_log(tmp_path, monkeypatch):
     monkeypatch.setenv("LABCTL_DEBUG_LOG", str(tmp_path / "debug.log"))
 
 
+def pytest_collection_modifyitems(items):
+    """The longest tests first: the real-VM tier (minutes each under TCG), then those marked `slow`, then the rest in
+    collection order. With `-n 2 --maxschedchunk 1` (scripts/test.sh) each xdist worker holds at most one test
+    beyond the one it runs, so the long ones spread over both workers at the start and the short ones fill in
+    behind them; collected in file order, they landed together at the end of one worker's queue while the other
+    sat idle (a 20-minute run, 8 minutes of it on one worker)."""
+    def rank(item) -> int:
+        return 0 if item.get_closest_marker("realvm") else 1 if item.get_closest_marker("slow") else 2
+
+    items.sort(key=rank)  # stable: the same order on every worker, as xdist requires
+
+
 def pytest_terminal_summary(terminalreporter):
     """Stage timings that tests record as user_properties ("realvm-timing", (stage, seconds)), printed by the process
     that prints: under pytest-xdist that is the controller, which never loads tests/realvm/conftest.py."""

@@ -25,7 +25,7 @@ from typing import Any
 
 from ..errors import LabctlError, StepError
 from . import kubeconfig
-from .rest import POOL_SIZE, ConfigError, RestClient
+from .rest import METADATA_ONLY, POOL_SIZE, ConfigError, RestClient
 
 MERGE_PATCH = "application/merge-patch+json"
 APPLY_PATCH = "application/apply-patch+yaml"  # server-side apply; a JSON body is valid YAML
@@ -210,6 +210,8 @@ class Kube:
         self._rest: RestClient | None = None
         self._stamp: tuple[int, int] | None = None
         self._resources: dict[tuple[str, str], tuple[str, bool]] = {}  # discovery hits (misses are asked again)
+        self._discovering: dict[str, threading.Lock] = {}  # one discovery request per group version at a time
+        self._discovered: dict[str, int] = {}  # group version → discovery requests answered so far
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _client(self) -> RestClient:
@@ -239,13 +241,14 @@ class Kube:
             return self._rest
 
     def _call(self, what: str, method: str, path: str, query: list[tuple[str, str]] | None = None,
-              body: dict | None = None, content_type: str | None = None) -> dict | None:
+              body: dict | None = None, content_type: str | None = None, accept: str | None = None) -> dict | None:
         """One API request by path → its JSON body, or None for 404. Every other failure is a KubeError: with the
         HTTP `status` when the API answered (409 for a conflicting patch, 429 for a refused eviction, ...), with a
         hint when it did not answer within `request_timeout` seconds."""
         rest = self._client()
         try:
-            response = rest.request(method, path, query, body, content_type, timeout=self.request_timeout)
+            response = rest.request(method, path, query, body, content_type, timeout=self.request_timeout,
+                                    accept=accept)
         except Exception as exc:  # noqa: BLE001 - urllib3 connection, TLS and timeout errors have no common base
             raise KubeError(
                 f"{self.cluster}: {what}: the API server at {rest.server} did not answer ({exc})",
@@ -375,20 +378,26 @@ class Kube:
     # -- any object: discovery, server-side apply, readiness ------------------------------------------------------
     def resource(self, api_version: str, kind: str) -> tuple[str, bool] | None:
         """(plural, namespaced) of a kind as the API server serves it now, from discovery; None when it does not
-        (e.g. a custom resource whose CRD is not there yet). Not cached across calls that miss: a CRD may arrive."""
+        (e.g. a custom resource whose CRD is not there yet). A group version's answer is kept for every kind it
+        lists; a miss is asked again (a CRD may arrive), but callers that waited on one request share its answer:
+        a check asking about 30 objects of one group at once costs one discovery request, not 30."""
         with self._lock:
             if (api_version, kind) in self._resources:
                 return self._resources[(api_version, kind)]
-        path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-        body = self._call(f"discover {api_version}", "GET", path) or {}
-        found = None
-        for res in body.get("resources", []):
-            if res.get("kind") == kind and "/" not in res.get("name", ""):
-                found = (res["name"], bool(res.get("namespaced")))
-        if found:
+            gate = self._discovering.setdefault(api_version, threading.Lock())
+            answered = self._discovered.get(api_version, 0)
+        with gate:
             with self._lock:
-                self._resources[(api_version, kind)] = found
-        return found
+                if self._discovered.get(api_version, 0) != answered:  # asked while this caller waited
+                    return self._resources.get((api_version, kind))
+            path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
+            body = self._call(f"discover {api_version}", "GET", path) or {}
+            served = {(api_version, res["kind"]): (res["name"], bool(res.get("namespaced")))
+                      for res in body.get("resources", []) if res.get("kind") and "/" not in res.get("name", "")}
+            with self._lock:
+                self._resources.update(served)
+                self._discovered[api_version] = answered + 1
+                return self._resources.get((api_version, kind))
 
     def _path(self, api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
         res = self.resource(api_version, kind)
@@ -415,6 +424,19 @@ class Kube:
         query = [("labelSelector", label_selector)] if label_selector else []
         body = self._call(f"list {kind}", "GET", self._path(api_version, kind, namespace), query) or {}
         return body.get("items", [])
+
+    def names(self, api_version: str, kind: str, namespace: str | None = "", label_selector: str = "") -> \
+            dict[str, dict] | None:
+        """Name → metadata of the objects of a kind in `namespace` (None: every namespace), from one metadata-only
+        list (METADATA_ONLY: no specs, no data; a server that cannot serve it sends the whole objects, read the
+        same); None when the kind is not served."""
+        if self.resource(api_version, kind) is None:
+            return None
+        query = [("labelSelector", label_selector)] if label_selector else []
+        body = self._call(f"list {kind}", "GET", self._path(api_version, kind, namespace), query,
+                          accept=METADATA_ONLY) or {}
+        return {(item.get("metadata") or {}).get("name", ""): item.get("metadata") or {}
+                for item in body.get("items", [])}
 
     def apply(self, obj: dict, namespace: str = "") -> dict:
         """Server-side apply of one object with labctl as the field manager (force: labctl owns what it declares).
@@ -474,15 +496,21 @@ class Kube:
         return None if obj is None else dict(obj.get("data") or {})
 
     def helm_release(self, namespace: str, name: str) -> HelmRelease | None:
-        """The newest revision of a Helm release, read from its Secrets (no helm CLI on the host)."""
-        body = self._call(f"list helm releases {namespace}/{name}", "GET", f"/api/v1/namespaces/{namespace}/secrets",
-                          [("labelSelector", f"owner=helm,name={name}")]) or {}
-        items = [i for i in body.get("items", []) if i.get("type", "helm.sh/release.v1") == "helm.sh/release.v1"]
-        if not items:
+        """The newest revision of a Helm release, read from its Secrets (no helm CLI on the host): the revisions'
+        labels first (a metadata-only list: Helm keeps up to 10 revisions, each with the whole rendered chart), then
+        the newest one's Secret."""
+        labelled = self.names("v1", "Secret", namespace, f"owner=helm,name={name}") or {}
+        # Helm's storage driver names them sh.helm.release.v1.<release>.v<revision> (helm/pkg/storage/driver)
+        revisions = {n: meta for n, meta in labelled.items() if n.startswith("sh.helm.release.v1.")}
+        if not revisions:
             return None
-        newest = max(items, key=lambda i: int(i["metadata"].get("labels", {}).get("version", 0)))
+        newest = max(revisions, key=lambda n: int((revisions[n].get("labels") or {}).get("version", 0)))
+        secret = self._call(f"read helm release {namespace}/{name}", "GET",
+                            f"/api/v1/namespaces/{namespace}/secrets/{newest}")
+        if secret is None or secret.get("type", "helm.sh/release.v1") != "helm.sh/release.v1":
+            return None
         try:
-            release = decode_helm_release(newest["data"]["release"])
+            release = decode_helm_release(secret["data"]["release"])
         except (KeyError, ValueError, OSError) as exc:
             raise KubeError(f"{self.cluster}: Helm release {namespace}/{name} cannot be read ({exc})") from None
         return HelmRelease(

@@ -30,7 +30,7 @@ from tests.conftest import ROOT
 from tests.integration.conftest import SSHServer, _descendants, _kill
 from tests.sim.fake_tart import wait_for
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 NODE = "hung-master"
 SLACK = 15.0  # process start-up, fake tart calls (each a new interpreter) and a loaded machine

@@ -133,6 +133,8 @@ class ApiRequest:
                 raise ApiError(400, "BadRequest", str(exc)) from None
             if self.wants_table():
                 return 200, self.table(items)
+            if kube_tables.wants_metadata(self.headers):
+                return 200, kube_tables.metadata_list(items, self.store.version)
             return 200, {"kind": f"{self.res.kind}List", "apiVersion": self.res.api_version,
                          "metadata": {"resourceVersion": str(self.store.version)}, "items": items}
         if self.method == "POST":

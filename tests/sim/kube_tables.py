@@ -122,6 +122,20 @@ def wants_table(res: ApiResource, headers) -> bool:
     return "as=Table" in accept and (res.group, res.plural) in PRINTERS
 
 
+def wants_metadata(headers) -> bool:
+    """A metadata-only list (`application/json;as=PartialObjectMetadataList;g=meta.k8s.io;v=v1`): what `kubectl get
+    -o name`-style readers and controllers' metadata informers ask for; the real server serves it for every kind."""
+    return "as=PartialObjectMetadataList" in (headers.get("Accept") or "")
+
+
+def metadata_list(objects: list[dict], resource_version: int) -> dict:
+    """The real server's PartialObjectMetadataList: each object's metadata and nothing else."""
+    return {"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1",
+            "metadata": {"resourceVersion": str(resource_version)},
+            "items": [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1",
+                       "metadata": copy.deepcopy(obj.get("metadata") or {})} for obj in objects]}
+
+
 def table(res: ApiResource, objects: list[dict], include: str, resource_version: int) -> dict:
     """The real server's Table: its printer's columns, one row per object with the object as `includeObject` asks
     (PartialObjectMetadata by default, Object, or None)."""

@@ -66,6 +66,7 @@ class _SimHandler(ApiHandler):
     kube: SimApiServer
 
     def _handle(self, method: str) -> None:
+        arrived = time.monotonic_ns()
         cluster = self.kube.cluster
         if self.kube.node.hung.is_set():
             self.kube.node.swallow(self.connection)
@@ -73,7 +74,7 @@ class _SimHandler(ApiHandler):
             self._read_body()
             self.close_connection = True  # no response at all: to the client this is a dead host
             return
-        cluster.refresh()
+        cluster.refresh_since(arrived)
         return super()._handle(method)
 
 
@@ -103,6 +104,8 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
         self.masters = [n for n in nodes if n.role == "master"]
         self.master = self.masters[0]  # the first control plane: `kubeadm init` runs there
         self.lock = threading.RLock()
+        self._refreshing = threading.Lock()
+        self._fresh_as_of = 0  # time.monotonic_ns() when the newest finished refresh began
         # seconds a test moved this cluster's clock on (what expires with time: the uploaded certificates' 2 h)
         self.elapsed = 0.0
         self.reset()
@@ -325,6 +328,17 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
                 self.store.put("api/v1", "nodes", obj)
 
     # -- what the kubelets and controllers keep up to date ---------------------------------------------------
+    def refresh_since(self, arrived: int) -> None:
+        """`refresh`, unless one that began after `arrived` (time.monotonic_ns()) has finished: a request sees every
+        change made before it arrived, and requests that arrive together share one refresh instead of each running
+        its own (which made the sim, not labctl, the cost of a status that asks 100 questions at once)."""
+        with self._refreshing:
+            if self._fresh_as_of >= arrived:
+                return
+            began = time.monotonic_ns()
+            self.refresh()
+            self._fresh_as_of = began
+
     def refresh(self) -> None:
         """Bring Nodes, Cilium's workloads and CiliumNodes in line with the simulated nodes, as the kubelets and
         controllers would; then the generic controllers (workloads, jobs, PVCs, APIServices, per-namespace objects)

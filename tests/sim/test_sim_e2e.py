@@ -210,6 +210,7 @@ def facts_script():
 
 # ---- the day-to-day scenario -----------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_install_then_status_shutdown_boot_with_new_addresses_and_destroy(sim, fake_tart, tmp_path):
     foreign = start_foreign_vm(fake_tart)
     foreign_pid, foreign_config = fake_tart.running_pid(FOREIGN), fake_tart.config(FOREIGN)

@@ -63,6 +63,7 @@ def changes(orchard: FakeOrchard, since: int) -> list[tuple[str, str]]:
     return [(r["method"], r["path"]) for r in orchard.requests[since:] if r["method"] != "GET"]
 
 
+@pytest.mark.slow
 def test_the_shipped_lab_builds_on_the_workers_a_second_install_changes_nothing_destroy_removes_it(
         sim, orchard, fake_tart):
     other = orchard.handle("POST", "/v1/vms", {}, json.dumps(

@@ -19,6 +19,7 @@ pytestmark = pytest.mark.sim
 HOLDERS = {"credentials.json", "id_ed25519"}
 
 
+@pytest.mark.slow
 def test_an_install_with_vv_writes_and_prints_no_secret(sim, tmp_path, monkeypatch):  # noqa: F811
     debug_log = tmp_path / "state" / "debug.log"
     monkeypatch.setenv("LABCTL_DEBUG_LOG", str(debug_log))

@@ -55,6 +55,7 @@ def open_sim(lab_dir: Path, fake_tart, raw: dict) -> SimLab:
     return SimLab(config, fake_tart)
 
 
+@pytest.mark.slow
 def test_the_shipped_lab_installs_with_its_stacks_and_a_second_install_changes_nothing(lab_dir, fake_tart):
     wanted = stack_steps(SHIPPED_LAB)
     assert {"stacks:platform/monitoring", "stacks:platform/alerting", "stacks:platform/argocd",

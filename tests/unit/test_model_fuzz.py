@@ -10,6 +10,7 @@ import json
 import tempfile
 from pathlib import Path
 
+import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from labctl import host, model, validation
@@ -130,6 +131,7 @@ def _get(tree, loc):
 WORK = Path(tempfile.mkdtemp(prefix="labctl-fuzz-"))
 
 
+@pytest.mark.slow
 @settings(max_examples=2000, derandomize=True, deadline=None, database=None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(documents())

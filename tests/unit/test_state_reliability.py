@@ -36,6 +36,7 @@ def open_lab(tmp_path: Path) -> lab_mod.LabSession:
 
 # -- 2: one lab, one run ---------------------------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_destroy_removing_the_lock_never_lets_two_runs_hold_the_lab(tmp_path, monkeypatch):
     """Whole-lab destroys race installs 200 times; the gap before the lock file is removed is widened (a test hook
     on Path.unlink) so that an install opening the old file and one creating a new file would both get in."""
