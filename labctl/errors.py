@@ -22,6 +22,13 @@ class LabctlError(Exception):
         return self.message
 
 
+class Interrupted(LabctlError):
+    """Ctrl-C in the middle of work that a plain "interrupted" would leave unexplained: the message says what state
+    things were left in, the hint what to run. Exit code 130, as for any Ctrl-C."""
+
+    exit_code = 130
+
+
 class UsageError(LabctlError):
     """A bad command line (unknown phase, unknown cluster, missing --yes ...)."""
 

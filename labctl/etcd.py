@@ -109,13 +109,19 @@ def parse(asked: str, text: str) -> EtcdView:
     listed = (_json(values.get("members", "")) or {}).get("members") or []
     statuses = [s for s in _json(values.get("status", "")) or [] if isinstance(s, dict)]
     leader_ids = {(s.get("Status") or {}).get("leader") for s in statuses} - {None, 0}
+    # which member answered at each client URL: a record whose URL another member publishes now (two masters that
+    # swapped addresses, until both are repaired) is answered by that member, and is not this one's health
+    answered_as = {s.get("Endpoint"): ((s.get("Status") or {}).get("header") or {}).get("member_id")
+                   for s in statuses}
     for m in listed:
         client = (m.get("clientURLs") or [""])[0]
         h = health.get(client) or {}
+        other = answered_as.get(client) not in (None, m.get("ID"))
         view.members.append(Member(
             name=m.get("name") or f"(unstarted {m.get('ID')})", peer_url=(m.get("peerURLs") or [""])[0],
-            client_url=client, healthy=h.get("health") is True,
-            leader=m.get("ID") in leader_ids, error=str(h.get("error") or ("" if h else "no answer")),
+            client_url=client, healthy=h.get("health") is True and not other,
+            leader=m.get("ID") in leader_ids,
+            error=f"{client} answers as another member" if other else str(h.get("error") or ("" if h else "no answer")),
             id=int(m.get("ID") or 0), started=bool(m.get("name"))))
     return view
 
@@ -231,8 +237,17 @@ def update_peer(ctx, cluster: Cluster, node: str, address: str) -> str | None:
     want = peer_url(address)
     if member.peer_url == want:
         return None
+    done = []
+    holder = next((m for m in view.members if m.peer_url == want and m.name != node), None)
+    if holder is not None:
+        # Two masters swapped addresses: `holder` moved too (no two machines have one address now), and etcd refuses
+        # a peer URL another member has ("Peer URLs already exists"). Its record goes aside first, to a URL no
+        # member has (this address, the next port); its own repair, later in this run, gives it its new address.
+        aside = f"https://{address}:{PEER_PORT + 1}"
+        ctx.transport(view.asked).run(member_script(cluster, "update", holder, aside), sudo=True, timeout=60)
+        done.append(f"{holder.name}: etcd peer URL {want} → {aside} (aside: {node} has that address now)")
     ctx.transport(view.asked).run(member_script(cluster, "update", member, want), sudo=True, timeout=60)
-    return f"{node}: etcd peer URL {member.peer_url} → {want} (member update on {view.asked})"
+    return "; ".join([*done, f"{node}: etcd peer URL {member.peer_url} → {want} (member update on {view.asked})"])
 
 
 def wait_healthy(ctx, cluster: Cluster, node: str, timeout: float = QUORUM_TIMEOUT, interval: float = 3.0) -> str:

@@ -319,7 +319,8 @@ def _prune(ctx: Context, cluster_name: str, node_name: str) -> None:
     forget_host(ctx.state, node_name)
     ctx.state.forget([f"{cluster_name}/{node_name}"])
     ctx.state.forget_node_logs(node_name)
-    ctx.note(f"{node_name}: pruned (drained, Node and VM deleted)")
+    # (a removed static machine has no VM: the VM provider finds none by its name, and the machine is left alone)
+    ctx.note(f"{node_name}: pruned (drained, Node {'and VM ' if vm_exists else ''}deleted)")
 
 
 def _remove_member(ctx: Context, cluster, node_name: str) -> None:

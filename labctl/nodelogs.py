@@ -185,7 +185,8 @@ def _collect_node(ctx, dest: Path, cluster: str, name: str, since: str | None) -
         gathered = {UNREACHABLE: why.encode()}
     # labctl's own log of the node last: it then includes this collection's commands
     node = ctx.node(name)[1]
-    for local, as_name in ((ctx.state.node_log(name), "labctl.log"), (ctx.provider.log_path(node), "console.log")):
+    own, console = ctx.state.node_log(name), ctx.provider.log_path(node)
+    for local, as_name in ((own, "labctl.log"), *(() if console == own else ((console, "console.log"),))):
         with contextlib.suppress(FileNotFoundError):
             gathered[as_name] = local.read_bytes()
     for relative, data in sorted(gathered.items()):

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from . import ownership
-from .errors import LabctlError, StepError, UsageError
+from .errors import Interrupted, LabctlError, StepError, UsageError
 from .state import private_opener, write_atomic
 
 PREFIX = "labctl-snap-"
@@ -226,7 +226,8 @@ def save(lab, name: str, clusters: list[str] = (), notify=lambda _text: None, em
     (unless none of them was running before).
 
     Returns the manifest. Raises UsageError (bad or taken name, a node named like a snapshot VM, a VM missing),
-    StepError when the shutdown, a copy or the boot fails: each says what state the lab is in and what to run."""
+    StepError when the shutdown, a copy or the boot fails, Interrupted on Ctrl-C while copying: each says what
+    state the lab is in and what to run."""
     from .lab import boot, chosen_clusters, require_provider, shutdown, spec_hashes
 
     check_name(name)
@@ -280,6 +281,26 @@ def save(lab, name: str, clusters: list[str] = (), notify=lambda _text: None, em
         "clusters_json_sha256": hashlib.sha256(config_text.encode()).hexdigest(),
         "addresses": addresses, "complete": False}
     _save_manifest(lab.state, manifest)  # first: the VMs it is about to make are in a manifest from the start
+    try:
+        _copy_and_record(lab, name, chosen, names, manifest, config_text, directory, notify)
+    except KeyboardInterrupt:
+        raise Interrupted(f"snapshot {name}: interrupted while copying the VMs; it is unfinished and cannot be "
+                          "restored", hint=f"`labctl snapshot delete {name}` removes what was copied; the lab is "
+                          "stopped and unchanged: `labctl boot` starts it") from None
+    if not addresses:  # it was stopped before the save: leave it as it was
+        notify(f"snapshot {name}: saved; the lab was stopped before, so it stays stopped (`labctl boot` starts it)")
+        return Outcome(manifest, [])
+    notify(f"snapshot {name}: saved; starting the lab again")
+    summary = boot(lab, _opts(chosen), emit=emit, notify=notify)
+    if not summary.ok:
+        raise StepError(f"snapshot {name} is saved, but the lab did not come back up ({_failed(summary)})",
+                        hint="`labctl boot` starts it; `labctl status` shows what is wrong")
+    return Outcome(manifest, [])
+
+
+def _copy_and_record(lab, name: str, chosen: list[str], names: list[str], manifest: dict, config_text: str,
+                     directory: Path, notify) -> None:
+    """save's middle: copy each stopped VM, then write the snapshot's records and mark its manifest complete."""
     copied: list[str] = []
     with lab.state.locked("snapshot"):
         ctx = lab.context(notify=notify)
@@ -311,15 +332,6 @@ def save(lab, name: str, clusters: list[str] = (), notify=lambda _text: None, em
         _write(directory / "secrets.json", json.dumps(_secrets(lab.state, chosen, names), indent=2) + "\n")
         manifest["complete"] = True
         _save_manifest(lab.state, manifest)
-    if not addresses:  # it was stopped before the save: leave it as it was
-        notify(f"snapshot {name}: saved; the lab was stopped before, so it stays stopped (`labctl boot` starts it)")
-        return Outcome(manifest, [])
-    notify(f"snapshot {name}: saved; starting the lab again")
-    summary = boot(lab, _opts(chosen), emit=emit, notify=notify)
-    if not summary.ok:
-        raise StepError(f"snapshot {name} is saved, but the lab did not come back up ({_failed(summary)})",
-                        hint="`labctl boot` starts it; `labctl status` shows what is wrong")
-    return Outcome(manifest, [])
 
 
 def restore(lab, name: str, notify=lambda _text: None, emit=None) -> Outcome:
@@ -368,11 +380,12 @@ def restore(lab, name: str, notify=lambda _text: None, emit=None) -> Outcome:
                 provider.clone_vm(vm, node)
                 ownership.claim(lab.state, node, "created")
                 replaced.append(node)
-        except LabctlError as exc:
+        except (LabctlError, KeyboardInterrupt) as exc:
             left = [n for n in nodes if n not in replaced]
-            raise StepError(f"snapshot {name}: restore stopped: {exc}",
-                            hint=(f"replaced so far: {', '.join(replaced) or 'none'}; not yet: {', '.join(left)}. "
-                                  f"The snapshot is intact: `labctl snapshot restore {name}` again")) from None
+            error = Interrupted if isinstance(exc, KeyboardInterrupt) else StepError
+            raise error(f"snapshot {name}: restore " + ("interrupted" if error is Interrupted else f"stopped: {exc}"),
+                        hint=(f"replaced so far: {', '.join(replaced) or 'none'}; not yet: {', '.join(left)}. "
+                              f"The snapshot is intact: `labctl snapshot restore {name}` again")) from None
         finally:
             ctx.close()
         from .kube import kubeconfig

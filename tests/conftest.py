@@ -162,6 +162,18 @@ def _no_api_forwarder_left():
 
 
 @pytest.fixture(autouse=True)
+def _no_context_overrides_left():
+    """Every test starts with labctl.lab.CONTEXT_OVERRIDES as the one before it found them: a simulated lab left
+    wired in (a SimLab not exited) would hand its provider to the next test in the same worker."""
+    from labctl import lab
+
+    before = dict(lab.CONTEXT_OVERRIDES)
+    yield
+    lab.CONTEXT_OVERRIDES.clear()
+    lab.CONTEXT_OVERRIDES.update(before)
+
+
+@pytest.fixture(autouse=True)
 def _isolated_debug_log(tmp_path, monkeypatch):
     # The debug log goes to the user's state dir by default; keep tests out of it.
     monkeypatch.setenv("LABCTL_DEBUG_LOG", str(tmp_path / "debug.log"))

@@ -29,8 +29,9 @@ class StaticProvider(LabVMs):
     hard_stops: frozenset[str] = frozenset()
     ip_wait_seconds = 0
 
-    def __init__(self, lab, **_):
+    def __init__(self, lab, state=None, **_):
         super().__init__(lab)
+        self.state = state  # the lab's LabState (for the node log's path), like the VM providers'
         self.static = {node.name: node for _, node in lab.nodes if node.static}
 
     def _node(self, node):
@@ -43,8 +44,10 @@ class StaticProvider(LabVMs):
         return "static (SSH)"
 
     def log_path(self, node) -> Path:
-        """A static machine has no console labctl keeps: its node log (.labctl/logs) is where its output is."""
-        return Path(f"the node log of {self._node(node).name} (.labctl/logs)")
+        """A static machine has no console labctl keeps: its node log (.labctl/logs/<node>.log) is where its
+        output is."""
+        name = self._node(node).name
+        return self.state.node_log(name) if self.state is not None else Path(".labctl", "logs", f"{name}.log")
 
     def answers(self, node) -> bool:
         """Whether the machine's SSH port accepts a TCP connection within PROBE_SECONDS (nothing is sent)."""
@@ -174,4 +177,4 @@ def route(lab, vms, static: StaticProvider | None = None):
     (`static`: the StaticProvider to route to; the simulated lab passes its own)."""
     if isinstance(vms, NodeRouter) or not any(node.static for _, node in lab.nodes):
         return vms
-    return NodeRouter(vms, static or StaticProvider(lab))
+    return NodeRouter(vms, static or StaticProvider(lab, state=getattr(vms, "state", None)))

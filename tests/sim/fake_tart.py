@@ -668,6 +668,17 @@ class FakeTart:
     def new_ip_on_next_boot(self, name: str) -> None:
         (self._control(name) / "new-ip").touch()
 
+    def swap_leases(self, a: str, b: str) -> None:
+        """bootpd hands VM `a` the address `b` had and the other way round at their next boots (both stopped:
+        leases are by MAC, and each lease was free while its VM was off)."""
+        macs = [read_json(self.vm_dir(name) / "config.json")["macAddress"] for name in (a, b)]
+        with flocked(self.home / "fake" / ".leases.lock"):
+            path = self.home / "fake" / "leases.json"
+            leases = read_json(path, {"next": 2, "leases": {}})
+            held = leases["leases"]
+            held[macs[0]], held[macs[1]] = held[macs[1]], held[macs[0]]
+            write_in_place(path, leases)
+
     def endings(self, name: str) -> list[str]:
         """How each boot of the VM ended, oldest first."""
         path = self._control(name) / "endings.jsonl"

@@ -157,6 +157,7 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
                 # (with peers, a member whose etcd.yaml still names its old address cannot bind its listeners
                 # there: it crash-loops until its files are repaired)
                 out[master.name] = address
+                self.etcd.publish(master.name, address)
         return out
 
     def _etcd_running_alone(self, master: SimNode) -> bool:

@@ -75,11 +75,17 @@ class SimEtcd:
     def names(self) -> list[str]:
         return [m.name for m in self.members]
 
-    def update(self, name: str, address: str) -> None:
-        """`member update <id> --peer-urls=https://<address>:2380`."""
-        self.members = [replace(m, peer_url=f"https://{address}:{PEER_PORT}",
-                                client_url=f"https://{address}:{CLIENT_PORT}")
-                        if m.name == name else m for m in self.members]
+    def update(self, name: str, peer_url: str) -> None:
+        """`member update <id> --peer-urls=<peer_url>`: the peer URL only (etcd's MemberUpdate changes the member's
+        RaftAttributes; its client URLs are what it publishes itself when it starts: `publish`)."""
+        self.members = [replace(m, peer_url=peer_url) if m.name == name else m for m in self.members]
+
+    def publish(self, name: str, address: str) -> None:
+        """A member that runs on `address` publishes its client URL there (etcd's publish of its attributes at
+        start), if its record says otherwise."""
+        url = f"https://{address}:{CLIENT_PORT}"
+        if any(m.name == name and m.client_url != url for m in self.members):
+            self.members = [replace(m, client_url=url) if m.name == name else m for m in self.members]
 
     def remove(self, name: str) -> None:
         """`member remove <id>`."""

@@ -45,16 +45,24 @@ class EtcdStatusNode:
         def healthy(m) -> bool:
             return cluster.etcd.alive(m.name, running)
 
+        # `endpoint status/health --cluster` ask every member's client URL; whoever serves that address answers
+        # (a member record whose URL another member publishes now is answered by that one)
+        serving = {running[m.name]: m for m in members if healthy(m)}
+
+        def at(url: str):
+            return serving.get(url.split("//", 1)[1].rsplit(":", 1)[0])
+
         leader = next((m for m in members if healthy(m)), None)
         listed = {"header": {"member_id": self.etcd_data or 0},
                   "members": [{"ID": m.id, "name": m.name if m.started else "", "peerURLs": [m.peer_url],
                                "clientURLs": [m.client_url] if m.started else []} for m in members]}
-        status = [{"Endpoint": m.client_url, "Status": {"header": {"member_id": m.id},
-                                                       "leader": leader.id if leader else 0}}
-                  for m in members if healthy(m)]
-        health = [{"endpoint": m.client_url, "health": True, "took": "1.1ms"} if healthy(m) else
-                  {"endpoint": m.client_url, "health": False, "error": f"health check failed: {DEADLINE}"}
-                  for m in members]
+        endpoints = list(dict.fromkeys(m.client_url for m in members if m.started))
+        status = [{"Endpoint": url, "Status": {"header": {"member_id": at(url).id},
+                                               "leader": leader.id if leader else 0}}
+                  for url in endpoints if at(url)]
+        health = [{"endpoint": url, "health": True, "took": "1.1ms"} if at(url) else
+                  {"endpoint": url, "health": False, "error": f"health check failed: {DEADLINE}"}
+                  for url in endpoints]
         lines += [f"members={json.dumps(listed)}", f"status={json.dumps(status)}", f"health={json.dumps(health)}"]
         return 0, "\n".join(lines)
 
@@ -79,8 +87,7 @@ class EtcdStatusNode:
         cluster = self.lab.clusters[self.cluster]
         if any(m.peer_url == p["peer_url"] for m in cluster.etcd.members if m is not member):
             return 1, "Error: etcdserver: Peer URLs already exists"
-        new = p["peer_url"].split("//", 1)[1].rsplit(":", 1)[0]
-        cluster.etcd.update(member.name, new)
+        cluster.etcd.update(member.name, p["peer_url"])
         cluster.etcd_event(f"member update {member.name}")
         return 0, f"Member {p['member_id']} updated in cluster {member_id(cluster.name):x}"
 

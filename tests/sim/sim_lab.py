@@ -166,6 +166,7 @@ class SimLab:
         # The guest disks of VMs that are no lab node (snapshot VMs): what a copy of a node's VM carries (vm_cloned)
         self.disks: dict[str, dict[str, Any]] = {}
         self._saved: dict[str, Any] | None = None
+        self._entered = False
         self._tart_server = TartForkServer(fake)
 
     # -- wiring ----------------------------------------------------------------------------------------------------
@@ -173,7 +174,10 @@ class SimLab:
         return {"provider": self.provider, "transport_factory": self.transport_for, "kube_factory": self.kube_for}
 
     def __enter__(self):
-        self._saved = dict(lab_module.CONTEXT_OVERRIDES)
+        # entered twice (a helper enters it, then the test's `with`): what to restore is what was there before the
+        # first, else the exit would leave this lab's overrides behind for the next test in the process
+        if not self._entered:
+            self._saved, self._entered = dict(lab_module.CONTEXT_OVERRIDES), True
         lab_module.CONTEXT_OVERRIDES.clear()
         lab_module.CONTEXT_OVERRIDES.update(self.overrides())
         return self
@@ -181,6 +185,7 @@ class SimLab:
     def __exit__(self, *exc) -> None:
         lab_module.CONTEXT_OVERRIDES.clear()
         lab_module.CONTEXT_OVERRIDES.update(self._saved or {})
+        self._entered = False
         for cluster in self.clusters.values():
             cluster.stop()
         for node in [*self.nodes.values(), *self.build_nodes.values()]:

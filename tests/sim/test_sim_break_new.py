@@ -120,6 +120,9 @@ def test_ctrl_c_in_snapshot_save_keeps_the_lab_and_leaves_a_removable_unfinished
         ctrl_c_at_copy(patch, 2, after)
         result = labctl("snapshot", "save", "half", "--yes")
     assert result.code == 130 and "interrupted" in result.err and "Traceback" not in result.err
+    # it says what it left and what to run, not only "interrupted"
+    assert "snapshot half: interrupted while copying" in result.err, result.err
+    assert "labctl snapshot delete half" in result.err and "labctl boot" in result.err, result.err
     assert {vm for vm in fake_tart.vms() if not vm.startswith("labctl-snap-")} == set(NODES)
     rows = json.loads(ok("--json", "snapshot", "list"))["snapshots"]
     assert [(r["name"], r["complete"]) for r in rows] == [("half", False)]
@@ -139,6 +142,8 @@ def test_ctrl_c_in_snapshot_restore_then_restore_again_gives_back_the_lab(sim, f
         ctrl_c_at_copy(patch, nth, after)
         result = labctl("snapshot", "restore", "base", "--yes")
     assert result.code == 130 and "Traceback" not in result.err
+    assert "snapshot base: restore interrupted" in result.err and "replaced so far:" in result.err, result.err
+    assert "labctl snapshot restore base` again" in result.err, result.err
     ok("snapshot", "restore", "base", "--yes")
     assert world(sim) == before
     assert set(fake_tart.vms()) == set(NODES) | {f"labctl-snap-base--{n}" for n in NODES}

@@ -82,3 +82,19 @@ def test_removal_problem_refuses_a_removal_that_would_lose_quorum():
     # removing one of the down members keeps quorum: 3 healthy of 4
     assert removal_problem(view(True, True, True, False, False), "m5") is None
     assert "only etcd member" in removal_problem(view(True), "m1")
+
+
+def test_a_client_url_that_answers_as_another_member_is_not_that_members_health():
+    # m3's record still names the address m2 has now (they swapped addresses; m3 not repaired yet): etcdctl asks
+    # that URL and m2 answers there, healthy, with m2's member id
+    text = _output({"m1", "m2", "m3"}, "m1").replace(URL["m3"], URL["m2"])
+    status = json.loads(text.split("status=", 1)[1].split("\n", 1)[0])
+    for entry in status:  # whoever serves the URL answers: m2 for both
+        if entry["Endpoint"] == f"https://{URL['m2']}:2379":
+            entry["Status"]["header"]["member_id"] = IDS["m2"]
+    text = "\n".join(f"status={json.dumps(status)}" if line.startswith("status=") else line
+                     for line in text.splitlines())
+    view = etcd.parse("m1", text)
+    health = {m.name: (m.healthy, m.error) for m in view.members}
+    assert health["m2"] == (True, "") and health["m1"] == (True, "")
+    assert health["m3"] == (False, f"https://{URL['m2']}:2379 answers as another member")

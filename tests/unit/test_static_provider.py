@@ -82,3 +82,14 @@ def test_a_lab_without_static_nodes_keeps_its_provider():
                        '"nodes": [{"name": "a-m", "role": "master", "cpu": 2, "memory": 4096}]}]}')
     vms = VMs()
     assert route(spec, vms) is vms
+
+
+def test_a_static_machines_log_is_its_node_log_in_the_lab(tmp_path):
+    from labctl.state import LabState
+
+    state = LabState(tmp_path / ".labctl")
+    vms = VMs()
+    vms.state = state  # what the VM providers carry, and the router hands on to the static provider
+    router = route(lab(closed_port()), vms)
+    assert router.log_path("gpu-box1") == state.node_log("gpu-box1") == tmp_path / ".labctl/logs/gpu-box1.log"
+    assert StaticProvider(lab(closed_port())).log_path("gpu-box1").parts[-3:] == (".labctl", "logs", "gpu-box1.log")
