@@ -30,7 +30,7 @@ from labctl.kube import (
     node_address,
     plan_repair,
 )
-from labctl.remote.facts import ADMIN_CONF, HOSTS, KUBEADM_FLAGS, MANIFESTS
+from labctl.remote.facts import ADMIN_CONF, HOSTS, HOSTS_LOCK, KUBEADM_FLAGS, MANIFESTS
 from labctl.render import render, script
 
 from . import cni
@@ -77,7 +77,7 @@ def hosts_entry(cluster, api_address: str):
     """The script that points the stable API name at `api_address` on whichever node runs it: the first control
     plane's address, or 127.0.0.1 on the nodes of an HA cluster (docs/ha.md)."""
     return script("endpoint.hosts", "cluster/endpoint-hosts.sh.j2", cluster=cluster.name,
-                  name=endpoint_host(cluster.name), address=api_address, hosts_file=HOSTS)
+                  name=endpoint_host(cluster.name), address=api_address, hosts_file=HOSTS, hosts_lock=HOSTS_LOCK)
 
 
 def address_probe(cluster):

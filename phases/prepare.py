@@ -25,6 +25,7 @@ from labctl.remote.facts import (
     CLOUD_HOSTNAME_CFG,
     FSTAB,
     HOSTS,
+    HOSTS_LOCK,
     MODULES,
     MODULES_CONF,
     SYSCTL_CONF,
@@ -127,6 +128,7 @@ def params(facts: NodeFacts, name: str, pending: list[Action]) -> dict:
         "sysctl_conf": SYSCTL_CONF,
         "cloud_cfg_dir": CLOUD_CFG_DIR,
         "cloud_hostname_cfg": CLOUD_HOSTNAME_CFG,
+        "hosts_lock": HOSTS_LOCK,
         # the id being replaced: the script regenerates only while it is still this one (safe to run twice)
         "machine_id": facts.machine_id,
     }

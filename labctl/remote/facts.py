@@ -33,6 +33,9 @@ TOOLS = ("apt-get", "curl", "gpg", "systemctl", "hostnamectl", "modprobe", "pyth
 
 FSTAB = "/etc/fstab"
 HOSTS = "/etc/hosts"
+# flock(1)ed by every labctl script that rewrites /etc/hosts (prepare's hostname line, the API endpoint's line, the
+# lab registries' lines): several of them may run on one node at once, and read-modify-writes would lose lines
+HOSTS_LOCK = "/run/lock/labctl-hosts.lock"
 HOSTNAME_FILE = "/etc/hostname"
 MODULES_CONF = "/etc/modules-load.d/k8s.conf"
 SYSCTL_CONF = "/etc/sysctl.d/k8s.conf"

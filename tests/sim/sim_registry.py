@@ -54,18 +54,24 @@ class RegistryNode:
     def _registry_hosts(self: SimNode, p, address):
         path = f"{p['dir']}/hosts.toml"
         want = (p["content"] + "\n").encode()
-        kept = [ln for ln in self.text(p["hosts_file"]).splitlines()
-                if not (ln.split()[:1] and not ln.lstrip().startswith("#")
-                        and p["name"] in ln.split("#", 1)[0].split()[1:])]
-        hosts = "\n".join(kept + [f"{p['address']} {p['name']} # labctl: lab registry of cluster {p['cluster']}"])
-        differs = [what for what, same in ((path, self.files.get(path) == want),
-                                           (p["hosts_file"], hosts == self.text(p["hosts_file"]))) if not same]
+
+        def names_it(line: str) -> bool:
+            return bool(line.split()[:1]) and not line.lstrip().startswith("#") \
+                and p["name"] in line.split("#", 1)[0].split()[1:]
+
+        lines = self.text(p["hosts_file"]).splitlines()
+        in_place = [ln.split()[0] for ln in lines if names_it(ln)] == [p["address"]]  # wherever it stands
+        hosts = "\n".join([ln for ln in lines if not names_it(ln)]
+                          + [f"{p['address']} {p['name']} # labctl: lab registry of cluster {p['cluster']}"])
+        differs = [what for what, same in ((path, self.files.get(path) == want), (p["hosts_file"], in_place))
+                   if not same]
         if not differs:
             return 0, "unchanged"
         if not p["apply"]:
             return 0, "differs: " + " ".join(differs)
         self.files[path] = want
-        self.facts["texts"][p["hosts_file"]] = hosts
+        if not in_place:
+            self.facts["texts"][p["hosts_file"]] = hosts
         return 0, "changed: " + " ".join(differs)
 
 

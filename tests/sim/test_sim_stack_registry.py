@@ -58,6 +58,24 @@ def test_a_pushed_image_pulls_on_another_clusters_node(lab_dir, fake_tart, conta
         assert again.code == 0 and summary_of(again.out)["counts"]["changed"] == 0
 
 
+def test_two_clusters_with_a_registry_each_install_and_a_second_install_changes_nothing(lab_dir, fake_tart):
+    """Each registry's hook writes its /etc/hosts line on every node of the lab, both at once: each line only has to
+    be there (the second registry's line after the first's must not make the first's check fail forever)."""
+    lab = two_clusters()
+    lab["clusters"][1]["stacks"] = ["storage", "registry"]
+    with open_sim(lab_dir, fake_tart, lab) as sim:
+        result = labctl("--json", "install")
+        assert result.code == 0, summary_of(result.out)["failed"]
+        for node in sim.nodes:
+            hosts = sim.nodes[node].text("/etc/hosts")
+            for cluster in ("platform", "dev"):
+                assert f"{cluster}-registry.labctl.internal # labctl" in hosts, (node, hosts)
+        sim_registry.push(sim, "dev", 30500, "team/app:1")
+        assert sim_registry.pull(sim, "platform-worker1", "dev-registry.labctl.internal:30500/team/app:1")
+        again = labctl("--json", "install")
+        assert again.code == 0 and summary_of(again.out)["counts"]["changed"] == 0, summary_of(again.out)
+
+
 def test_hosts_toml_ignored_because_config_path_is_empty(lab_dir, fake_tart):
     """Predecessor defect (reference/stacks.md phase 17): containerd 1.7's default config has an empty config_path,
     so the hosts.toml written on every node was ignored and pulls went to https:// of a plain-HTTP registry. labctl

@@ -349,7 +349,7 @@ def test_init_on_a_fresh_node_runs_kubeadm_init_with_the_rendered_config(world, 
     assert world.ids() == ["endpoint.hosts", "init.kubeadm"]
     hosts, kubeadm = (s for _, s, _ in world.runs)
     assert hosts.params == {"cluster": "dev", "name": "dev-api.labctl.internal", "address": "192.168.64.13",
-                            "hosts_file": "/etc/hosts"}
+                            "hosts_file": "/etc/hosts", "hosts_lock": "/run/lock/labctl-hosts.lock"}
     assert kubeadm.params == {
         "config_path": "/etc/labctl/kubeadm-init.yaml", "skip_token_print": True, "cluster": "dev", "node": "dev-master",
         "address": "192.168.64.13", "port": 6443, "endpoint_host": "dev-api.labctl.internal",

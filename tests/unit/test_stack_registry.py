@@ -73,11 +73,12 @@ def test_runtime_sets_config_path_in_the_nodes_layout(fixture, table):
     assert not [a for a in runtime.actions(configured, "1.35.6", "1.7.28", registry=True) if a.name == "config"]
 
 
-def render(tmp_path, apply: bool, address: str = "192.168.64.5"):
-    name = "platform-registry.labctl.internal"
+def render(tmp_path, apply: bool, address: str = "192.168.64.5", cluster: str = "platform"):
+    name = f"{cluster}-registry.labctl.internal"
     return script("registry.hosts", "node/registry-hosts.sh.j2", apply=apply, dir=f"{tmp_path}/certs.d/{name}:30500",
                   content=hosts_toml(name, 30500, [address, "192.168.64.6"]), name=name, address=address,
-                  hosts_file=str(tmp_path / "hosts"), cluster="platform", stack="registry")
+                  hosts_file=str(tmp_path / "hosts"), hosts_lock=str(tmp_path / "lock/hosts.lock"), cluster=cluster,
+                  stack="registry")
 
 
 def run(text: str) -> str:
@@ -101,6 +102,30 @@ def test_registry_hosts_script_writes_only_what_differs(tmp_path):
     assert [ln.split()[0] for ln in lines if "platform-registry" in ln] == ["192.168.64.5"]
     assert run(render(tmp_path, apply=True).text) == "unchanged"
     assert run(render(tmp_path, apply=False, address="192.168.64.7").text).startswith("differs:")
+
+
+def test_two_registries_lines_both_stay_in_place_whatever_their_order(tmp_path):
+    """Each registry's line only has to be there with its address: asking for it to be the last line made every
+    registry's apply move the other's line, so no check ever passed in a lab with two registries."""
+    (tmp_path / "hosts").write_text("127.0.0.1 localhost\n")
+    assert run(render(tmp_path, apply=True, cluster="a").text).startswith("changed:")
+    assert run(render(tmp_path, apply=True, address="192.168.64.8", cluster="b").text).startswith("changed:")
+    for cluster, address in (("a", "192.168.64.5"), ("b", "192.168.64.8")):
+        assert run(render(tmp_path, apply=False, address=address, cluster=cluster).text) == "unchanged"
+    before = (tmp_path / "hosts").read_text()
+    assert run(render(tmp_path, apply=True, cluster="a").text) == "unchanged"
+    assert (tmp_path / "hosts").read_text() == before
+
+
+def test_registry_hosts_scripts_running_at_once_on_one_node_keep_every_line(tmp_path):
+    """The registry hooks of several clusters run on one node at the same time: the /etc/hosts lock keeps each
+    read-modify-write whole (without it, a `mv` of one copy drops the line the other just added)."""
+    (tmp_path / "hosts").write_text("127.0.0.1 localhost\n")
+    texts = [render(tmp_path, apply=True, address=f"192.168.64.{10 + i}", cluster=f"c{i}").text for i in range(12)]
+    procs = [subprocess.Popen(["bash", "-c", text], stdout=subprocess.PIPE, text=True) for text in texts]
+    assert all(p.wait() == 0 for p in procs)
+    lines = (tmp_path / "hosts").read_text().splitlines()
+    assert sorted(ln.split()[1] for ln in lines[1:]) == sorted(f"c{i}-registry.labctl.internal" for i in range(12))
 
 
 def test_registry_hosts_script_is_shellcheck_clean(tmp_path):
