@@ -98,6 +98,30 @@ def read_json(path: Path, default=None):
     raise Exit(1, f"Error: cannot parse {path}")
 
 
+# read_json_settled's parses: path → ((mtime_ns, size, inode), value), for files unchanged since well before the parse
+_SETTLED: dict[Path, tuple[tuple[int, int, int], object]] = {}
+SETTLED_SECONDS = 0.05  # far above the filesystem's timestamp granularity (the kernel's coarse clock, a few ms)
+
+
+def read_json_settled(path: Path, default=None):
+    """read_json for the simulated lab's hot read-only paths (a VM's state, asked on every simulated API request):
+    a file whose modification time is SETTLED_SECONDS in the past when it is parsed is not parsed again while its
+    (mtime, size, inode) stay the same — any later write gets a later timestamp. The value is shared: callers
+    must not change it."""
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return default
+    key = (st.st_mtime_ns, st.st_size, st.st_ino)
+    hit = _SETTLED.get(path)
+    if hit is not None and hit[0] == key:
+        return hit[1]
+    value = read_json(path, default)
+    if time.time_ns() - st.st_mtime_ns > SETTLED_SECONDS * 1e9:
+        _SETTLED[path] = (key, value)
+    return value
+
+
 def write_in_place(path: Path, data: dict) -> None:
     # In place (same inode), like tart: replacing the file would drop the lock a running VM holds on it.
     with open(path, "r+" if path.exists() else "w") as f:
@@ -690,7 +714,7 @@ class FakeTart:
 
     def boots(self, name: str) -> int:
         path = self._control(name) / "run.json"
-        return read_json(path, {}).get("boots", 0)  # a `run` starting now rewrites it in place
+        return read_json_settled(path, {}).get("boots", 0)  # a `run` starting now rewrites it in place
 
     def kill_all(self) -> None:
         """Kill every `run` of this home (by the lock it holds, so nothing outside the test is touched)."""

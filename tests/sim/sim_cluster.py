@@ -34,7 +34,7 @@ import yaml
 
 from labctl.kube import API_PORT, LOCAL_API, endpoint_host
 from tests.sim.fake_kube import ApiHandler, FakeKube
-from tests.sim.fake_tart import read_json
+from tests.sim.fake_tart import read_json, read_json_settled
 from tests.sim.kube_certs import CertificateAuthority, admin_client_certificate
 from tests.sim.kube_requests import write_object
 from tests.sim.kube_resources import APPS
@@ -200,7 +200,7 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
         if not (running and address is not None and master.advertised is not None):
             return False
         if self.lab.api_start_seconds:
-            booted = read_json(self.lab.fake.home / "fake" / master.name / "run.json", {}).get("boot_time", 0)
+            booted = read_json_settled(self.lab.fake.home / "fake" / master.name / "run.json", {}).get("boot_time", 0)
             if time.time() < booted + self.lab.api_start_seconds:
                 return False
         # etcd and the API server are static pods: not while a restore has their manifests aside (sim_backup.py)
@@ -213,18 +213,24 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
         """The cluster's API answers on at least one control plane."""
         return any(self.api_up_on(m) for m in self.masters)
 
-    def route(self, node: SimNode, ip: str | None) -> bool:
+    def route(self, node: SimNode, ip: str | None, masters: dict[str, tuple[str | None, bool]] | None = None) -> bool:
         """Whether a connection from `node` to `ip`:6443 reaches an API server that answers: a master's address, or
-        127.0.0.1 — the node's own API server on a control plane, its haproxy's live servers on a worker."""
+        127.0.0.1 — the node's own API server on a control plane, its haproxy's live servers on a worker.
+        `masters`: each master's (address, API answers) when the caller looked already (`refresh`, once for all)."""
         if ip is None:
             return False
+        masters = masters if masters is not None else self._masters_now()
         if ip == LOCAL_API:
             if node.advertised is not None:
-                return self.api_up_on(node)
+                return masters[node.name][1]
             targets = set(node.haproxy_backends(API_PORT))
         else:
             targets = {ip}
-        return any(m.vm_state()[1] in targets and self.api_up_on(m) for m in self.masters)
+        return any(address in targets and up for address, up in masters.values())
+
+    def _masters_now(self) -> dict[str, tuple[str | None, bool]]:
+        """Each control plane's address now and whether its API server answers."""
+        return {m.name: (m.vm_state()[1], self.api_up_on(m)) for m in self.masters}
 
     def endpoint_ok(self, node: SimNode) -> bool:
         """The node's hosts line gives the stable name the address labctl keeps there: 127.0.0.1 in an HA cluster,
@@ -346,7 +352,8 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
         and the kubelets' certificate requests. Everything is looked at first, then written under the store's lock
         (never both: a node's command may be waiting for that lock while holding its own)."""
         states = {n.name: n.observe() for n in self.nodes}
-        api = self.api_up()
+        masters = self._masters_now()  # once: every node's route below asks about the same masters
+        api = any(up for _, up in masters.values())
 
         def kubelet_up(node: SimNode) -> bool:
             # It posts status when its VM runs, it joined, its --node-ip is its address, and it reaches the API by
@@ -355,16 +362,16 @@ class SimCluster(KubeletCertificates, SimHelm, Controllers):
             running, address, _ = states[node.name]
             return (running and api and not node.hung.is_set() and node.joined and node.node_ip == address
                     and not node.facts["swap"]["devices"]
-                    and self.route(node, node.endpoint_ip()))
+                    and self.route(node, node.endpoint_ip(), masters))
 
         def reaches_api(workload: str, node: SimNode) -> bool:
             # Cilium reaches the API through k8sServiceHost: the stable name (via ITS copy of /etc/hosts) or an IP
-            if self.cilium is None or not kubelet_up(node):
+            if self.cilium is None or not up[node.name]:
                 return False
             host = self.cilium.get("k8sServiceHost", "")
             if host == endpoint_host(self.name):
                 host = self._hosts_copy(workload, node, states[node.name][2])
-            return self.route(node, host)
+            return self.route(node, host, masters)
 
         up = {n.name: kubelet_up(n) for n in self.nodes}
         agents = {n.name: reaches_api("cilium", n) for n in self.nodes}

@@ -25,7 +25,7 @@ from labctl.remote import facts as F
 from labctl.remote.base import Script
 from tests.sim import sim_swap
 from tests.sim.sim_apt import AptWorld
-from tests.sim.fake_tart import read_json
+from tests.sim.fake_tart import read_json_settled
 from tests.sim.sim_cluster_scripts import ClusterScripts, f_exists
 from tests.sim.sim_haproxy import HaproxyNode
 from tests.sim.sim_etcd_status import EtcdStatusNode
@@ -169,14 +169,14 @@ class SimNode(ClusterScripts, RegistryNode, BackupScripts, LogScripts, HaproxyNo
     def vm_state(self) -> tuple[bool, str | None, int]:
         """(running, address, boot count). No address while it is off: its stale lease is no address."""
         fake = self.lab.fake
-        config = read_json(fake.vm_dir(self.name) / "config.json")
+        config = read_json_settled(fake.vm_dir(self.name) / "config.json")
         if config is None:
             return False, None, 0
         running = fake.running_pid(self.name) is not None
         boots = fake.boots(self.name)
         if not running:
             return False, None, boots
-        leases = read_json(fake.home / "fake" / "leases.json", {"leases": {}})
+        leases = read_json_settled(fake.home / "fake" / "leases.json", {"leases": {}})
         return True, leases["leases"].get(config["macAddress"]), boots
 
     def observe(self) -> tuple[bool, str | None, int]:
