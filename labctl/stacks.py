@@ -226,7 +226,6 @@ def deep_merge(base: Any, override: Any) -> Any:
     return out
 
 
-@lru_cache(maxsize=1)
 def fast_loader():
     """PyYAML's libyaml-backed safe loader (its wheels ship it; ~10x the pure-Python one, which made `validate` and
     `plan` spend most of their time parsing labctl's own stack templates), else the pure-Python SafeLoader. For
@@ -236,6 +235,7 @@ def fast_loader():
     return getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
+@lru_cache(maxsize=1)
 def _no_alias_loader():
     import yaml
 

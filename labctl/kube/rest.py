@@ -105,7 +105,8 @@ class RestClient:
         token = user.get("token") or (Path(user["tokenFile"]).read_text().strip() if user.get("tokenFile") else None)
         if token:
             self.headers["Authorization"] = f"Bearer {token}"
-        pool: dict[str, Any] = {"maxsize": POOL_SIZE, "block": True, "retries": urllib3.Retry.DEFAULT if retries is None else retries}
+        pool: dict[str, Any] = {"maxsize": POOL_SIZE, "block": True,
+                                "retries": urllib3.Retry.DEFAULT if retries is None else retries}
         if self.server.startswith("https://"):
             ssl_context = ssl.create_default_context()
             ca = _pem(cluster, "certificate-authority-data", "certificate-authority", base)
