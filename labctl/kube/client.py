@@ -212,6 +212,7 @@ class Kube:
         self._resources: dict[tuple[str, str], tuple[str, bool]] = {}  # discovery hits (misses are asked again)
         self._discovering: dict[str, threading.Lock] = {}  # one discovery request per group version at a time
         self._discovered: dict[str, int] = {}  # group version → discovery requests answered so far
+        self._discovery_failed: dict[str, tuple[int, KubeError]] = {}  # group version → (which request, its error)
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _client(self) -> RestClient:
@@ -379,7 +380,8 @@ class Kube:
     def resource(self, api_version: str, kind: str) -> tuple[str, bool] | None:
         """(plural, namespaced) of a kind as the API server serves it now, from discovery; None when it does not
         (e.g. a custom resource whose CRD is not there yet). A group version's answer is kept for every kind it
-        lists; a miss is asked again (a CRD may arrive), but callers that waited on one request share its answer:
+        lists; a miss is asked again (a CRD may arrive), but callers that waited on one request share its answer
+        (or its KubeError: a failure is not kept for later callers either):
         a check asking about 30 objects of one group at once costs one discovery request, not 30."""
         with self._lock:
             if (api_version, kind) in self._resources:
@@ -389,9 +391,20 @@ class Kube:
         with gate:
             with self._lock:
                 if self._discovered.get(api_version, 0) != answered:  # asked while this caller waited
+                    failed = self._discovery_failed.get(api_version)
+                    if failed and failed[0] == self._discovered[api_version]:
+                        raise KubeError(failed[1].message, failed[1].hint, failed[1].status)
                     return self._resources.get((api_version, kind))
             path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
-            body = self._call(f"discover {api_version}", "GET", path) or {}
+            try:
+                body = self._call(f"discover {api_version}", "GET", path) or {}
+            except KubeError as exc:
+                # its waiters share the failure too: each asking again in turn, N callers would wait N timeouts of a
+                # hung API server where they used to wait one. The next question asks again.
+                with self._lock:
+                    self._discovered[api_version] = answered + 1
+                    self._discovery_failed[api_version] = (answered + 1, exc)
+                raise
             served = {(api_version, res["kind"]): (res["name"], bool(res.get("namespaced")))
                       for res in body.get("resources", []) if res.get("kind") and "/" not in res.get("name", "")}
             with self._lock:
@@ -504,7 +517,11 @@ class Kube:
         revisions = {n: meta for n, meta in labelled.items() if n.startswith("sh.helm.release.v1.")}
         if not revisions:
             return None
-        newest = max(revisions, key=lambda n: int((revisions[n].get("labels") or {}).get("version", 0)))
+        def revision(name: str) -> int:
+            label = str((revisions[name].get("labels") or {}).get("version", ""))
+            return int(label) if label.isdigit() else -1  # Helm writes numbers; anything else is not its newest
+
+        newest = max(revisions, key=revision)
         secret = self._call(f"read helm release {namespace}/{name}", "GET",
                             f"/api/v1/namespaces/{namespace}/secrets/{newest}")
         if secret is None or secret.get("type", "helm.sh/release.v1") != "helm.sh/release.v1":

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from labctl import stacks
-from labctl.kube.client import HelmRelease, Kube, parallel
+from labctl.kube.client import HelmRelease, Kube, KubeError, parallel
 from labctl.kube.rest import POOL_SIZE
 from tests.sim.fake_kube import FakeKube
 from tests.sim.kube_resources import CRD_PREFIX, CRDS, crd_object
@@ -65,6 +65,58 @@ def test_callers_asking_about_one_group_at_once_share_one_discovery_request(api)
     assert asked(server, f"/apis/{RBAC}") == 1
 
 
+CALLERS = 6
+
+
+class CountingLock:
+    """A lock that counts the callers that came to it (holding it or waiting for it)."""
+
+    def __init__(self):
+        self._lock = threading.Lock()
+        self.arrived = threading.Condition()
+        self.count = 0
+
+    def __enter__(self):
+        with self.arrived:
+            self.count += 1
+            self.arrived.notify_all()
+        return self._lock.__enter__()
+
+    def __exit__(self, *exc):
+        return self._lock.__exit__(*exc)
+
+
+def test_callers_waiting_on_a_failed_discovery_share_its_failure_instead_of_each_asking_in_turn(api):
+    """A discovery request that fails (a 500, or a timeout after request_timeout seconds) while other callers wait for
+    it: each waiter asking again in turn made N callers wait N timeouts (status against a hung aggregated API), where
+    asking at once had cost one. They get the same error; the next question asks again."""
+    server, kube = api
+    gate = CountingLock()
+    kube._discovering["apps/v1"] = gate  # to know when every caller is waiting on the one request
+
+    def hook(method, path):
+        if path != "/apis/apps/v1":
+            return None
+        with gate.arrived:  # answer only once every caller is there (not after a guessed delay)
+            gate.arrived.wait_for(lambda: gate.count >= CALLERS, timeout=10)
+        return 500
+
+    server.fail = hook
+
+    def ask(_):
+        try:
+            return kube.resource("apps/v1", "Deployment")
+        except KubeError as exc:
+            return f"KubeError: {exc.message}"
+
+    with ThreadPoolExecutor(CALLERS) as pool:
+        answers = list(pool.map(ask, range(CALLERS)))
+    assert all(a.startswith("KubeError: dev: discover apps/v1") for a in answers), answers
+    assert sum(1 for m, p in server.store.requests if p == "/apis/apps/v1") == 1
+    server.fail = None  # a failure is not kept: the next question asks again
+    assert kube.resource("apps/v1", "Deployment") == ("deployments", True)
+
+
 def test_a_kind_not_served_is_asked_again_later_because_its_crd_may_arrive(api):
     server, kube = api
     crd = crd_object("example.com", "v1", "widgets", "Widget")
@@ -104,6 +156,9 @@ def test_a_helm_release_is_read_from_its_newest_revision_only(api):
     # a Secret that merely carries Helm's labels is not a revision
     server.store.put("api/v1", "secrets", {"metadata": {"name": "impostor", "labels": {
         "owner": "helm", "name": "loki", "version": "99"}}, "data": {}}, "monitoring")
+    # nor does a revision label that is not a number make the read fail
+    server.store.put("api/v1", "secrets", {"metadata": {"name": "sh.helm.release.v1.loki.vx", "labels": {
+        "owner": "helm", "name": "loki", "version": "x"}}, "data": {}}, "monitoring")
     assert kube.helm_release("monitoring", "loki") == HelmRelease("loki", 10, "deployed", "6.10.0", {"rev": 10})
     reads = [p for m, p in server.store.requests if p.startswith("/api/v1/namespaces/monitoring/secrets/")]
     assert reads == ["/api/v1/namespaces/monitoring/secrets/sh.helm.release.v1.loki.v10"]
