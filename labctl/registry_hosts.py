@@ -15,7 +15,6 @@ if TYPE_CHECKING:
     from .stacks import StackDef
 
 CERTS_D = "/etc/containerd/certs.d"  # containerd docs/hosts.md: the directory config_path names
-HOSTS_FILE = "/etc/hosts"
 HOOK = "registry-hosts"
 SCRIPT_TIMEOUT = 60  # seconds: two small files
 

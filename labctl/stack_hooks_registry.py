@@ -22,8 +22,8 @@ from __future__ import annotations
 from functools import partial
 from typing import TYPE_CHECKING
 
-from .registry_hosts import CERTS_D, HOOK, HOSTS_FILE, SCRIPT_TIMEOUT, hosts_toml, registry_host
-from .remote.facts import HOSTS_LOCK
+from .registry_hosts import CERTS_D, HOOK, SCRIPT_TIMEOUT, hosts_toml, registry_host
+from .remote.facts import HOSTS, HOSTS_LOCK
 from .stack_hooks import Hook
 
 if TYPE_CHECKING:
@@ -55,7 +55,7 @@ class RegistryHosts(Hook):
             return None
         name, port = registry_host(cluster.name, stack)
         return {"dir": f"{CERTS_D}/{name}:{port}", "content": hosts_toml(name, port, addresses), "name": name,
-                "address": addresses[0], "hosts_file": HOSTS_FILE, "hosts_lock": HOSTS_LOCK, "cluster": cluster.name,
+                "address": addresses[0], "hosts_file": HOSTS, "hosts_lock": HOSTS_LOCK, "cluster": cluster.name,
                 "stack": stack.name}
 
     def _run(self, ctx: Context, node: Node, params: dict, apply: bool) -> str:

@@ -211,8 +211,8 @@ class Kube:
         self._stamp: tuple[int, int] | None = None
         self._resources: dict[tuple[str, str], tuple[str, bool]] = {}  # discovery hits (misses are asked again)
         self._discovering: dict[str, threading.Lock] = {}  # one discovery request per group version at a time
-        self._discovered: dict[str, int] = {}  # group version → discovery requests answered so far
-        self._discovery_failed: dict[str, tuple[int, KubeError]] = {}  # group version → (which request, its error)
+        # group version → (discovery requests answered so far, the last one's error or None)
+        self._discovered: dict[str, tuple[int, KubeError | None]] = {}
 
     # -- plumbing ---------------------------------------------------------------------------------------------
     def _client(self) -> RestClient:
@@ -387,13 +387,13 @@ class Kube:
             if (api_version, kind) in self._resources:
                 return self._resources[(api_version, kind)]
             gate = self._discovering.setdefault(api_version, threading.Lock())
-            answered = self._discovered.get(api_version, 0)
+            answered = self._discovered.get(api_version, (0, None))[0]
         with gate:
             with self._lock:
-                if self._discovered.get(api_version, 0) != answered:  # asked while this caller waited
-                    failed = self._discovery_failed.get(api_version)
-                    if failed and failed[0] == self._discovered[api_version]:
-                        raise KubeError(failed[1].message, failed[1].hint, failed[1].status)
+                count, failed = self._discovered.get(api_version, (0, None))
+                if count != answered:  # asked while this caller waited: its answer (or error) is this caller's
+                    if failed is not None:
+                        raise KubeError(failed.message, failed.hint, failed.status)
                     return self._resources.get((api_version, kind))
             path = "/api/v1" if api_version == "v1" else f"/apis/{api_version}"
             try:
@@ -402,14 +402,13 @@ class Kube:
                 # its waiters share the failure too: each asking again in turn, N callers would wait N timeouts of a
                 # hung API server where they used to wait one. The next question asks again.
                 with self._lock:
-                    self._discovered[api_version] = answered + 1
-                    self._discovery_failed[api_version] = (answered + 1, exc)
+                    self._discovered[api_version] = (answered + 1, exc)
                 raise
             served = {(api_version, res["kind"]): (res["name"], bool(res.get("namespaced")))
                       for res in body.get("resources", []) if res.get("kind") and "/" not in res.get("name", "")}
             with self._lock:
                 self._resources.update(served)
-                self._discovered[api_version] = answered + 1
+                self._discovered[api_version] = (answered + 1, None)
                 return self._resources.get((api_version, kind))
 
     def _path(self, api_version: str, kind: str, namespace: str | None, name: str | None = None) -> str:
@@ -430,26 +429,28 @@ class Kube:
             return None
         return self._call(f"read {kind} {namespace}/{name}", "GET", self._path(api_version, kind, namespace, name))
 
+    def _items(self, api_version: str, kind: str, namespace: str | None, label_selector: str,
+               accept: str | None = None) -> list[dict] | None:
+        """One list request's items; None when the kind is not served."""
+        if self.resource(api_version, kind) is None:
+            return None
+        query = [("labelSelector", label_selector)] if label_selector else []
+        body = self._call(f"list {kind}", "GET", self._path(api_version, kind, namespace), query, accept=accept) or {}
+        return body.get("items", [])
+
     def list(self, api_version: str, kind: str, namespace: str | None = "", label_selector: str = "") -> list[dict]:
         """The objects of a kind in `namespace` (None: in every namespace); [] when the kind is not served."""
-        if self.resource(api_version, kind) is None:
-            return []
-        query = [("labelSelector", label_selector)] if label_selector else []
-        body = self._call(f"list {kind}", "GET", self._path(api_version, kind, namespace), query) or {}
-        return body.get("items", [])
+        return self._items(api_version, kind, namespace, label_selector) or []
 
     def names(self, api_version: str, kind: str, namespace: str | None = "", label_selector: str = "") -> \
             dict[str, dict] | None:
         """Name → metadata of the objects of a kind in `namespace` (None: every namespace), from one metadata-only
         list (METADATA_ONLY: no specs, no data; a server that cannot serve it sends the whole objects, read the
         same); None when the kind is not served."""
-        if self.resource(api_version, kind) is None:
+        items = self._items(api_version, kind, namespace, label_selector, METADATA_ONLY)
+        if items is None:
             return None
-        query = [("labelSelector", label_selector)] if label_selector else []
-        body = self._call(f"list {kind}", "GET", self._path(api_version, kind, namespace), query,
-                          accept=METADATA_ONLY) or {}
-        return {(item.get("metadata") or {}).get("name", ""): item.get("metadata") or {}
-                for item in body.get("items", [])}
+        return {(item.get("metadata") or {}).get("name", ""): item.get("metadata") or {} for item in items}
 
     def apply(self, obj: dict, namespace: str = "") -> dict:
         """Server-side apply of one object with labctl as the field manager (force: labctl owns what it declares).

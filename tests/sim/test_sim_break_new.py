@@ -10,9 +10,8 @@ import stat
 import pytest
 
 from labctl.providers.tart import TartProvider
-from tests.sim.sim_lab import SimLab
 from tests.sim.test_sim_e2e import ctrl_c_raises, events, labctl
-from tests.sim.test_sim_static import lab_json, prefix  # noqa: F401 (prefix: the fixture)
+from tests.sim.test_sim_static import lab_json, open_static_lab, prefix  # noqa: F401 (prefix: the fixture)
 from tests.sim.test_sim_snapshots import LAB, NODES, ok, sim, world  # noqa: F401 (sim: the fixture)
 
 pytestmark = pytest.mark.sim
@@ -222,10 +221,7 @@ def test_a_static_node_named_like_a_vm_is_refused(tmp_path, monkeypatch):
 @pytest.fixture
 def static_sim(fake_tart, tmp_path, monkeypatch, prefix):
     """test_sim_static.py's lab: Tart VMs on a bridged network plus two static GPU machines."""
-    config = tmp_path / "clusters.json"
-    config.write_text(json.dumps(lab_json(prefix)))
-    monkeypatch.chdir(tmp_path)
-    with SimLab(config, fake_tart) as lab:
+    with open_static_lab(fake_tart, tmp_path, monkeypatch, prefix) as lab:
         yield lab
 
 

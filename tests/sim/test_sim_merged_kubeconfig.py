@@ -56,11 +56,7 @@ def test_boot_after_two_masters_swapped_addresses_refreshes_the_merged_user_kube
         before = {name: sim.address(f"{name}-master") for name in ("dev", "prod")}
 
         assert labctl("--json", "shutdown").code == 0
-        leases_path = fake_tart.home / "fake" / "leases.json"  # bootpd hands each MAC the other's old address
-        leases = json.loads(leases_path.read_text())
-        dev_mac, prod_mac = (fake_tart.config(f"{n}-master")["macAddress"] for n in ("dev", "prod"))
-        leases["leases"][dev_mac], leases["leases"][prod_mac] = before["prod"], before["dev"]
-        leases_path.write_text(json.dumps(leases))
+        fake_tart.swap_leases("dev-master", "prod-master")  # bootpd hands each MAC the other's old address
 
         result = labctl("--json", "boot")
         assert result.code == 0, summary_of(result.out)["failed"]

@@ -10,6 +10,7 @@ bootstrap token of install time has expired, joins with a fresh one, and only it
 
 from __future__ import annotations
 
+import contextlib
 import json
 
 import pytest
@@ -49,12 +50,19 @@ def prefix(monkeypatch):
     return value
 
 
-@pytest.fixture
-def sim(fake_tart, tmp_path, monkeypatch, prefix):
+@contextlib.contextmanager
+def open_static_lab(fake_tart, tmp_path, monkeypatch, prefix: str):
+    """This file's lab (lab_json), simulated: its clusters.json in tmp_path, the working directory."""
     config = tmp_path / "clusters.json"
     config.write_text(json.dumps(lab_json(prefix)))
     monkeypatch.chdir(tmp_path)
     with SimLab(config, fake_tart) as lab:
+        yield lab
+
+
+@pytest.fixture
+def sim(fake_tart, tmp_path, monkeypatch, prefix):
+    with open_static_lab(fake_tart, tmp_path, monkeypatch, prefix) as lab:
         yield lab
 
 
